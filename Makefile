@@ -1,0 +1,57 @@
+# hpcnn: the two set-up commands are `make train` (the main job) and `make test` (the tests).
+# Each installs what is missing first (a virtualenv in .venv with the package and its extras,
+# plus an MPI from PyPI when no `mpiexec` is on PATH).
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+RANKS  ?= 2
+EPOCHS ?= 10
+STAMP  := $(VENV)/.installed
+
+# Use the venv's mpiexec when the mpich wheel put one there (it matches the MPI that mpi4py loads),
+# else the system's.
+MPIEXEC = $(shell if [ -x $(VENV)/bin/mpiexec ]; then echo $(VENV)/bin/mpiexec; else command -v mpiexec; fi)
+
+.PHONY: install train test test-serial test-mpi bench lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip
+	@extras="test,lint"; \
+	if ! command -v mpiexec >/dev/null 2>&1; then \
+	  echo "no mpiexec on PATH: installing MPICH from PyPI into $(VENV)"; extras="$$extras,mpi"; \
+	fi; \
+	$(PY) -m pip install -q -e ".[$$extras]"
+	@touch $(STAMP)
+
+# The main job: LeNet-5 on MNIST with $(RANKS) MPI ranks; synthetic data when MNIST is not found
+# (in $$HPCNN_DATA/mnist, the cache, or by a download).
+train: install
+	@$(PY) -m hpcnn.data download mnist --quiet || echo "MNIST download failed: will use synthetic data"
+	$(MPIEXEC) -n $(RANKS) $(PY) -m hpcnn.train --net lenet5 --dataset mnist --fallback-synthetic \
+	  --epochs $(EPOCHS)
+
+test: test-serial test-mpi
+
+test-serial: install
+	$(PY) -m pytest -q tests
+
+test-mpi: install
+	$(MPIEXEC) -n 2 $(PY) -m pytest -q --with-mpi -m mpi tests
+
+bench: install
+	$(PY) -m hpcnn.bench train --net cifar10_quick
+	$(PY) -m hpcnn.bench train --net lenet5
+
+lint: install
+	$(VENV)/bin/ruff check hpcnn tests
+	@# Numba options come from hpcnn/kernels/_jit.py only.
+	@! grep -rnE "(fastmath|cache|parallel) *=" hpcnn --include=*.py | grep -v "hpcnn/kernels/_jit.py" \
+	  | grep -E "njit|jit\(" || (echo "numba options outside kernels/_jit.py" && false)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

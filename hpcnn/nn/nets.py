@@ -1,0 +1,90 @@
+"""The reference networks, built by name for a dataset's input shape.
+
+Each net carries its reference solver settings (Caffe's prototxt solvers), which the training
+command uses as defaults. The first fully connected layer's input size follows from the conv stage,
+so every net runs on every dataset.
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from hpcnn.nn.layers import AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d, ReLU
+from hpcnn.nn.model import Sequential
+
+
+@dataclass(frozen=True)
+class Solver:
+    """Reference optimisation settings of a net (SGD with momentum)."""
+    lr: float
+    momentum: float
+    weight_decay: float
+    batch_size: int
+    lr_policy: str = "fixed"
+    policy_args: dict = field(default_factory=dict)
+
+
+
+def _out_shape(layers, shape):
+    for layer in layers:
+        shape = layer.output_shape(shape)
+    return shape
+
+
+def lenet5(input_shape, num_classes, rng, algo="auto"):
+    """Caffe's LeNet (examples/mnist/lenet_train_test.prototxt): xavier weights, zero biases."""
+    c = input_shape[0]
+    layers = [
+        Conv2d(c, 20, 5, rng=rng, name="conv1", algo=algo), MaxPool2d(2, 2, name="pool1"),
+        Conv2d(20, 50, 5, rng=rng, name="conv2", algo=algo), MaxPool2d(2, 2, name="pool2"),
+        Flatten(),
+    ]
+    (flat,) = _out_shape(layers, input_shape)
+    layers += [Linear(flat, 500, rng=rng, name="ip1"), ReLU("relu1"),
+               Linear(500, num_classes, rng=rng, name="ip2")]
+    return Sequential(layers, input_shape, name="lenet5")
+
+
+def cifar10_quick(input_shape, num_classes, rng, algo="auto"):
+    """Caffe's cifar10_quick (examples/cifar10/cifar10_quick_train_test.prototxt)."""
+    c = input_shape[0]
+    g = dict(rng=rng, init="gaussian", algo=algo)
+    layers = [
+        Conv2d(c, 32, 5, 1, 2, name="conv1", std=1e-4, **g), MaxPool2d(3, 2, name="pool1"),
+        ReLU("relu1"),
+        Conv2d(32, 32, 5, 1, 2, name="conv2", std=0.01, **g), ReLU("relu2"),
+        AvgPool2d(3, 2, name="pool2"),
+        Conv2d(32, 64, 5, 1, 2, name="conv3", std=0.01, **g), ReLU("relu3"),
+        AvgPool2d(3, 2, name="pool3"),
+        Flatten(),
+    ]
+    (flat,) = _out_shape(layers, input_shape)
+    layers += [Linear(flat, 64, rng=rng, name="ip1", init="gaussian", std=0.1),
+               Linear(64, num_classes, rng=rng, name="ip2", init="gaussian", std=0.1)]
+    return Sequential(layers, input_shape, name="cifar10_quick")
+
+
+def mlp(input_shape, num_classes, rng, hidden=300, algo="auto"):
+    """784-H-10 with ReLU (any input shape is flattened)."""
+    flat = int(np.prod(input_shape))
+    layers = [Flatten(), Linear(flat, hidden, rng=rng, name="fc1"), ReLU("relu1"),
+              Linear(hidden, num_classes, rng=rng, name="fc2")]
+    return Sequential(layers, input_shape, name="mlp")
+
+
+_INV = {"gamma": 1e-4, "power": 0.75}
+
+NETS = {
+    # name: (builder, reference solver, synthetic input shape)
+    "lenet5": (lenet5, Solver(0.01, 0.9, 5e-4, 64, "inv", _INV), (1, 28, 28)),
+    "mlp": (mlp, Solver(0.01, 0.9, 5e-4, 64, "inv", _INV), (1, 28, 28)),
+    "cifar10_quick": (cifar10_quick, Solver(0.001, 0.9, 4e-3, 100, "fixed"), (3, 32, 32)),
+}
+
+
+def build_net(name, input_shape, num_classes, seed=0, **kwargs):
+    """Build net ``name`` for inputs of ``input_shape`` (C, H, W); weights drawn from ``seed``."""
+    if name not in NETS:
+        raise ValueError(f"unknown net {name!r}; choose from {', '.join(NETS)}")
+    rng = np.random.default_rng(seed)
+    return NETS[name][0](tuple(input_shape), num_classes, rng, **kwargs)

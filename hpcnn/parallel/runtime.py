@@ -1,0 +1,57 @@
+"""Process-level MPI helpers: node-local rank counts, collective-safe errors, whole-job abort."""
+
+import sys
+import traceback
+
+from hpcnn.errors import HpcnnError
+
+
+def local_size(comm) -> int:
+    """How many ranks of ``comm`` share this node (an MPI shared-memory split)."""
+    from mpi4py import MPI
+
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    try:
+        return node.Get_size()
+    finally:
+        node.Free()
+
+
+def agree(comm, fn, *args, **kwargs):
+    """Run ``fn`` on every rank; if it raised :class:`HpcnnError` on any rank, raise it on all.
+
+    Use it around anything that may fail on some ranks only (reading files, checking a model),
+    so that no rank is left waiting in a collective while another exits. The error raised
+    everywhere is the one of the lowest failing rank, prefixed with that rank when size > 1.
+    """
+    err = None
+    try:
+        result = fn(*args, **kwargs)
+    except HpcnnError as e:
+        err, result = e, None
+    if comm is None or comm.Get_size() == 1:
+        if err is not None:
+            raise err
+        return result
+    # Small metadata: lowercase (pickled) collective is fine here, off the hot path.
+    errors = comm.allgather(None if err is None else (type(err), str(err)))
+    for rank, e in enumerate(errors):
+        if e is not None:
+            cls, msg = e
+            raise cls(msg if msg.startswith("rank ") else f"rank {rank}: {msg}")
+    return result
+
+
+def abort_on_exception(comm, exc: BaseException) -> None:
+    """Print ``rank R: <error>`` with its traceback once and end every rank of the job now.
+
+    An uncaught exception on one rank would otherwise leave the others blocked in a collective
+    until the job's time limit; ``Abort`` makes the launcher kill them all.
+    """
+    rank = comm.Get_rank() if comm is not None else 0
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    sys.stderr.write(f"{tb}rank {rank}: {type(exc).__name__}: {exc}\n")
+    sys.stderr.flush()
+    if comm is not None and comm.Get_size() > 1:
+        comm.Abort(1)
+    sys.exit(1)
