@@ -51,7 +51,8 @@ class Sequential:
     def load_state_dict(self, state):
         mine = dict(self.named_params())
         if set(state) != set(mine):
-            raise ValueError(f"parameter names differ: expected {sorted(mine)}, got {sorted(state)}")
+            raise ValueError(f"parameter names differ: expected {sorted(mine)}, "
+                             f"got {sorted(state)}")
         for name, p in mine.items():
             if state[name].shape != p.data.shape:
                 raise ValueError(f"{name}: shape {state[name].shape} != {p.data.shape}")
