@@ -77,7 +77,8 @@ _INV = {"gamma": 1e-4, "power": 0.75}
 NETS = {
     # name: (builder, reference solver, synthetic input shape)
     "lenet5": (lenet5, Solver(0.01, 0.9, 5e-4, 64, "inv", _INV), (1, 28, 28)),
-    "mlp": (mlp, Solver(0.01, 0.9, 5e-4, 64, "inv", _INV), (1, 28, 28)),
+    # mlp: no Caffe reference; tuned on MNIST (lr 0.01 and weight decay 5e-4 underfit: 97.4%)
+    "mlp": (mlp, Solver(0.05, 0.9, 1e-4, 64, "inv", _INV), (1, 28, 28)),
     "cifar10_quick": (cifar10_quick, Solver(0.001, 0.9, 4e-3, 100, "fixed"), (3, 32, 32)),
 }
 
