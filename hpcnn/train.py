@@ -110,8 +110,9 @@ def validate(args):
         raise UsageError(f"unknown lr policy {args.lr_policy!r}; choose from "
                          f"{', '.join(LR_POLICIES)}")
     algos = getattr(conv_kernels, "ALGOS", None)
-    if algos is not None and args.algo not in algos:
-        raise UsageError(f"unknown convolution algo {args.algo!r}; choose from {', '.join(algos)}")
+    if algos is not None and args.algo != "auto" and args.algo not in algos:
+        choices = ", ".join(["auto", *algos])
+        raise UsageError(f"unknown convolution algo {args.algo!r}; choose from {choices}")
     if args.momentum is not None and not 0 <= args.momentum < 1:
         raise UsageError(f"--momentum must be in [0, 1), got {args.momentum}")
     if args.weight_decay is not None and args.weight_decay < 0:
