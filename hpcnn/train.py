@@ -4,17 +4,33 @@ The loop reads top to bottom: parse options, start MPI and pin threads, load dat
 then epochs of (shuffle -> steps -> evaluate -> log). Every rank runs the same code; rank 0 alone
 prints and writes files. ``--batch-size`` is the global batch: each of the N ranks takes a disjoint
 1/N slice of every global batch, and gradients are averaged, so N ranks reproduce the serial run.
+``--batch-per-rank`` fixes the slice instead (weak scaling: the global batch grows with N).
+
+Gradients are averaged in size-capped buckets, each reduced by a non-blocking ``Iallreduce`` as soon
+as backward has produced it (``--bucket-mb``, ``--no-overlap``); ``--sync average`` instead lets
+every rank step alone and averages the parameters every ``--average-every`` steps.
+
+Test hooks (environment variables, read on every rank; for the fault-tolerance tests only):
+
+- ``HPCNN_FAULT_RANK=R HPCNN_FAULT_STEP=S``: rank R raises ``RuntimeError`` just before its step S
+  (1-based), as a bug on one rank would; the job must end at once, naming rank R.
+- ``HPCNN_FAULT_DATA_RANK=R``: rank R's dataset loading fails with ``DataError``, as a file missing
+  on one node would; every rank must exit 2 with one clear line.
 """
 
 import argparse
 import json
 import math
+import os
 import sys
 import time
 
-from hpcnn.errors import HpcnnError, UsageError
+from hpcnn.errors import DataError, HpcnnError, UsageError
 
 DATASET_CHOICES = ("mnist", "fashion-mnist", "cifar10", "synthetic")
+SYNC_CHOICES = ("grad", "average")
+LR_SCALING_CHOICES = ("none", "linear")
+LARGE_BATCH = 8192  # Goyal et al. (2017): linear scaling + warm-up holds up to about 8k images
 
 
 def positive_int(text):
@@ -34,6 +50,16 @@ def positive_float(text):
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
     if not (v > 0 and math.isfinite(v)):
         raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return v
+
+
+def nonneg_float(text):
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not (v >= 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
     return v
 
 
@@ -66,11 +92,21 @@ def build_parser():
                    help="train on synthetic data of the same shape when the dataset's files "
                         "are not found (make train uses it)")
     p.add_argument("--epochs", type=positive_int, default=10)
-    p.add_argument("--batch-size", type=positive_int, default=None,
-                   help="global batch over all ranks (default: the net's reference batch)")
+    batch = p.add_mutually_exclusive_group()
+    batch.add_argument("--batch-size", type=positive_int, default=None,
+                       help="global batch over all ranks (default: the net's reference batch)")
+    batch.add_argument("--batch-per-rank", type=positive_int, default=None,
+                       help="images per rank and step; the global batch is this times the ranks "
+                            "(weak scaling)")
     p.add_argument("--lr", type=positive_float, default=None,
                    help="base learning rate (default: the net's reference)")
     p.add_argument("--lr-policy", default=None, help="fixed, step, inv or cosine")
+    p.add_argument("--lr-scaling", default="none", choices=LR_SCALING_CHOICES,
+                   help="linear: multiply the learning rate by global batch / the net's "
+                        "reference batch (Goyal et al. 2017)")
+    p.add_argument("--warmup-epochs", type=nonneg_float, default=0.0,
+                   help="ramp the learning rate linearly, step by step, from the reference to "
+                        "the scaled rate over this many epochs (with --lr-scaling linear)")
     p.add_argument("--momentum", type=float, default=None)
     p.add_argument("--weight-decay", type=float, default=None)
     p.add_argument("--seed", type=int, default=0, help="weights, data order and synthetic data")
@@ -88,6 +124,18 @@ def build_parser():
                    help="C,H,W of synthetic images (default: the net's reference input)")
     p.add_argument("--log-interval", type=float, default=2.0,
                    help="seconds between progress lines")
+    g = p.add_argument_group("synchronisation between ranks")
+    g.add_argument("--sync", default="grad", choices=SYNC_CHOICES,
+                   help="grad: average gradients every step; average: step locally and average "
+                        "parameters every --average-every steps")
+    g.add_argument("--bucket-mb", type=positive_float, default=None,
+                   help="gradient bucket size cap in MiB (--sync grad; default 25)")
+    g.add_argument("--no-overlap", action="store_true",
+                   help="reduce gradients after backward instead of during it (--sync grad)")
+    g.add_argument("--average-every", type=positive_int, default=None,
+                   help="steps between parameter averages (--sync average; default 1)")
+    g.add_argument("--average-optimizer-state", action="store_true",
+                   help="average the momentum buffers too (--sync average)")
     return p
 
 
@@ -111,14 +159,68 @@ def validate(args):
                          f"{', '.join(LR_POLICIES)}")
     algos = getattr(conv_kernels, "ALGOS", None)
     if algos is not None and args.algo != "auto" and args.algo not in algos:
-        choices = ", ".join(["auto", *algos])
-        raise UsageError(f"unknown convolution algo {args.algo!r}; choose from {choices}")
+        raise UsageError(f"unknown convolution algo {args.algo!r}; choose from auto, "
+                         f"{', '.join(algos)}")
     if args.momentum is not None and not 0 <= args.momentum < 1:
         raise UsageError(f"--momentum must be in [0, 1), got {args.momentum}")
     if args.weight_decay is not None and args.weight_decay < 0:
         raise UsageError(f"--weight-decay must be >= 0, got {args.weight_decay}")
     if args.log_interval <= 0:
         raise UsageError(f"--log-interval must be positive, got {args.log_interval}")
+    validate_sync(args)
+
+
+def validate_sync(args):
+    """The options of synchronisation between ranks and of large-batch training agree."""
+    if args.sync == "grad":
+        for flag, given in (("--average-every", args.average_every is not None),
+                            ("--average-optimizer-state", args.average_optimizer_state)):
+            if given:
+                raise UsageError(f"{flag} needs --sync average")
+    else:
+        for flag, given in (("--bucket-mb", args.bucket_mb is not None),
+                            ("--no-overlap", args.no_overlap)):
+            if given:
+                raise UsageError(f"{flag} applies to --sync grad only")
+    if args.warmup_epochs > 0 and args.lr_scaling == "none":
+        raise UsageError("--warmup-epochs ramps up to the scaled learning rate: "
+                         "use it with --lr-scaling linear")
+
+
+def scaled_lr(ref_lr, global_batch, ref_batch, scaling):
+    """Goyal et al.'s linear scaling rule: the learning rate grows with the global batch."""
+    if scaling == "none":
+        return ref_lr
+    if scaling == "linear":
+        return ref_lr * global_batch / ref_batch
+    raise ValueError(f"unknown lr scaling {scaling!r}; choose from {', '.join(LR_SCALING_CHOICES)}")
+
+
+def lr_at(step, policy, base_lr, policy_args, ref_lr=None, warmup_steps=0):
+    """The learning rate of optimizer step ``step`` (0-based).
+
+    The policy runs on the (scaled) ``base_lr``; during the first ``warmup_steps`` steps the result
+    is multiplied by a factor rising linearly from ``ref_lr / base_lr`` to 1, so that with the
+    fixed policy the rate goes from ``ref_lr`` to ``base_lr`` (gradual warm-up).
+    """
+    from hpcnn.optim import learning_rate
+
+    lr = learning_rate(policy, base_lr, step, **policy_args)
+    if warmup_steps > 0 and step < warmup_steps and ref_lr is not None:
+        r = ref_lr / base_lr
+        lr *= r + (1.0 - r) * step / warmup_steps
+    return lr
+
+
+def _env_int(name):
+    """A test-hook variable as an int, or None when unset."""
+    v = os.environ.get(name)
+    if v is None or v == "":
+        return None
+    try:
+        return int(v)
+    except ValueError:
+        raise UsageError(f"{name} must be an integer, got {v!r}") from None
 
 
 class Metrics:
@@ -165,7 +267,9 @@ def load_data(args, input_shape):
 
 def fmt_time(s):
     s = int(round(s))
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+    if s >= 3600:
+        return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+    return f"{s // 60}:{s % 60:02d}"
 
 
 def evaluate(model, x, y, comm, batch=500):
@@ -185,16 +289,42 @@ def evaluate(model, x, y, comm, batch=500):
 
 
 def train_step(model, dp, opt, x, y, lr):
-    """One synchronous SGD step on this rank's slice (x, y) of the global batch; returns its loss."""
+    """One synchronous SGD step on this rank's slice (x, y) of the global batch; returns its loss.
+
+    ``dp`` is a :class:`hpcnn.parallel.DataParallel` (gradient reductions start during backward
+    and finish in ``sync_grads``) or a :class:`hpcnn.parallel.ParamAveraging`.
+    """
     from hpcnn.kernels import softmax_cross_entropy
 
     model.zero_grad()
     logits = model.forward(x)
     loss, dlogits = softmax_cross_entropy(logits, y)
-    model.backward(dlogits)
+    dp.backward(dlogits)
     dp.sync_grads()
     opt.step(lr)
+    dp.after_step()
     return loss
+
+
+TIMING_KEYS = ("compute_s", "allreduce_wait_s", "data_s")
+
+
+def warm_kernel_cache(comm, model, x, y):
+    """Rank 0 compiles (or loads) every kernel of a step first; the others wait, then load.
+
+    Numba's on-disk cache is not safe to fill from many processes at once (numba issues #4807,
+    #10128), and a shared file system makes that every rank of the job. One forward and backward
+    on rank 0 fills it; gradients are zeroed after, parameters are untouched.
+    """
+    from hpcnn.kernels import _jit, softmax_cross_entropy
+
+    if comm.Get_size() == 1 or not _jit.CACHE:
+        return
+    if comm.Get_rank() == 0:
+        _, dlogits = softmax_cross_entropy(model.forward(x), y)
+        model.backward(dlogits)
+        model.zero_grad()
+    comm.Barrier()
 
 
 def run(args, comm, threads):
@@ -202,8 +332,15 @@ def run(args, comm, threads):
 
     from hpcnn import __version__
     from hpcnn.nn import NETS, build_net
-    from hpcnn.optim import SGD, learning_rate
-    from hpcnn.parallel import DataParallel, agree
+    from hpcnn.optim import SGD
+    from hpcnn.parallel import (
+        DEFAULT_BUCKET_MB,
+        DataParallel,
+        ParamAveraging,
+        ProcessGrid,
+        agree,
+        reduce_timing,
+    )
 
     rank, size = comm.Get_rank(), comm.Get_size()
     master = rank == 0
@@ -213,19 +350,33 @@ def run(args, comm, threads):
             print(msg, flush=True)
 
     validate(args)
+    fault_rank, fault_step = _env_int("HPCNN_FAULT_RANK"), _env_int("HPCNN_FAULT_STEP")
+    fault_data_rank = _env_int("HPCNN_FAULT_DATA_RANK")
     _, solver, net_shape = NETS[args.net]
-    batch = args.batch_size or solver.batch_size
+    if args.batch_per_rank is not None:
+        batch = args.batch_per_rank * size
+    else:
+        batch = args.batch_size or solver.batch_size
     if batch < size or batch % size:
         raise UsageError(f"global batch {batch} must be a multiple of the {size} ranks "
                          f"(and at least {size})")
     per_rank = batch // size
-    lr = args.lr or solver.lr
+    ref_lr = args.lr or solver.lr
+    lr = scaled_lr(ref_lr, batch, solver.batch_size, args.lr_scaling)
     policy = args.lr_policy or solver.lr_policy
     momentum = solver.momentum if args.momentum is None else args.momentum
     wd = solver.weight_decay if args.weight_decay is None else args.weight_decay
 
+    grid = ProcessGrid(comm)  # (ranks, 1): pure data parallelism along the data axis
+    dcomm = grid.data_comm
     metrics = agree(comm, Metrics, args.metrics if master else None)
-    ds, why = agree(comm, load_data, args, net_shape)
+
+    def load(*a):
+        if fault_data_rank == rank:
+            raise DataError("cannot read the dataset (HPCNN_FAULT_DATA_RANK test hook)")
+        return load_data(*a)
+
+    ds, why = agree(comm, load, args, net_shape)
     if why:
         say(f"data: {why}")
     n_train = len(ds.x_train)
@@ -234,8 +385,17 @@ def run(args, comm, threads):
 
     kwargs = {"hidden": args.hidden} if args.net == "mlp" else {"algo": args.algo}
     model = build_net(args.net, ds.input_shape, ds.num_classes, seed=args.seed, **kwargs)
-    dp = DataParallel(comm, model)
     opt = SGD(model.params(), lr, momentum, wd)
+    if args.sync == "grad":
+        bucket_mb = args.bucket_mb or DEFAULT_BUCKET_MB
+        dp = DataParallel(dcomm, model, bucket_mb=bucket_mb, overlap=not args.no_overlap)
+        sync_desc = (f"sync grad ({len(dp.buckets)} bucket{'s' * (len(dp.buckets) > 1)} "
+                     f"<= {bucket_mb:g} MiB, {'no overlap' if args.no_overlap else 'overlap'})")
+    else:
+        every = args.average_every or 1
+        dp = ParamAveraging(dcomm, model, opt, every, args.average_optimizer_state)
+        sync_desc = (f"sync average every {every} step{'s' * (every > 1)}"
+                     f"{' (with momentum)' if args.average_optimizer_state else ''}")
 
     steps_per_epoch = n_train // batch  # the last partial batch is dropped on every rank alike
     total_steps = steps_per_epoch * args.epochs
@@ -246,14 +406,29 @@ def run(args, comm, threads):
         policy_args["max_iter"] = total_steps
     if policy == "step":
         policy_args.setdefault("stepsize", max(1, total_steps // 3))
+    warmup_steps = int(round(args.warmup_epochs * steps_per_epoch))
+
+    def lr_of(step):
+        return lr_at(step, policy, lr, policy_args, ref_lr, warmup_steps)
+
+    warm_kernel_cache(comm, model, ds.x_train[:per_rank], ds.y_train[:per_rank])
 
     say(f"hpcnn {__version__} | net {args.net} ({model.num_params():,} parameters) | "
         f"dataset {ds.name} {'x'.join(map(str, ds.input_shape))}, {n_train} train / "
         f"{len(ds.x_test)} test")
     say(f"source: {ds.source}")
+    lr_desc = f"lr {lr:g} {policy}"
+    if args.lr_scaling == "linear":
+        lr_desc += f" ({ref_lr:g} x {batch}/{solver.batch_size} linear scaling"
+        lr_desc += f", warm-up {args.warmup_epochs:g} epochs)" if warmup_steps else ")"
     say(f"ranks {size} x threads {threads} | batch {batch} global ({per_rank} per rank) | "
-        f"lr {lr:g} {policy} | momentum {momentum:g} | weight decay {wd:g} | "
+        f"{lr_desc} | momentum {momentum:g} | weight decay {wd:g} | "
         f"epochs {args.epochs} ({steps_per_epoch} steps each) | seed {args.seed}")
+    if size > 1:
+        say(sync_desc)
+    if batch > LARGE_BATCH:
+        say(f"warning: global batch {batch} is above {LARGE_BATCH}: Goyal et al. (2017) saw "
+            f"accuracy fall beyond 8k images even with linear scaling and warm-up")
 
     step, t_train, images, last_loss, acc = 0, 0.0, 0, float("nan"), float("nan")
     t0 = time.perf_counter()
@@ -265,14 +440,24 @@ def run(args, comm, threads):
         order = np.random.default_rng([args.seed, epoch]).permutation(n_train)
         loss_sum, loss_n = 0.0, 0
         win_loss, win_n, t_win, img_win = 0.0, 0, time.perf_counter(), 0
+        t_data = t_compute = t_wait = 0.0  # this rank's seconds in this epoch
         t_epoch = time.perf_counter()
         for i in range(steps_per_epoch):
             if step >= total_steps:
                 break
+            if fault_rank == rank and fault_step == step + 1:
+                raise RuntimeError(f"injected failure before step {step + 1} "
+                                   f"(HPCNN_FAULT_RANK/HPCNN_FAULT_STEP test hook)")
+            ta = time.perf_counter()
             idx = order[i * batch + rank * per_rank: i * batch + (rank + 1) * per_rank]
             idx.sort()  # gathers in memory order; the set of images is what matters
             x, y = ds.x_train[idx], ds.y_train[idx]
-            loss = train_step(model, dp, opt, x, y, learning_rate(policy, lr, step, **policy_args))
+            tb = time.perf_counter()
+            loss = train_step(model, dp, opt, x, y, lr_of(step))
+            tc = time.perf_counter()
+            t_data += tb - ta
+            t_wait += dp.last_wait_s
+            t_compute += (tc - tb) - dp.last_wait_s
             step += 1
             loss_sum += loss
             loss_n += 1
@@ -288,35 +473,58 @@ def run(args, comm, threads):
                 win_loss, win_n, t_win, img_win = 0.0, 0, now, 0
         t_train += time.perf_counter() - t_epoch
         images += loss_n * batch
+        n = max(1, loss_n)
+        timing = reduce_timing(comm, {"compute_s": t_compute / n, "allreduce_wait_s": t_wait / n,
+                                      "data_s": t_data / n})
         if size > 1:
             loss_sum = comm.allreduce(loss_sum) / size
-        last_loss = loss_sum / max(1, loss_n)
-        acc = evaluate(model, ds.x_test, ds.y_test, comm)
+        last_loss = loss_sum / n
+        dp.sync_params()  # parameter averaging: evaluate the average, not one rank's model
+        acc = evaluate(model, ds.x_test, ds.y_test, dcomm)
         record = {"epoch": epoch, "step": step, "train_loss": last_loss,
                   "test_accuracy": acc, "images_per_second": images / t_train,
-                  "elapsed_s": time.perf_counter() - t0, "lr": learning_rate(
-                      policy, lr, max(0, step - 1), **policy_args)}
+                  "elapsed_s": time.perf_counter() - t0, "lr": lr_of(max(0, step - 1))}
+        if master:
+            record["timing"] = dict(timing, per="step", steps=loss_n)
         metrics.write(record)
-        say(f"epoch {epoch} done: train loss {last_loss:.4f} | test accuracy {100 * acc:.2f}% | "
-            f"{record['images_per_second']:,.0f} img/s | elapsed {fmt_time(record['elapsed_s'])}")
+        if master:
+            c, w, d = (timing[k] for k in TIMING_KEYS)
+            print(f"epoch {epoch} done: train loss {last_loss:.4f} | test accuracy "
+                  f"{100 * acc:.2f}% | {record['images_per_second']:,.0f} img/s | per step "
+                  f"compute {1e3 * c['mean']:.1f} ms, allreduce wait {1e3 * w['mean']:.1f} ms "
+                  f"(max {1e3 * w['max']:.1f}), data {1e3 * d['mean']:.1f} ms | "
+                  f"elapsed {fmt_time(record['elapsed_s'])}", flush=True)
         if not math.isfinite(last_loss):
             raise HpcnnError(f"training diverged: non-finite loss at step {step}; "
                              f"try a smaller --lr")
 
     summary = dict(record, summary=True, net=args.net, dataset=ds.name, ranks=size,
-                   threads=threads, batch_size=batch, elapsed_s=time.perf_counter() - t0)
+                   threads=threads, batch_size=batch, batch_per_rank=per_rank, sync=args.sync,
+                   elapsed_s=time.perf_counter() - t0)
     metrics.write(summary)
     metrics.close()
+    grid.free()
     say(f"finished: {step} steps | test accuracy {100 * acc:.2f}% | "
-        f"{summary.get('images_per_second', 0):,.0f} img/s | total {fmt_time(summary['elapsed_s'])}")
+        f"{summary.get('images_per_second', 0):,.0f} img/s | "
+        f"total {fmt_time(summary['elapsed_s'])}")
     return summary
+
+
+def _launcher_rank():
+    """This process's rank as the launcher's environment says (before MPI starts), else 0."""
+    for var in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 0
 
 
 def main(argv=None):
     try:
         args = parse_args(argv)
     except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
+        # Every rank parses the same argv and exits alike; rank 0 alone says why.
+        if _launcher_rank() == 0:
+            print(f"error: {e}", file=sys.stderr)
         return 2
     # MPI first (to count the ranks on this node), then pin threads, then import numpy/numba:
     # BLAS and Numba read their thread counts when they are first loaded.

@@ -4,6 +4,8 @@ import sys
 
 BENCHMARKS = {
     "train": "hpcnn.bench.train",
+    "comm": "hpcnn.bench.comm",
+    "scaling": "hpcnn.bench.scaling",
 }
 
 
@@ -11,6 +13,10 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "_train_worker":
         from hpcnn.bench.train import worker_main
+
+        return worker_main(argv[1:])
+    if argv and argv[0] == "_scaling_worker":
+        from hpcnn.bench.scaling import worker_main
 
         return worker_main(argv[1:])
     if not argv or argv[0] not in BENCHMARKS:

@@ -55,3 +55,26 @@ def abort_on_exception(comm, exc: BaseException) -> None:
     if comm is not None and comm.Get_size() > 1:
         comm.Abort(1)
     sys.exit(1)
+
+
+def reduce_timing(comm, values, root=0):
+    """Min, mean and max over the ranks of a few per-rank numbers (one ``Gather`` of float64).
+
+    ``values`` maps names to this rank's number (for instance seconds per step). Returns, on
+    ``root``, ``{name: {"min": .., "mean": .., "max": ..}}``; ``None`` on the other ranks. Every
+    rank must pass the same names in the same order.
+    """
+    import numpy as np
+
+    names = list(values)
+    mine = np.array([float(values[k]) for k in names], dtype=np.float64)
+    size = comm.Get_size() if comm is not None else 1
+    if size == 1:
+        table = mine[None, :]
+    else:
+        table = np.empty((size, len(names)), dtype=np.float64) if comm.Get_rank() == root else None
+        comm.Gather(mine, table, root=root)
+        if comm.Get_rank() != root:
+            return None
+    return {k: {"min": float(table[:, j].min()), "mean": float(table[:, j].mean()),
+                "max": float(table[:, j].max())} for j, k in enumerate(names)}
