@@ -25,6 +25,7 @@ import os
 import sys
 import time
 
+from hpcnn import profile
 from hpcnn.errors import DataError, HpcnnError, UsageError
 
 DATASET_CHOICES = ("mnist", "fashion-mnist", "cifar10", "synthetic")
@@ -115,6 +116,10 @@ def build_parser():
     p.add_argument("--metrics", default=None, help="write one JSON object per epoch here")
     p.add_argument("--max-steps", type=positive_int, default=None,
                    help="stop after this many optimizer steps in total")
+    p.add_argument("--profile", action="store_true",
+                   help="end with a table of where the time went, per op kind and per layer")
+    p.add_argument("--trace", default=None, metavar="FILE",
+                   help="write a Chrome trace-event JSON timeline of every rank (Perfetto)")
     p.add_argument("--hidden", type=positive_int, default=300, help="hidden width of mlp")
     p.add_argument("--algo", default="auto", help="convolution strategy (hpcnn.kernels)")
     p.add_argument("--synthetic-train", type=positive_int, default=10000,
@@ -298,10 +303,12 @@ def train_step(model, dp, opt, x, y, lr):
 
     model.zero_grad()
     logits = model.forward(x)
-    loss, dlogits = softmax_cross_entropy(logits, y)
+    with profile.region("loss"):
+        loss, dlogits = softmax_cross_entropy(logits, y)
     dp.backward(dlogits)
     dp.sync_grads()
-    opt.step(lr)
+    with profile.region("optimizer"):
+        opt.step(lr)
     dp.after_step()
     return loss
 
@@ -370,6 +377,7 @@ def run(args, comm, threads):
     grid = ProcessGrid(comm)  # (ranks, 1): pure data parallelism along the data axis
     dcomm = grid.data_comm
     metrics = agree(comm, Metrics, args.metrics if master else None)
+    agree(comm, _check_writable, args.trace if master else None, "trace file")
 
     def load(*a):
         if fault_data_rank == rank:
@@ -431,6 +439,8 @@ def run(args, comm, threads):
             f"accuracy fall beyond 8k images even with linear scaling and warm-up")
 
     step, t_train, images, last_loss, acc = 0, 0.0, 0, float("nan"), float("nan")
+    if args.profile or args.trace:
+        profile.enable()
     t0 = time.perf_counter()
     record = {}
     for epoch in range(1, args.epochs + 1):
@@ -451,7 +461,8 @@ def run(args, comm, threads):
             ta = time.perf_counter()
             idx = order[i * batch + rank * per_rank: i * batch + (rank + 1) * per_rank]
             idx.sort()  # gathers in memory order; the set of images is what matters
-            x, y = ds.x_train[idx], ds.y_train[idx]
+            with profile.region("data"):
+                x, y = ds.x_train[idx], ds.y_train[idx]
             tb = time.perf_counter()
             loss = train_step(model, dp, opt, x, y, lr_of(step))
             tc = time.perf_counter()
@@ -480,7 +491,8 @@ def run(args, comm, threads):
             loss_sum = comm.allreduce(loss_sum) / size
         last_loss = loss_sum / n
         dp.sync_params()  # parameter averaging: evaluate the average, not one rank's model
-        acc = evaluate(model, ds.x_test, ds.y_test, dcomm)
+        with profile.region("evaluate"):
+            acc = evaluate(model, ds.x_test, ds.y_test, dcomm)
         record = {"epoch": epoch, "step": step, "train_loss": last_loss,
                   "test_accuracy": acc, "images_per_second": images / t_train,
                   "elapsed_s": time.perf_counter() - t0, "lr": lr_of(max(0, step - 1))}
@@ -507,7 +519,34 @@ def run(args, comm, threads):
     say(f"finished: {step} steps | test accuracy {100 * acc:.2f}% | "
         f"{summary.get('images_per_second', 0):,.0f} img/s | "
         f"total {fmt_time(summary['elapsed_s'])}")
+    if profile.enabled():
+        profile.disable()
+        finish_profile(args, comm)
     return summary
+
+
+def _check_writable(path, what):
+    """Fail early (UsageError) when ``path`` cannot be written; None passes."""
+    if path:
+        try:
+            with open(path, "a"):
+                pass
+        except OSError as e:
+            raise UsageError(f"cannot write {what} {path}: {e.strerror}") from None
+
+
+def finish_profile(args, comm):
+    """Rank 0 prints the profile tables (its own rank's) and writes every rank's trace."""
+    rank = comm.Get_rank()
+    if args.profile and rank == 0:
+        print(f"\n{profile.report()}", flush=True)
+    if args.trace:
+        # once, at the end of the run: pickling through gather is fine here
+        events = comm.gather(profile.trace_events(rank), root=0)
+        if rank == 0:
+            profile.write_trace(args.trace, events=[e for part in events for e in part])
+            print(f"trace: {args.trace} ({comm.Get_size()} rank(s)); open it at "
+                  f"https://ui.perfetto.dev", flush=True)
 
 
 def _launcher_rank():

@@ -50,6 +50,8 @@ def _init(rng, shape, fan_in, init, std):
 class Conv2d:
     """2-D convolution. x (N, C, H, W) -> y (N, K, P, Q), P = (H + 2*pad - R)//stride + 1."""
 
+    kind = "conv"  # op kind in the profile (hpcnn.profile.KINDS)
+
     def __init__(self, in_ch, out_ch, kernel_size, stride=1, padding=0, *, rng, name="conv",
                  init="xavier", std=0.01, bias_lr_mult=2.0, algo="auto"):
         r, s = _pair(kernel_size)
@@ -87,6 +89,8 @@ class Conv2d:
 class Linear:
     """Fully connected layer. x (N, F_in) -> y (N, F_out) = x @ W.T + b, W (F_out, F_in)."""
 
+    kind = "gemm"  # op kind in the profile (hpcnn.profile.KINDS)
+
     def __init__(self, in_features, out_features, *, rng, name="fc", init="xavier", std=0.01,
                  bias_lr_mult=2.0):
         w = _init(rng, (out_features, in_features), in_features, init, std)
@@ -115,6 +119,8 @@ class Linear:
 
 
 class ReLU:
+    kind = "activation"  # op kind in the profile (hpcnn.profile.KINDS)
+
     def __init__(self, name="relu"):
         self.name = name
         self._y = None
@@ -147,6 +153,8 @@ def _pool_out(n, k, s, p):
 
 class MaxPool2d:
     """Max pooling with Caffe's ceil-mode output size."""
+
+    kind = "pooling"  # op kind in the profile (hpcnn.profile.KINDS)
 
     def __init__(self, kernel_size, stride=None, padding=0, name="maxpool"):
         self.kernel_size = _pair(kernel_size)
@@ -192,6 +200,8 @@ class AvgPool2d(MaxPool2d):
 
 class Flatten:
     """(N, C, H, W) -> (N, C*H*W): a view, no copy."""
+
+    kind = "layout"  # op kind in the profile (hpcnn.profile.KINDS)
 
     def __init__(self, name="flatten"):
         self.name = name

@@ -7,6 +7,8 @@ into ``flat_grads``, so nothing is copied in or out).
 
 import numpy as np
 
+from hpcnn import profile
+
 
 class Sequential:
     def __init__(self, layers, input_shape, name="net"):
@@ -60,6 +62,11 @@ class Sequential:
 
     # compute ----------------------------------------------------------------------------------
     def forward(self, x, train=True):
+        if profile.enabled():
+            for layer in self.layers:
+                with profile.region(layer.kind, f"{layer.name} fwd"):
+                    x = layer.forward(x, train)
+            return x
         for layer in self.layers:
             x = layer.forward(x, train)
         return x
@@ -70,8 +77,14 @@ class Sequential:
         ``on_layer_done(i)`` is called as soon as layer ``i``'s gradients are final, so that a
         data-parallel wrapper can start reducing them while earlier layers still compute.
         """
+        prof = profile.enabled()
         for i in range(len(self.layers) - 1, -1, -1):
-            dy = self.layers[i].backward(dy)
+            layer = self.layers[i]
+            if prof:
+                with profile.region(layer.kind, f"{layer.name} bwd"):
+                    dy = layer.backward(dy)
+            else:
+                dy = layer.backward(dy)
             if on_layer_done is not None:
                 on_layer_done(i)
         return dy

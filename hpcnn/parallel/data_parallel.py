@@ -23,6 +23,7 @@ import time
 
 import numpy as np
 
+from hpcnn import profile
 from hpcnn.errors import HpcnnError
 
 DEFAULT_BUCKET_MB = 25.0
@@ -187,7 +188,8 @@ class DataParallel:
         t = time.perf_counter()
         for k in range(self._launched, len(self.buckets)):  # --no-overlap, or a plain backward
             self._launch(k)
-        MPI.Request.Waitall(self._reqs)
+        with profile.region("allreduce_wait"):
+            MPI.Request.Waitall(self._reqs)
         self._reqs = []
         self._launched = 0
         self.last_wait_s = time.perf_counter() - t
@@ -270,10 +272,11 @@ class ParamAveraging:
         from mpi4py import MPI
 
         t = time.perf_counter()
-        for buf in (self.model.flat_params, self.flat_momentum):
-            if buf is not None:
-                self.comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
-                buf *= self._scale
+        with profile.region("allreduce_wait"):
+            for buf in (self.model.flat_params, self.flat_momentum):
+                if buf is not None:
+                    self.comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+                    buf *= self._scale
         return time.perf_counter() - t
 
 
