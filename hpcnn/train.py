@@ -83,7 +83,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser():
     p = _Parser(prog="python -m hpcnn.train", description=__doc__.split("\n\n")[0],
-                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                formatter_class=_HelpFormatter)
     p.add_argument("--net", default="lenet5", help="lenet5, mlp or cifar10_quick")
     p.add_argument("--dataset", default="mnist", help=", ".join(DATASET_CHOICES))
     p.add_argument("--data-dir", default=None,
@@ -92,7 +92,7 @@ def build_parser():
     p.add_argument("--fallback-synthetic", action="store_true",
                    help="train on synthetic data of the same shape when the dataset's files "
                         "are not found (make train uses it)")
-    p.add_argument("--epochs", type=positive_int, default=10)
+    p.add_argument("--epochs", type=positive_int, default=10, help="passes over the training set")
     batch = p.add_mutually_exclusive_group()
     batch.add_argument("--batch-size", type=positive_int, default=None,
                        help="global batch over all ranks (default: the net's reference batch)")
@@ -108,8 +108,10 @@ def build_parser():
     p.add_argument("--warmup-epochs", type=nonneg_float, default=0.0,
                    help="ramp the learning rate linearly, step by step, from the reference to "
                         "the scaled rate over this many epochs (with --lr-scaling linear)")
-    p.add_argument("--momentum", type=float, default=None)
-    p.add_argument("--weight-decay", type=float, default=None)
+    p.add_argument("--momentum", type=float, default=None,
+                   help="SGD momentum (default: the net's reference)")
+    p.add_argument("--weight-decay", type=float, default=None,
+                   help="L2 weight decay (default: the net's reference)")
     p.add_argument("--seed", type=int, default=0, help="weights, data order and synthetic data")
     p.add_argument("--threads", type=positive_int, default=None,
                    help="Numba and BLAS threads per rank (default: cores / ranks on the node)")
@@ -124,7 +126,8 @@ def build_parser():
     p.add_argument("--algo", default="auto", help="convolution strategy (hpcnn.kernels)")
     p.add_argument("--synthetic-train", type=positive_int, default=10000,
                    help="synthetic training images")
-    p.add_argument("--synthetic-test", type=positive_int, default=2000)
+    p.add_argument("--synthetic-test", type=positive_int, default=2000,
+                   help="synthetic test images")
     p.add_argument("--synthetic-shape", type=shape_arg, default=None,
                    help="C,H,W of synthetic images (default: the net's reference input)")
     p.add_argument("--log-interval", type=float, default=2.0,
@@ -142,6 +145,17 @@ def build_parser():
     g.add_argument("--average-optimizer-state", action="store_true",
                    help="average the momentum buffers too (--sync average)")
     return p
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds "(default: X)" only where the help does not already say and X means something."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or any(action.default is v for v in (None, False,
+                                                                    argparse.SUPPRESS)):
+            return text
+        return super()._get_help_string(action)
 
 
 def parse_args(argv=None):
