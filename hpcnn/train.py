@@ -25,7 +25,7 @@ import os
 import sys
 import time
 
-from hpcnn import profile
+from hpcnn import control, profile
 from hpcnn.errors import DataError, HpcnnError, UsageError
 
 DATASET_CHOICES = ("mnist", "fashion-mnist", "cifar10", "synthetic")
@@ -144,6 +144,7 @@ def build_parser():
                    help="steps between parameter averages (--sync average; default 1)")
     g.add_argument("--average-optimizer-state", action="store_true",
                    help="average the momentum buffers too (--sync average)")
+    control.add_arguments(p)
     return p
 
 
@@ -170,7 +171,7 @@ def validate(args):
 
     if args.net not in NETS:
         raise UsageError(f"unknown net {args.net!r}; choose from {', '.join(NETS)}")
-    if args.dataset not in DATASET_CHOICES:
+    if args.dataset not in DATASET_CHOICES and not args.dataset.startswith("h5:"):
         raise UsageError(f"unknown dataset {args.dataset!r}; choose from "
                          f"{', '.join(DATASET_CHOICES)}")
     if args.lr_policy is not None and args.lr_policy not in LR_POLICIES:
@@ -187,6 +188,7 @@ def validate(args):
     if args.log_interval <= 0:
         raise UsageError(f"--log-interval must be positive, got {args.log_interval}")
     validate_sync(args)
+    control.validate(args)
 
 
 def validate_sync(args):
@@ -352,6 +354,7 @@ def run(args, comm, threads):
     import numpy as np
 
     from hpcnn import __version__
+    from hpcnn.data.batches import EpochBatches
     from hpcnn.nn import NETS, build_net
     from hpcnn.optim import SGD
     from hpcnn.parallel import (
@@ -392,6 +395,7 @@ def run(args, comm, threads):
     dcomm = grid.data_comm
     metrics = agree(comm, Metrics, args.metrics if master else None)
     agree(comm, _check_writable, args.trace if master else None, "trace file")
+    ctl = control.TrainingControl(args, comm, say)
 
     def load(*a):
         if fault_data_rank == rank:
@@ -434,6 +438,10 @@ def run(args, comm, threads):
         return lr_at(step, policy, lr, policy_args, ref_lr, warmup_steps)
 
     warm_kernel_cache(comm, model, ds.x_train[:per_rank], ds.y_train[:per_rank])
+    ctl.attach(model, opt, dp, batch=batch, steps_per_epoch=steps_per_epoch, n_train=n_train,
+               schedule=dict(lr_at=lr_of, policy=policy, base_lr=lr, ref_lr=ref_lr,
+                             policy_args=policy_args, warmup_steps=warmup_steps))
+    pos = ctl.resume()
 
     say(f"hpcnn {__version__} | net {args.net} ({model.num_params():,} parameters) | "
         f"dataset {ds.name} {'x'.join(map(str, ds.input_shape))}, {n_train} train / "
@@ -452,31 +460,33 @@ def run(args, comm, threads):
         say(f"warning: global batch {batch} is above {LARGE_BATCH}: Goyal et al. (2017) saw "
             f"accuracy fall beyond 8k images even with linear scaling and warm-up")
 
-    step, t_train, images, last_loss, acc = 0, 0.0, 0, float("nan"), float("nan")
+    step, t_train, images, last_loss, acc = pos.step, 0.0, 0, float("nan"), float("nan")
     if args.profile or args.trace:
         profile.enable()
     t0 = time.perf_counter()
     record = {}
-    for epoch in range(1, args.epochs + 1):
-        if step >= total_steps:
+    for epoch in range(pos.epoch, args.epochs + 1):
+        if step >= total_steps or ctl.stopped:
             break
         # One global shuffle per epoch, identical on every rank (seeded by seed and epoch).
         order = np.random.default_rng([args.seed, epoch]).permutation(n_train)
-        loss_sum, loss_n = 0.0, 0
+        first = 0 if epoch > pos.epoch else pos.index  # resuming mid-epoch
+        loss_sum, loss_n = (0.0, 0) if epoch > pos.epoch else (pos.loss_sum, pos.loss_n)
+        in_memory = isinstance(ds.x_train, np.ndarray)  # else an h5: store, read ahead
+        batches = EpochBatches(ds.x_train, ds.y_train, order, batch, per_rank, rank, first,
+                               steps_per_epoch, 0 if in_memory else args.prefetch)
         win_loss, win_n, t_win, img_win = 0.0, 0, time.perf_counter(), 0
         t_data = t_compute = t_wait = 0.0  # this rank's seconds in this epoch
         t_epoch = time.perf_counter()
-        for i in range(steps_per_epoch):
+        for i in range(first, steps_per_epoch):
             if step >= total_steps:
                 break
             if fault_rank == rank and fault_step == step + 1:
                 raise RuntimeError(f"injected failure before step {step + 1} "
                                    f"(HPCNN_FAULT_RANK/HPCNN_FAULT_STEP test hook)")
             ta = time.perf_counter()
-            idx = order[i * batch + rank * per_rank: i * batch + (rank + 1) * per_rank]
-            idx.sort()  # gathers in memory order; the set of images is what matters
             with profile.region("data"):
-                x, y = ds.x_train[idx], ds.y_train[idx]
+                x, y = next(batches)
             tb = time.perf_counter()
             loss = train_step(model, dp, opt, x, y, lr_of(step))
             tc = time.perf_counter()
@@ -496,6 +506,11 @@ def run(args, comm, threads):
                 print(f"epoch {epoch} step {step}/{total_steps} loss {win_loss / win_n:.4f} "
                       f"{rate:,.0f} img/s eta {fmt_time(eta)}", flush=True)
                 win_loss, win_n, t_win, img_win = 0.0, 0, now, 0
+            if ctl.after_step(step, epoch, i + 1, loss, loss_sum, loss_n):
+                break  # a stop signal: checkpoint written
+        batches.close()
+        if ctl.stopped:
+            break
         t_train += time.perf_counter() - t_epoch
         images += loss_n * batch
         n = max(1, loss_n)
@@ -520,13 +535,12 @@ def run(args, comm, threads):
                   f"compute {1e3 * c['mean']:.1f} ms, allreduce wait {1e3 * w['mean']:.1f} ms "
                   f"(max {1e3 * w['max']:.1f}), data {1e3 * d['mean']:.1f} ms | "
                   f"elapsed {fmt_time(record['elapsed_s'])}", flush=True)
-        if not math.isfinite(last_loss):
-            raise HpcnnError(f"training diverged: non-finite loss at step {step}; "
-                             f"try a smaller --lr")
+        if ctl.after_epoch(epoch, step, acc):
+            break  # early stopping
 
-    summary = dict(record, summary=True, net=args.net, dataset=ds.name, ranks=size,
+    summary = dict(record, step=step, summary=True, net=args.net, dataset=ds.name, ranks=size,
                    threads=threads, batch_size=batch, batch_per_rank=per_rank, sync=args.sync,
-                   elapsed_s=time.perf_counter() - t0)
+                   elapsed_s=time.perf_counter() - t0, **ctl.finish())
     metrics.write(summary)
     metrics.close()
     grid.free()
@@ -591,20 +605,20 @@ def main(argv=None):
     thr.pin_env(n_threads)
     try:
         n_threads = thr.apply(n_threads)
-        run(args, comm, n_threads)
+        summary = run(args, comm, n_threads)
     except HpcnnError as e:
         # Raised alike on every rank (input checks are identical everywhere, and `agree`
         # shares a failure of one rank with all), so every rank exits and none is left waiting.
         if comm.Get_rank() == 0:
             print(f"error: {e}", file=sys.stderr, flush=True)
-        return 2
+        return getattr(e, "exit_status", 2)  # 3: diverged (hpcnn.control)
     except KeyboardInterrupt:
         return 130
     except BaseException as e:  # a bug or a crash on this rank only: end the whole job now
         if isinstance(e, SystemExit):
             raise
         abort_on_exception(comm, e)
-    return 0
+    return summary.get("exit_status", 0)  # 75: stopped by a signal, checkpoint written
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
     python -m hpcnn.data download mnist [--dir DIR] [--mirror URL]
     python -m hpcnn.data describe mnist [--data-dir DIR]
+    python -m hpcnn.data prepare --dataset cifar10 --out cifar10.h5 [--data-dir DIR]
+    python -m hpcnn.data describe h5:cifar10.h5
 
 Errors print one line, ``error: ...``, on stderr and exit with status 2.
 """
@@ -15,8 +17,8 @@ import time
 import numpy as np
 
 from hpcnn.data import download as dl
-from hpcnn.data import registry
-from hpcnn.errors import HpcnnError, UsageError
+from hpcnn.data import registry, store
+from hpcnn.errors import DataError, HpcnnError, UsageError
 
 
 def channel_stats(x: np.ndarray, chunk: int = 4096) -> np.ndarray:
@@ -42,6 +44,11 @@ def channel_stats(x: np.ndarray, chunk: int = 4096) -> np.ndarray:
 
 
 def describe(args: argparse.Namespace) -> int:
+    if args.dataset.startswith(store.PREFIX):
+        try:
+            return store.describe_store(args.dataset[len(store.PREFIX):], channel_stats)
+        except store.StoreReadError as e:
+            raise DataError(str(e)) from None
     t0 = time.perf_counter()
     kwargs = {}
     if args.shape:
@@ -84,6 +91,11 @@ def describe(args: argparse.Namespace) -> int:
     for chk in checks:
         print(f"  {'ok ' if chk.ok else 'BAD'} {chk.path}: {chk.detail}")
     return 0 if all(chk.ok for chk in checks) else 1
+
+
+def prepare(args: argparse.Namespace) -> int:
+    store.prepare_store(args.dataset, args.out, args.data_dir, verify_md5=not args.no_md5)
+    return 0
 
 
 def download(args: argparse.Namespace) -> int:
@@ -129,10 +141,23 @@ def build_parser() -> argparse.ArgumentParser:
         "per-channel min/max/mean/std after normalisation, and each file's check (MD5). "
         "Exits with 1 when a file fails its check.",
     )
-    s.add_argument("dataset", help=", ".join(registry.DATASETS))
+    s.add_argument("dataset", help=", ".join(registry.DATASETS) + " or h5:FILE (a store)")
     s.add_argument("--data-dir", help="folder holding the dataset's files")
     s.add_argument("--shape", type=_shape, help="synthetic only: image shape C,H,W")
     s.set_defaults(func=describe)
+
+    r = sub.add_parser(
+        "prepare",
+        help="convert a dataset's original files to one HDF5 store (train with --dataset h5:FILE)",
+        description="Read and check the original files, then write one HDF5 file: uint8 images "
+        "chunked by blocks of samples (with checksums), labels, class names, the mean image and "
+        "the MD5 of every source file. Written to a temporary file, then renamed.",
+    )
+    r.add_argument("--dataset", required=True, help=", ".join(registry.FILE_DATASETS))
+    r.add_argument("--out", required=True, help="the .h5 file to write")
+    r.add_argument("--data-dir", help="folder holding the dataset's files")
+    r.add_argument("--no-md5", action="store_true", help="skip the official MD5 check (IDX)")
+    r.set_defaults(func=prepare)
     return p
 
 
