@@ -6,6 +6,7 @@ that already exist, through threadpoolctl).
 """
 
 import os
+import sys
 
 _ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
              "BLIS_NUM_THREADS", "NUMBA_NUM_THREADS")
@@ -29,6 +30,10 @@ def default_threads(local_ranks: int = 1) -> int:
 def pin_env(threads: int) -> None:
     """Set the thread-count variables read by OpenMP, OpenBLAS, MKL and Numba at import time."""
     for var in _ENV_VARS:
+        if var == "NUMBA_NUM_THREADS" and "numba" in sys.modules:
+            # Numba re-reads it at every compile and refuses a change once its pool runs;
+            # once imported, apply() sets its count instead.
+            continue
         os.environ[var] = str(threads)
 
 

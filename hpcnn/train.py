@@ -332,25 +332,79 @@ def train_step(model, dp, opt, x, y, lr):
 TIMING_KEYS = ("compute_s", "allreduce_wait_s", "data_s")
 
 
-def warm_kernel_cache(comm, model, x, y):
-    """Rank 0 compiles (or loads) every kernel of a step first; the others wait, then load.
+def warm_kernel_cache(comm, model, x, y, eval_batches=()):
+    """Rank 0 compiles (or loads) every kernel of a step and tunes the convolutions first; the
+    others wait, then load the kernels and adopt rank 0's choices of convolution strategy.
 
     Numba's on-disk cache is not safe to fill from many processes at once (numba issues #4807,
     #10128), and a shared file system makes that every rank of the job. One forward and backward
-    on rank 0 fills it; gradients are zeroed after, parameters are untouched.
+    on rank 0 fills it; gradients are zeroed after, parameters are untouched. ``algo="auto"``
+    times the strategies on first use: tuned on rank 0 alone (the timings undisturbed by the
+    other ranks) and shared, every rank computes with the same strategies. ``eval_batches``:
+    the test-batch sizes of any rank, tuned here too (a forward on zeros).
     """
-    from hpcnn.kernels import _jit, softmax_cross_entropy
+    import numpy as np
 
-    if comm.Get_size() == 1 or not _jit.CACHE:
+    from hpcnn.kernels import _jit, autotune, softmax_cross_entropy
+
+    if comm.Get_size() == 1:
+        return
+    auto = any(getattr(layer, "algo", None) == "auto" for layer in model.layers)
+    if not (_jit.CACHE or auto):
         return
     if comm.Get_rank() == 0:
         _, dlogits = softmax_cross_entropy(model.forward(x), y)
         model.backward(dlogits)
         model.zero_grad()
-    comm.Barrier()
+        for n in eval_batches if auto else ():
+            model.forward(np.zeros((n, *x.shape[1:]), dtype=x.dtype), train=False)
+    if auto:
+        choices = comm.bcast(autotune.choices() if comm.Get_rank() == 0 else None)
+        if comm.Get_rank() != 0:
+            autotune.set_choices(choices)
+    else:
+        comm.Barrier()
+
+
+def eval_batch_sizes(n, size, batch=500):
+    """The distinct batch sizes :func:`evaluate` uses on any of ``size`` ranks."""
+    sizes = set()
+    for rank in range(size):
+        lo, hi = n * rank // size, n * (rank + 1) // size
+        sizes.update(min(batch, hi - i) for i in range(lo, hi, batch))
+    return sorted(sizes)
+
+
+def default_autotune_cache():
+    """Where ``algo="auto"`` keeps its choices unless HPCNN_AUTOTUNE_CACHE says otherwise: the
+    user cache (``$XDG_CACHE_HOME/hpcnn``, default ``~/.cache/hpcnn``), so that the next run on
+    this CPU with these threads makes the same choices and gives the same numbers."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    path = os.path.join(base, "hpcnn", "autotune.json")
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    except OSError:
+        return None  # autotune then keeps its choices in memory
+    return path
 
 
 def run(args, comm, threads):
+    """Train as ``args`` say on the ranks of ``comm``; returns the summary record (all ranks).
+
+    While it runs, ``algo="auto"`` keeps its choices in the user cache (unless
+    HPCNN_AUTOTUNE_CACHE names a file), so the next run makes the same choices.
+    """
+    from hpcnn.kernels import autotune
+
+    previous = autotune.DEFAULT_CACHE
+    autotune.DEFAULT_CACHE = default_autotune_cache()
+    try:
+        return _run(args, comm, threads)
+    finally:
+        autotune.DEFAULT_CACHE = previous
+
+
+def _run(args, comm, threads):
     import numpy as np
 
     from hpcnn import __version__
@@ -437,7 +491,8 @@ def run(args, comm, threads):
     def lr_of(step):
         return lr_at(step, policy, lr, policy_args, ref_lr, warmup_steps)
 
-    warm_kernel_cache(comm, model, ds.x_train[:per_rank], ds.y_train[:per_rank])
+    warm_kernel_cache(comm, model, ds.x_train[:per_rank], ds.y_train[:per_rank],
+                      eval_batch_sizes(len(ds.x_test), dcomm.Get_size()))
     ctl.attach(model, opt, dp, batch=batch, steps_per_epoch=steps_per_epoch, n_train=n_train,
                schedule=dict(lr_at=lr_of, policy=policy, base_lr=lr, ref_lr=ref_lr,
                              policy_args=policy_args, warmup_steps=warmup_steps))

@@ -163,7 +163,8 @@ def test_conv_accepts_non_contiguous_inputs():
                                   K.conv2d_forward(x, w, b, stride, padding))
 
 
-def test_conv_algo_lowering_equals_auto():
+def test_conv_algo_auto_is_lowering_with_autotune_off(monkeypatch):
+    monkeypatch.setenv("HPCNN_AUTOTUNE", "off")
     x, w, b, stride, padding = conv_inputs("5x5-stride3-pad1")
     y_auto = K.conv2d_forward(x, w, b, stride, padding, algo="auto")
     y_low = K.conv2d_forward(x, w, b, stride, padding, algo="lowering")

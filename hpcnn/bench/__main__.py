@@ -6,6 +6,7 @@ BENCHMARKS = {
     "train": "hpcnn.bench.train",
     "comm": "hpcnn.bench.comm",
     "scaling": "hpcnn.bench.scaling",
+    "conv": "hpcnn.bench.conv",
 }
 
 

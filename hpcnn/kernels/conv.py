@@ -8,7 +8,13 @@ a pair ``(forward, backward)`` with the signatures
 
 where every array is already checked (C-contiguous, one float dtype, matching shapes) and
 ``stride`` / ``padding`` are (h, w) int pairs. Add a strategy by adding it to :data:`ALGOS`;
-``"auto"`` is resolved by :func:`resolve_algo`.
+``"auto"`` is resolved by :func:`resolve_algo`, which asks :mod:`~hpcnn.kernels.autotune`
+(the strategy measured fastest on this shape and thread count, forward and backward apart).
+
+The strategies: "lowering" (below); "chunked" and "pipelined" (:mod:`~.pipelined`: NHWC
+lowering of L2-sized chunks, batch-parallel or with lowering and GEMM overlapped on two
+threads); "mec" (:mod:`~.mec`: lowering along the width only, R shifted GEMMs) and "gemm1x1"
+(1x1 layers as one GEMM per image, no lowering).
 
 "lowering" is the conventional lowering of Sakiyama et al.: the whole batch is lowered by
 :func:`~hpcnn.kernels.im2col.im2col` into one column matrix and multiplied by the weights in ONE
@@ -16,8 +22,12 @@ BLAS GEMM. Backward recomputes the columns (no batch-sized buffer survives a cal
 dW = dY @ col.T, then reuses the column buffer for dcol = W.T @ dY and folds it back with col2im.
 """
 
+from functools import partial
+
 import numpy as np
 
+from hpcnn import profile
+from hpcnn.kernels import autotune, mec, pipelined
 from hpcnn.kernels._jit import pnjit, prange
 from hpcnn.kernels.im2col import _col2im_kernel, _conv_geometry, _float_array, _lower
 
@@ -70,12 +80,15 @@ def _lowering_forward(x, w, b, stride, padding):
     P = (H + 2 * ph - R) // sh + 1
     Q = (W + 2 * pw - S) // sw + 1
     col = np.empty((C * R * S, N * P * Q), dtype=x.dtype)
-    _lower(x, R, S, sh, sw, ph, pw, P, Q, col)
-    ymat = np.dot(w.reshape(K, C * R * S), col)  # (K, N*P*Q): the one GEMM
+    with profile.region("lowering"):
+        _lower(x, R, S, sh, sw, ph, pw, P, Q, col)
+    with profile.region("gemm"):
+        ymat = np.dot(w.reshape(K, C * R * S), col)  # (K, N*P*Q): the one GEMM
     del col
     y = np.empty((N, K, P, Q), dtype=x.dtype)
     bias = np.zeros(K, dtype=x.dtype) if b is None else b
-    _unfold_output(ymat, bias, y.reshape(N, K, P * Q))
+    with profile.region("layout"):
+        _unfold_output(ymat, bias, y.reshape(N, K, P * Q))
     return y
 
 
@@ -86,26 +99,47 @@ def _lowering_backward(dy, x, w, stride, padding):
     P, Q = dy.shape[2], dy.shape[3]
     dymat = np.empty((K, N * P * Q), dtype=x.dtype)
     db = np.empty(K, dtype=x.dtype)
-    _fold_grad_output(dy.reshape(N, K, P * Q), dymat, db)
+    with profile.region("layout"):
+        _fold_grad_output(dy.reshape(N, K, P * Q), dymat, db)
     col = np.empty((C * R * S, N * P * Q), dtype=x.dtype)
-    _lower(x, R, S, sh, sw, ph, pw, P, Q, col)
-    dw = np.dot(dymat, col.T).reshape(w.shape)  # (K, C*R*S)
-    np.dot(w.reshape(K, C * R * S).T, dymat, out=col)  # dcol overwrites the columns
+    with profile.region("lowering"):
+        _lower(x, R, S, sh, sw, ph, pw, P, Q, col)
+    with profile.region("gemm"):
+        dw = np.dot(dymat, col.T).reshape(w.shape)  # (K, C*R*S)
+        np.dot(w.reshape(K, C * R * S).T, dymat, out=col)  # dcol overwrites the columns
     dx = np.empty_like(x)
-    _col2im_kernel(col, R, S, sh, sw, ph, pw, P, Q, dx)
+    with profile.region("col2im"):
+        _col2im_kernel(col, R, S, sh, sw, ph, pw, P, Q, dx)
     return dx, dw, db
 
 
 ALGOS = {
     "lowering": (_lowering_forward, _lowering_backward),
 }
+if pipelined.AVAILABLE:
+    ALGOS["chunked"] = (partial(pipelined.forward, schedule="chunked"),
+                        partial(pipelined.backward, schedule="chunked"))
+    ALGOS["pipelined"] = (partial(pipelined.forward, schedule="pipelined"),
+                          partial(pipelined.backward, schedule="pipelined"))
+    ALGOS["mec"] = (mec.mec_forward, mec.mec_backward)
+    ALGOS["gemm1x1"] = (mec.gemm1x1_forward, mec.gemm1x1_backward)
 """Convolution strategies: name -> (forward, backward); see the module docstring."""
 
+APPLIES = {"mec": mec.mec_applies, "gemm1x1": mec.gemm1x1_applies}
+"""name -> predicate(x_shape, w_shape, stride, padding): False where the strategy would only run
+another one's code (there it is still correct, but the autotuner does not time it)."""
 
-def resolve_algo(algo, x_shape, w_shape, stride, padding, fn):
-    """The strategy name to run for ``algo`` ("auto" picks one; unknown names raise)."""
+
+def resolve_algo(algo, x_shape, w_shape, stride, padding, fn, dtype=np.float32,
+                 direction="forward"):
+    """The strategy name to run for ``algo``; unknown names raise.
+
+    For "auto" it is the choice of :mod:`~hpcnn.kernels.autotune` for this shape, thread count
+    and ``direction`` ("forward" or "backward"), or None while that is not tuned yet (the
+    public wrappers then tune on the call's arrays).
+    """
     if algo == "auto":
-        return "lowering"
+        return autotune.lookup(direction, x_shape, w_shape, stride, padding, dtype)
     if algo not in ALGOS:
         valid = ", ".join(repr(a) for a in ["auto", *ALGOS])
         raise ValueError(f"{fn}: unknown algo {algo!r} (x {tuple(x_shape)}, w {tuple(w_shape)}); "
@@ -148,8 +182,13 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, algo="auto"):
         if b.shape[0] != w.shape[0]:
             raise ValueError(f"{fn}: b has shape {b.shape} but w has {w.shape[0]} output "
                              f"channels (w {w.shape})")
-    forward, _ = ALGOS[resolve_algo(algo, x.shape, w.shape, stride, padding, fn)]
-    return forward(x, w, b, stride, padding)
+    name = resolve_algo(algo, x.shape, w.shape, stride, padding, fn, x.dtype, "forward")
+    if name is None:
+        _, y = autotune.tune("forward", lambda a: ALGOS[a][0](x, w, b, stride, padding),
+                             x.shape, w.shape, stride, padding, x.dtype,
+                             warmup=lambda a: ALGOS[a][0](x[:1], w, b, stride, padding))
+        return y
+    return ALGOS[name][0](x, w, b, stride, padding)
 
 
 def conv2d_backward(dy, x, w, stride=1, padding=0, algo="auto"):
@@ -173,5 +212,42 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, algo="auto"):
     if dy.shape != expect:
         raise ValueError(f"{fn}: dy has shape {dy.shape} but x {x.shape} and w {w.shape} give "
                          f"y of shape {expect}")
-    _, backward = ALGOS[resolve_algo(algo, x.shape, w.shape, stride, padding, fn)]
-    return backward(dy, x, w, stride, padding)
+    name = resolve_algo(algo, x.shape, w.shape, stride, padding, fn, x.dtype, "backward")
+    if name is None:
+        _, grads = autotune.tune("backward", lambda a: ALGOS[a][1](dy, x, w, stride, padding),
+                                 x.shape, w.shape, stride, padding, x.dtype,
+                                 warmup=lambda a: ALGOS[a][1](dy[:1], x[:1], w, stride, padding))
+        return grads
+    return ALGOS[name][1](dy, x, w, stride, padding)
+
+
+def workspace_bytes(algo, x_shape, w_shape, stride=1, padding=0, itemsize=4, threads=None,
+                    backward=False):
+    """(total, lowering) scratch bytes one pass of strategy ``algo`` allocates on these shapes.
+
+    Computed from the shapes and the strategy's chunk plan, not measured: every temporary the
+    strategy allocates besides its inputs and results (``total``), and of it the lowered matrix
+    (``lowering``: im2col columns, chunk column buffers or mec's width-lowered blocks).
+    "auto" is not accepted: ask for the strategy it chose.
+    """
+    fn = "workspace_bytes"
+    (R, S), stride, padding, (P, Q) = _conv_geometry(x_shape, w_shape[2:], stride, padding, fn)
+    N, C = x_shape[0], x_shape[1]
+    K = w_shape[0]
+    if algo == "lowering":
+        col = C * R * S * N * P * Q * itemsize
+        gemm_out = K * N * P * Q * itemsize  # ymat, or dymat in backward
+        padded = (N * C * (x_shape[2] + 2 * padding[0]) * (x_shape[3] + 2 * padding[1])
+                  * itemsize if padding != (0, 0) else 0)
+        dw = K * C * R * S * itemsize if backward else 0
+        return col + gemm_out + padded + dw, col
+    if algo in ("chunked", "pipelined"):
+        return pipelined.workspace_bytes(algo, x_shape, w_shape, stride, padding, itemsize,
+                                         threads, backward)
+    if algo == "mec":
+        return mec.mec_workspace_bytes(x_shape, w_shape, stride, padding, itemsize, threads,
+                                       backward)
+    if algo == "gemm1x1":
+        return mec.gemm1x1_workspace_bytes(x_shape, w_shape, stride, padding, itemsize, threads,
+                                           backward)
+    raise ValueError(f"{fn}: unknown algo {algo!r}; valid: {', '.join(map(repr, ALGOS))}")

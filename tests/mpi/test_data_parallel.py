@@ -36,7 +36,8 @@ def run(net, comm, steps, batch, seed=1, mode="grad-overlap", plain=False):
     _, solver, shape = NETS[net]
     ds = load_dataset("synthetic", synthetic_shape=shape, synthetic_train=batch * steps,
                       synthetic_test=10, seed=seed)
-    model = build_net(net, shape, 10, seed=seed)
+    # one fixed strategy: "auto" could time its way to different ones at batch B and B/N
+    model = build_net(net, shape, 10, seed=seed, algo="lowering")
     size, rank = (comm.Get_size(), comm.Get_rank()) if comm is not None else (1, 0)
     momentum, wd = (0.0, 0.0) if plain else (solver.momentum, solver.weight_decay)
     opt = SGD(model.params(), solver.lr, momentum, wd)

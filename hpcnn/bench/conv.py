@@ -1,0 +1,269 @@
+"""Convolution layers: ``python -m hpcnn.bench conv [--set cifar10_quick|googlenet|all]``.
+
+For every reference layer (hpcnn/bench/conv_layers.json: cifar10_quick at batch 100 and the 20
+GoogLeNet layers of Sakiyama et al.), every thread count and every strategy of
+:data:`hpcnn.kernels.conv.ALGOS` plus "auto", forward and backward apart: the median time of
+``--repeats`` runs after one warm-up, GFLOP/s (forward 2*N*K*P*Q*C*R*S flops, backward twice
+that: data and weight gradients), the fraction of an SGEMM ceiling (a 2048^3 SGEMM timed in the
+same process at the same thread count), the strategy's workspace (computed from the shapes and
+its chunk plan, see :func:`hpcnn.kernels.conv.workspace_bytes`), and, when PyTorch is importable,
+``torch.nn.functional.conv2d`` forward and backward on the same arrays and threads, and the ratio
+PyTorch time / hpcnn time (1.0 = parity, above 1 = hpcnn faster). GoogLeNet rows also show the
+pipelined/lowering speedup (forward + backward) beside the paper's figure.
+
+Thread counts are set in-process for Numba (``numba.set_num_threads``), for every BLAS and
+OpenMP pool (threadpoolctl, through :func:`hpcnn.threads.apply`) and for PyTorch
+(``torch.set_num_threads``): the same count for both libraries. "auto" is tuned (untimed) on its
+first call; its tuning time is reported apart.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+DEFAULT_LAYERS = os.path.join(os.path.dirname(__file__), "conv_layers.json")
+SETS = ("cifar10_quick", "googlenet")
+
+
+def _set_threads(n, torch):
+    from hpcnn import threads
+
+    got = threads.apply(n)
+    if torch is not None:
+        torch.set_num_threads(got)
+    return got
+
+
+def _median_ms(run, repeats):
+    run()  # warm-up
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        run()
+        ts.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(ts)
+
+
+def sgemm_ceiling(n=2048, repeats=3):
+    """GFLOP/s of the best of ``repeats`` n^3 float32 GEMMs through numpy's BLAS."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    c = np.empty_like(a)
+    np.dot(a, b, out=c)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        np.dot(a, b, out=c)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n ** 3 / best / 1e9
+
+
+def load_layers(path, which, batch=None):
+    """[(set name, layer dict with N)] of the chosen sets (``which``: a set name or "all")."""
+    with open(path) as f:
+        data = json.load(f)
+    names = [s for s in SETS if s in data] if which == "all" else [which]
+    out = []
+    for name in names:
+        if name not in data:
+            raise SystemExit(f"{path} has no layer set {name!r} (has: "
+                             f"{', '.join(k for k in data if k != 'about')})")
+        for layer in data[name]["layers"]:
+            out.append((name, dict(layer, N=batch or data[name]["batch"])))
+    return out
+
+
+def _torch_timers(torch, x, w, b, dy, stride, pad):
+    xt = torch.from_numpy(x).requires_grad_()
+    wt = torch.from_numpy(w).requires_grad_()
+    bt = torch.from_numpy(b).requires_grad_()
+    dyt = torch.from_numpy(dy)
+    conv = torch.nn.functional.conv2d
+
+    def fwd():
+        with torch.no_grad():
+            conv(xt, wt, bt, stride, pad)
+
+    yt = conv(xt, wt, bt, stride, pad)
+
+    def bwd():
+        torch.autograd.grad(yt, (xt, wt, bt), dyt, retain_graph=True)
+
+    return fwd, bwd
+
+
+def bench_layer(layer, algos, repeats, threads, ceiling, torch, seed=0):
+    """One layer at the thread count in force: {"algos": {name: {...}}, "torch": {...}}."""
+    import numpy as np
+
+    from hpcnn.kernels import autotune, conv
+
+    N, C, H, W, K, R = (layer[k] for k in ("N", "C", "H", "W", "K", "R"))
+    S = layer.get("S", R)
+    s, p = layer.get("stride", 1), layer.get("pad", 0)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((N, C, H, W), dtype=np.float32)
+    w = (rng.standard_normal((K, C, R, S), dtype=np.float32) * 0.05).astype(np.float32)
+    b = rng.standard_normal(K, dtype=np.float32)
+    P, Q = (H + 2 * p - R) // s + 1, (W + 2 * p - S) // s + 1
+    dy = rng.standard_normal((N, K, P, Q), dtype=np.float32)
+    flops = 2.0 * N * K * P * Q * C * R * S
+    out = {"layer": layer["name"], "shape": {"N": N, "C": C, "H": H, "W": W, "K": K, "R": R,
+                                             "S": S, "stride": s, "pad": p},
+           "threads": threads, "gflop_forward": flops / 1e9, "algos": {}}
+    if "paper_speedup" in layer:
+        out["paper_speedup"] = layer["paper_speedup"]
+    for name in algos:
+        row = {}
+        if name == "auto":
+            t0 = time.perf_counter()
+            conv.conv2d_forward(x, w, b, s, p, algo="auto")
+            conv.conv2d_backward(dy, x, w, s, p, algo="auto")
+            row["tune_s"] = time.perf_counter() - t0
+            key_args = (x.shape, w.shape, (s, s), (p, p), x.dtype)
+            row["chose"] = {d: autotune.lookup(d, *key_args) for d in autotune.DIRECTIONS}
+        fwd_ms = _median_ms(lambda n=name: conv.conv2d_forward(x, w, b, s, p, algo=n), repeats)
+        bwd_ms = _median_ms(lambda n=name: conv.conv2d_backward(dy, x, w, s, p, algo=n), repeats)
+        row.update(forward_ms=fwd_ms, backward_ms=bwd_ms,
+                   forward_gflops=flops / fwd_ms / 1e6, backward_gflops=2 * flops / bwd_ms / 1e6)
+        row["forward_frac_peak"] = row["forward_gflops"] / ceiling
+        row["backward_frac_peak"] = row["backward_gflops"] / ceiling
+        ws = {}
+        for d, bwd in (("forward", False), ("backward", True)):
+            real = row["chose"][d] if name == "auto" else name
+            total, low = conv.workspace_bytes(real, x.shape, w.shape, s, p, 4, threads, bwd)
+            ws[d] = {"total_bytes": total, "lowering_bytes": low}
+        row["workspace"] = ws
+        out["algos"][name] = row
+    if torch is not None:
+        tf, tb = _torch_timers(torch, x, w, b, dy, s, p)
+        t = {"forward_ms": _median_ms(tf, repeats), "backward_ms": _median_ms(tb, repeats)}
+        t["forward_gflops"] = flops / t["forward_ms"] / 1e6
+        t["backward_gflops"] = 2 * flops / t["backward_ms"] / 1e6
+        out["torch"] = t
+        for row in out["algos"].values():  # PyTorch time / hpcnn time: > 1 = hpcnn faster
+            row["ratio_vs_torch_forward"] = t["forward_ms"] / row["forward_ms"]
+            row["ratio_vs_torch_backward"] = t["backward_ms"] / row["backward_ms"]
+            row["ratio_vs_torch_total"] = ((t["forward_ms"] + t["backward_ms"])
+                                           / (row["forward_ms"] + row["backward_ms"]))
+    low, pipe = out["algos"].get("lowering"), out["algos"].get("pipelined")
+    if low and pipe:
+        out["pipelined_speedup"] = ((low["forward_ms"] + low["backward_ms"])
+                                    / (pipe["forward_ms"] + pipe["backward_ms"]))
+        out["pipelined_speedup_forward"] = low["forward_ms"] / pipe["forward_ms"]
+    return out
+
+
+def _print_layer(r, ceiling):
+    sh = r["shape"]
+    head = (f"{r['layer']} N={sh['N']} C={sh['C']} {sh['H']}x{sh['W']} K={sh['K']} "
+            f"{sh['R']}x{sh['S']}/s{sh['stride']}/p{sh['pad']}, {r['threads']} thread(s), "
+            f"{r['gflop_forward']:.3f} GFLOP fwd")
+    if "pipelined_speedup" in r:
+        head += f" | pipelined/lowering {r['pipelined_speedup']:.2f}x"
+        if "paper_speedup" in r:
+            head += f" (paper {r['paper_speedup']:.2f}x)"
+    print(head)
+    print(f"  {'algo':<16} {'fwd ms':>8} {'GF/s':>6} {'peak':>5} {'bwd ms':>8} {'GF/s':>6} "
+          f"{'peak':>5} {'ws MiB':>7} {'vs torch f/b/tot':>17}")
+    for name, a in r["algos"].items():
+        label = name
+        if name == "auto":
+            label = f"auto({a['chose']['forward'][:4]}/{a['chose']['backward'][:4]})"
+        ws = max(a["workspace"]["forward"]["total_bytes"],
+                 a["workspace"]["backward"]["total_bytes"]) / 2 ** 20
+        line = (f"  {label:<16} {a['forward_ms']:8.2f} {a['forward_gflops']:6.1f} "
+                f"{100 * a['forward_frac_peak']:4.0f}% {a['backward_ms']:8.2f} "
+                f"{a['backward_gflops']:6.1f} {100 * a['backward_frac_peak']:4.0f}% {ws:7.2f}")
+        if "ratio_vs_torch_total" in a:
+            line += (f" {a['ratio_vs_torch_forward']:5.2f}/{a['ratio_vs_torch_backward']:4.2f}/"
+                     f"{a['ratio_vs_torch_total']:4.2f}")
+        print(line)
+    if "torch" in r:
+        t = r["torch"]
+        print(f"  {'torch':<16} {t['forward_ms']:8.2f} {t['forward_gflops']:6.1f} "
+              f"{100 * t['forward_gflops'] / ceiling:4.0f}% {t['backward_ms']:8.2f} "
+              f"{t['backward_gflops']:6.1f} {100 * t['backward_gflops'] / ceiling:4.0f}%")
+
+
+def summarize(results):
+    """Per (set, threads): median and minimum over layers of auto's fwd+bwd ratio to PyTorch."""
+    groups = {}
+    for r in results:
+        a = r["algos"].get("auto")
+        if a is None or "ratio_vs_torch_total" not in a:
+            continue
+        groups.setdefault((r["set"], r["threads"]), []).append((a["ratio_vs_torch_total"],
+                                                                  r["layer"]))
+    out = []
+    for (name, t), rows in groups.items():
+        worst = min(rows)
+        out.append({"set": name, "threads": t, "layers": len(rows),
+                    "median_ratio_auto_vs_torch": statistics.median(v for v, _ in rows),
+                    "min_ratio_auto_vs_torch": worst[0], "min_layer": worst[1]})
+    return out
+
+
+def main(argv=None):
+    from hpcnn.kernels import conv
+
+    p = argparse.ArgumentParser(prog="python -m hpcnn.bench conv", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--layers", default=DEFAULT_LAYERS, help="layer file (JSON)")
+    p.add_argument("--set", default="cifar10_quick", choices=[*SETS, "all"])
+    p.add_argument("--threads", default="1", help="comma-separated thread counts, e.g. 1,2")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (median)")
+    p.add_argument("--batch", type=int, default=None, help="override the sets' batch sizes")
+    p.add_argument("--algos", default=None,
+                   help=f"comma-separated strategies (default: all of {', '.join(conv.ALGOS)} "
+                        "and auto)")
+    p.add_argument("--no-torch", action="store_true", help="skip PyTorch even when installed")
+    p.add_argument("--json", default=None, help="write the results here")
+    a = p.parse_args(argv)
+
+    algos = a.algos.split(",") if a.algos else [*conv.ALGOS, "auto"]
+    bad = [n for n in algos if n != "auto" and n not in conv.ALGOS]
+    if bad:
+        p.error(f"unknown algos {bad}; valid: {', '.join([*conv.ALGOS, 'auto'])}")
+    if a.repeats < 1:
+        p.error("--repeats must be >= 1")
+    torch = None
+    if not a.no_torch:
+        try:
+            import torch
+        except ImportError:
+            torch = None
+    layers = load_layers(a.layers, a.set, a.batch)
+    from hpcnn import threads as thr
+    from hpcnn.kernels import _native, autotune
+
+    results, ceilings = [], {}
+    for t in (int(v) for v in a.threads.split(",")):
+        t = _set_threads(t, torch)
+        ceilings[t] = sgemm_ceiling()
+        print(f"== {t} thread(s): SGEMM ceiling {ceilings[t]:.1f} GFLOP/s; threads "
+              f"{thr.current()}; BLAS {_native.BLAS_INFO}; CPU {autotune.cpu_model()}",
+              flush=True)
+        for set_name, layer in layers:
+            r = bench_layer(layer, algos, a.repeats, t, ceilings[t], torch)
+            r["set"] = set_name
+            _print_layer(r, ceilings[t])
+            results.append(r)
+    summary = summarize(results)
+    if summary:
+        print("\nsummary: auto fwd+bwd speed relative to PyTorch (PyTorch time / hpcnn time)")
+        for s in summary:
+            print(f"  {s['set']:<14} {s['threads']} thread(s): median "
+                  f"{s['median_ratio_auto_vs_torch']:.2f}x over {s['layers']} layers, min "
+                  f"{s['min_ratio_auto_vs_torch']:.2f}x ({s['min_layer']})")
+    if a.json:
+        meta = {"cpu": autotune.cpu_model(), "blas": _native.BLAS_INFO, "repeats": a.repeats,
+                "sgemm_ceiling_gflops": ceilings, "torch": getattr(torch, "__version__", None)}
+        with open(a.json, "w") as f:
+            json.dump({"meta": meta, "results": results, "summary": summary}, f, indent=1)
+    return 0

@@ -1,0 +1,315 @@
+"""``algo="auto"``: time the convolution strategies once per layer shape, then keep the fastest.
+
+On the first forward (or backward) call for a key
+
+    (x shape, w shape, stride, padding, dtype, Numba thread count, CPU model)
+
+every candidate strategy of :data:`hpcnn.kernels.conv.ALGOS` runs on the call's own arrays: an
+untimed warm-up on the first image only (it loads or compiles the kernels), one timed run, and
+two more for the candidates within 2x of the best so far; the smallest time wins. Forward and
+backward are tuned separately, each on first use. The winner's result of its last run is what
+the call returns, so "auto" gives exactly what the chosen strategy gives, from the first call
+on. Later calls cost one dict lookup.
+The candidates skip strategies that would only run another one's code on this shape
+(``conv.APPLIES``), and "pipelined" at one thread (it is "chunked" there).
+
+Environment (read at every call, so tests can switch them):
+
+``HPCNN_AUTOTUNE``
+    unset, ``on`` or ``auto``: tune. ``off``: always "lowering". The name of a strategy: always
+    that one (for tests and for reproducing a run).
+``HPCNN_AUTOTUNE_CACHE``
+    path of a JSON file of choices. Choices found there for this key are used without timing
+    (so a run with the same file makes the same choices: bitwise the same results); new choices
+    are merged in and written back atomically. A file that cannot be parsed, or is not such a
+    file, is never overwritten: "auto" warns once and keeps its choices in memory. Entries for
+    another CPU model or thread count do not match the key and are left alone; an entry naming
+    an unknown strategy is ignored (warned once) and retuned.
+
+Reproducibility: without a cache file two runs can choose differently when two strategies are
+close, and the strategies round differently (each is deterministic by itself). Use a cache file,
+or ``HPCNN_AUTOTUNE=<name>``, for bitwise-reproducible training; under MPI, share one file, or
+send rank 0's :func:`choices` to the other ranks and :func:`set_choices` there.
+"""
+
+import json
+import os
+import platform
+import threading
+import time
+import warnings
+
+import numba
+import numpy as np
+
+FORMAT = "hpcnn-autotune"
+VERSION = 1
+DIRECTIONS = ("forward", "backward")
+WARMUP_LIMIT = 2.0  # a candidate slower than this multiple of the best so far stops after 1 run
+REPEATS = 3
+DEFAULT_CACHE = None
+"""The cache file used when HPCNN_AUTOTUNE_CACHE is unset (``hpcnn.train`` sets one in the user
+cache for the length of a run; an empty HPCNN_AUTOTUNE_CACHE means no file)."""
+
+
+class AutotuneWarning(UserWarning):
+    """A cache file could not be used (the tuner then keeps its choices in memory)."""
+
+
+_lock = threading.Lock()
+_choices = {}  # key -> {"forward": name, "backward": name}
+_times = {}  # key -> {"forward": {name: seconds}, ...} (for benchmarks and the cache file)
+_file = {"path": None, "writable": False, "entries": {}}
+_warned = set()
+
+
+def _warn_once(msg):
+    if msg not in _warned:
+        _warned.add(msg)
+        warnings.warn(msg, AutotuneWarning, stacklevel=4)
+
+
+def cpu_model():
+    """The CPU model string that keys the cache (first "model name" of /proc/cpuinfo)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+_CPU = cpu_model()
+
+
+def make_key(x_shape, w_shape, stride, padding, dtype, threads=None):
+    """The cache key of one layer shape, as a readable string."""
+
+    def dims(t):
+        return "x".join(str(int(v)) for v in t)
+
+    threads = numba.get_num_threads() if threads is None else int(threads)
+    return (f"cpu={_CPU};threads={threads};dtype={np.dtype(dtype).name};x={dims(x_shape)};"
+            f"w={dims(w_shape)};stride={dims(stride)};pad={dims(padding)}")
+
+
+def mode():
+    """"tune", "lowering" (HPCNN_AUTOTUNE=off) or a forced strategy name."""
+    from hpcnn.kernels.conv import ALGOS
+
+    v = os.environ.get("HPCNN_AUTOTUNE", "").strip()
+    if v in ("", "on", "auto", "1"):
+        return "tune"
+    if v in ("off", "0"):
+        return "lowering"
+    if v in ALGOS:
+        return v
+    valid = ", ".join(["on", "off", *ALGOS])
+    raise ValueError(f"HPCNN_AUTOTUNE={v!r} is not one of {valid}")
+
+
+def reset():
+    """Forget all choices, timings, the loaded cache file and the warnings already given."""
+    with _lock:
+        _choices.clear()
+        _times.clear()
+        _file.update(path=None, writable=False, entries={})
+        _warned.clear()
+
+
+def choices():
+    """{key: {"forward": name, "backward": name}} chosen so far (a copy)."""
+    with _lock:
+        return {k: dict(v) for k, v in _choices.items()}
+
+
+def set_choices(table):
+    """Adopt choices made elsewhere (e.g. on rank 0); unknown strategy names raise ValueError."""
+    from hpcnn.kernels.conv import ALGOS
+
+    for key, entry in table.items():
+        for direction, name in entry.items():
+            if direction not in DIRECTIONS or name not in ALGOS:
+                raise ValueError(f"set_choices: bad entry {key!r}: {direction!r} -> {name!r}")
+    with _lock:
+        for key, entry in table.items():
+            _choices.setdefault(key, {}).update(entry)
+
+
+def timings():
+    """{key: {direction: {name: seconds}}} measured by this process (a copy)."""
+    with _lock:
+        return {k: {d: dict(t) for d, t in v.items()} for k, v in _times.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# the cache file
+
+
+def _valid_entries(data, path):
+    """The usable {key: {direction: name}} of a parsed cache file; warns about the rest."""
+    from hpcnn.kernels.conv import ALGOS
+
+    out = {}
+    for key, entry in data["entries"].items():
+        if not isinstance(entry, dict):
+            _warn_once(f"autotune cache {path}: ignoring malformed entry {key!r}")
+            continue
+        good = {}
+        for d in DIRECTIONS:
+            name = entry.get(d)
+            if name is None:
+                continue
+            if isinstance(name, str) and name in ALGOS:
+                good[d] = name
+            else:
+                _warn_once(f"autotune cache {path}: ignoring unknown strategy {name!r} for "
+                           f"{key!r}; retuning")
+        if good:
+            out[key] = good
+    return out
+
+
+def _load(path):
+    """Read the cache file at ``path`` into _file (caller holds the lock)."""
+    _file.update(path=path, writable=True, entries={})
+    try:
+        with open(path) as f:
+            text = f.read()
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        _file["writable"] = False
+        _warn_once(f"autotune cache {path} cannot be read ({e}); tuning in memory only")
+        return
+    try:
+        data = json.loads(text)
+        if (not isinstance(data, dict) or data.get("format") != FORMAT
+                or not isinstance(data.get("entries"), dict)):
+            raise ValueError("not an hpcnn autotune cache")
+    except ValueError as e:
+        _file["writable"] = False  # never clobber a file we do not understand
+        _warn_once(f"autotune cache {path} is unusable ({e}); tuning in memory only, the file "
+                   "is left as it is (delete it to start a new one)")
+        return
+    _file["entries"] = _valid_entries(data, path)
+    if _file["entries"] and not any(f"cpu={_CPU};" in k for k in _file["entries"]):
+        _warn_once(f"autotune cache {path} holds no entries for this CPU ({_CPU}); retuning")
+
+
+def _sync_file():
+    """Load the file named by HPCNN_AUTOTUNE_CACHE when it changed (caller holds the lock)."""
+    path = os.environ.get("HPCNN_AUTOTUNE_CACHE", DEFAULT_CACHE) or None
+    if path != _file["path"]:
+        if path is None:
+            _file.update(path=None, writable=False, entries={})
+        else:
+            _load(path)
+    return path
+
+
+def _save(path, key):
+    """Merge this key's choice into the file, atomically (caller holds the lock)."""
+    if not _file["writable"]:
+        return
+    entries = {}
+    try:  # merge with what other processes wrote meanwhile
+        with open(path) as f:
+            data = json.load(f)
+        if isinstance(data, dict) and data.get("format") == FORMAT:
+            entries = data.get("entries") if isinstance(data.get("entries"), dict) else {}
+    except (OSError, ValueError):
+        pass
+    entry = dict(entries.get(key) or {})
+    entry.update(_choices[key])
+    for d, t in _times.get(key, {}).items():
+        entry[f"{d}_ms"] = {name: round(s * 1e3, 4) for name, s in t.items()}
+    entries[key] = entry
+    tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+    try:
+        with open(tmp, "w") as f:
+            json.dump({"format": FORMAT, "version": VERSION, "entries": entries}, f, indent=1,
+                      sort_keys=True)
+        os.replace(tmp, path)
+    except OSError as e:
+        _file["writable"] = False
+        _warn_once(f"autotune cache {path} cannot be written ({e}); tuning in memory only")
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
+# ---------------------------------------------------------------------------------------------
+# choosing
+
+
+def candidates(x_shape, w_shape, stride, padding, threads=None):
+    """The strategies "auto" times for this shape, in a fixed order."""
+    from hpcnn.kernels.conv import ALGOS, APPLIES
+
+    threads = numba.get_num_threads() if threads is None else threads
+    out = []
+    for name in ALGOS:
+        if name == "pipelined" and threads < 2:
+            continue
+        applies = APPLIES.get(name)
+        if applies is not None and not applies(x_shape, w_shape, stride, padding):
+            continue
+        out.append(name)
+    return out
+
+
+def lookup(direction, x_shape, w_shape, stride, padding, dtype):
+    """The strategy "auto" runs for this call, or None when it still has to be tuned."""
+    m = mode()
+    if m != "tune":
+        return m
+    key = make_key(x_shape, w_shape, stride, padding, dtype)
+    name = _choices.get(key, {}).get(direction)
+    if name is not None:
+        return name
+    with _lock:
+        _sync_file()
+        name = _file["entries"].get(key, {}).get(direction)
+        if name is not None:
+            _choices.setdefault(key, {})[direction] = name
+    return name
+
+
+def _time(run, reps):
+    best, out = float("inf"), None
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        out = run()
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def tune(direction, run, x_shape, w_shape, stride, padding, dtype, warmup=None):
+    """Time ``run(name)`` for every candidate; record and return (winner, winner's result).
+
+    ``warmup(name)``, when given, runs the candidate on a small problem of the same types first
+    (it compiles or loads the kernels without costing a full-size run); otherwise ``run`` is
+    called once untimed.
+    """
+    key = make_key(x_shape, w_shape, stride, padding, dtype)
+    times, best, result = {}, None, None
+    for name in candidates(x_shape, w_shape, stride, padding):
+        (warmup or run)(name)
+        t, out = _time(lambda name=name: run(name), 1)
+        if best is None or t < WARMUP_LIMIT * times[best]:
+            t2, out = _time(lambda name=name: run(name), REPEATS - 1)
+            t = min(t, t2)
+        times[name] = t
+        if best is None or t < times[best]:
+            best, result = name, out
+    with _lock:
+        _choices.setdefault(key, {})[direction] = best
+        _times.setdefault(key, {})[direction] = times
+        path = _sync_file()
+        if path is not None:
+            _save(path, key)
+    return best, result

@@ -1,0 +1,219 @@
+"""Chunk kernels of the chunked and pipelined convolutions: NHWC lowering, col2im, layout moves.
+
+The batch is cut into *chunks* of output pixels (see :func:`make_plan`): several whole images
+when one image's lowered rows are small, else bands of output rows of one image, so that one
+chunk's column matrix fits in L2. Each chunk is lowered *pixel-major*, the layout of an NHWC
+implicit GEMM::
+
+    colT[m, (r*S + s)*C + c] = x_padded[n, c, p*sh + r, q*sw + s],   m = chunk pixel (n, p, q)
+
+The image is first moved to a zero-bordered NHWC buffer ``xp`` (n, Hp, Wp*C), one pass over x
+that is R*S times smaller than the lowering. Then a lowered row is R contiguous copies of S*C
+values (``xp[n, p*sh + r, q*sw*C : q*sw*C + S*C]``): long copies instead of the Q-value segments
+of NCHW im2col, measured 4-10x faster here. The weights are reordered to match, W' (K, R*S*C),
+and one chunk's three GEMMs, per image of the chunk (dy[n] and y[n] are used where they lie,
+NCHW, as (K, pixels) blocks with leading dimension P*Q: no transposes of y or dy), are
+
+    forward      y[n]  (K, M)     = W' (K, RSC)    @ colT.T
+    weights      dW'   (K, RSC)  += dy[n] (K, M)   @ colT
+    data         dcolT (M, RSC)   = dy[n].T (M, K) @ W'     (over colT, which is spent by then)
+
+after which :func:`col2im` adds dcolT back into a zero-bordered NHWC gradient buffer ``dxp``.
+Every kernel here is serial and releases the GIL: the schedules in :mod:`~.pipelined` run them on
+their own threads, one chunk at a time.
+"""
+
+import numpy as np
+
+from hpcnn.kernels._jit import njit
+
+# plan columns: first image, one past the last image, first output row, one past the last row
+N0, N1, P0, P1 = 0, 1, 2, 3
+
+
+def make_plan(N, P, Q, RSC, itemsize, groups, chunk_bytes):
+    """Cut a batch into chunks and the chunks into contiguous per-thread groups.
+
+    Parameters
+    ----------
+    N, P, Q : batch size and output height, width
+    RSC : length of one lowered row (R*S*C)
+    itemsize : bytes per value
+    groups : number of groups G (the thread count of the schedule). Images are dealt out to the
+        groups in contiguous, balanced ranges; a group's chunks never leave its images, so one
+        thread owns each image's gradient buffer.
+    chunk_bytes : target size of one chunk's lowered matrix
+
+    Returns
+    -------
+    plan : int64 array (n_chunks, 4): n0, n1, p0, p1 (images [n0, n1), output rows [p0, p1))
+    gstart : int64 array (G + 1,): group g owns chunks gstart[g] .. gstart[g+1]-1
+    """
+    rows = max(1, int(chunk_bytes) // (RSC * itemsize))  # lowered rows (output pixels) per chunk
+    plan, gstart = [], [0]
+    for g in range(groups):
+        a, b = N * g // groups, N * (g + 1) // groups
+        if rows >= P * Q:  # several whole images per chunk
+            nb = rows // (P * Q)
+            plan += [(n, min(n + nb, b), 0, P) for n in range(a, b, nb)]
+        else:  # bands of output rows
+            pb = max(1, rows // Q)
+            nbands = -(-P // pb)
+            pb = -(-P // nbands)  # even bands
+            plan += [(n, n + 1, p, min(p + pb, P)) for n in range(a, b) for p in range(0, P, pb)]
+        gstart.append(len(plan))
+    return np.array(plan, dtype=np.int64).reshape(-1, 4), np.array(gstart, dtype=np.int64)
+
+
+def chunk_rows(plan, Q):
+    """The largest chunk's number of lowered rows (output pixels)."""
+    if len(plan) == 0:
+        return 0
+    return int(max((n1 - n0) * (p1 - p0) * Q for n0, n1, p0, p1 in plan))
+
+
+def chunk_images(plan):
+    """The largest number of images one chunk touches."""
+    return int(max((n1 - n0 for n0, n1, _, _ in plan), default=0))
+
+
+# ---------------------------------------------------------------------------------------------
+# layout kernels
+
+
+@njit
+def pack_x(x, n0, n1, ph, pw, xp):
+    """xp[i, ph + h, (pw + w)*C + c] = x[n0 + i, c, h, w], zero border; xp (nb, Hp, Wp*C).
+
+    Reads run along w (contiguous); the writes of one image row (W*C values) stay in L1.
+    """
+    C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    Hp, L = xp.shape[1], xp.shape[2]
+    for i in range(n1 - n0):
+        img = xp[i]
+        for h in range(Hp):
+            row = img[h]
+            if h < ph or h >= ph + H:
+                for j in range(L):
+                    row[j] = 0
+                continue
+            for j in range(pw * C):
+                row[j] = 0
+            tail = row[(pw + W) * C:]
+            for j in range(tail.shape[0]):
+                tail[j] = 0
+            mid = row[pw * C:(pw + W) * C]
+            for c in range(C):
+                src = x[n0 + i, c, h - ph]
+                for w in range(W):
+                    mid[w * C + c] = src[w]
+
+
+@njit
+def lower(xp, n0, n1, p0, p1, R, S, sh, sw, Q, C, colT):
+    """Lower output pixels of images [n0, n1), rows [p0, p1) into colT rows 0, 1, ...
+
+    xp holds images n0.. (nb, Hp, Wp*C); colT (M, ldcol), ldcol >= R*S*C. Each row is R
+    contiguous copies of S*C values.
+    """
+    SC = S * C
+    m = 0
+    for i in range(n1 - n0):
+        img = xp[i]
+        for p in range(p0, p1):
+            for q in range(Q):
+                dst = colT[m]
+                base = q * sw * C
+                for r in range(R):
+                    src = img[p * sh + r, base:base + SC]
+                    d = dst[r * SC:(r + 1) * SC]
+                    for j in range(SC):
+                        d[j] = src[j]
+                m += 1
+
+
+@njit
+def add_bias(y, n0, n1, p0, p1, Q, b):
+    """y[n, k, p0*Q:p1*Q] += b[k] for the chunk's images; y (N, K, P*Q), b (K,) or empty (no bias).
+
+    The GEMM wrote the chunk's outputs straight into y (NCHW), so this is a contiguous pass over
+    values still in cache, not a transpose.
+    """
+    if b.shape[0] == 0:
+        return
+    K = y.shape[1]
+    for i in range(n1 - n0):
+        for k in range(K):
+            dst = y[n0 + i, k, p0 * Q:p1 * Q]
+            bk = b[k]
+            for j in range(dst.shape[0]):
+                dst[j] += bk
+
+
+@njit
+def sum_dy(dy, n0, n1, p0, p1, Q, db):
+    """db[k] += sum of dy[n, k, p0*Q:p1*Q] over the chunk's images (float64); dy (N, K, P*Q).
+
+    Eight independent float64 partial sums per row (a single accumulator is a chain of dependent
+    adds, 4x slower), combined in a fixed order so the result does not depend on the schedule.
+    """
+    K = dy.shape[1]
+    part = np.zeros(8, dtype=np.float64)
+    for i in range(n1 - n0):
+        for k in range(K):
+            src = dy[n0 + i, k, p0 * Q:p1 * Q]
+            L = src.shape[0]
+            part[:] = 0.0
+            j = 0
+            while j + 8 <= L:
+                for u in range(8):
+                    part[u] += src[j + u]
+                j += 8
+            s = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5])
+                                                              + (part[6] + part[7]))
+            for t in range(j, L):
+                s += src[t]
+            db[k] += s
+
+
+@njit
+def zero_images(buf, nb):
+    """buf[:nb] = 0 (the chunk's gradient images, before their first band)."""
+    flat = buf[:nb].reshape(-1)
+    for j in range(flat.shape[0]):
+        flat[j] = 0
+
+
+@njit
+def col2im(dcolT, n0, n1, p0, p1, R, S, sh, sw, Q, C, dxp):
+    """Add the chunk's lowered gradient back: dxp[i, p*sh + r, q*sw*C + j] += dcolT[m, r*SC + j].
+
+    The adjoint of :func:`lower`; contiguous adds of S*C values. dxp (nb, Hp, Wp*C).
+    """
+    SC = S * C
+    m = 0
+    for i in range(n1 - n0):
+        img = dxp[i]
+        for p in range(p0, p1):
+            for q in range(Q):
+                src = dcolT[m]
+                base = q * sw * C
+                for r in range(R):
+                    dst = img[p * sh + r, base:base + SC]
+                    s = src[r * SC:(r + 1) * SC]
+                    for j in range(SC):
+                        dst[j] += s[j]
+                m += 1
+
+
+@njit
+def unpack_dx(dxp, n0, n1, ph, pw, dx):
+    """dx[n0 + i, c, h, w] = dxp[i, ph + h, (pw + w)*C + c] (drop the border); dx (N, C, H, W)."""
+    C, H, W = dx.shape[1], dx.shape[2], dx.shape[3]
+    for i in range(n1 - n0):
+        for h in range(H):
+            src = dxp[i, ph + h, pw * C:(pw + W) * C]
+            for c in range(C):
+                dst = dx[n0 + i, c, h]
+                for w in range(W):
+                    dst[w] = src[w * C + c]

@@ -1,0 +1,376 @@
+"""Every convolution strategy (hpcnn.kernels.conv.ALGOS, and "auto") against the references.
+
+- awkward small shapes against the naive loops of tests/reference.py, float32 and float64, at 1
+  and 2 Numba threads;
+- every reference layer of hpcnn/bench/conv_layers.json at batch 2, against a vectorized float64
+  NumPy reference (checked against the naive one here too);
+- tiny chunks, so that the multi-chunk and multi-band paths run;
+- the autotuner: forced modes, choices stable for a given cache file, corrupt and foreign cache
+  files falling back cleanly.
+"""
+
+import json
+import os
+import warnings
+
+import numba
+import numpy as np
+import pytest
+
+from hpcnn.kernels import autotune, conv, mec, pipelined
+from tests import reference as ref
+
+ALGOS = list(conv.ALGOS)
+THREADS = [1, 2] if numba.config.NUMBA_NUM_THREADS >= 2 else [1]
+LAYERS_FILE = os.path.join(os.path.dirname(conv.__file__), "..", "bench", "conv_layers.json")
+
+# (N, C, H, W, K, (R, S), stride, padding)
+CASES = {
+    "batch1-C1-1x1": (1, 1, 5, 4, 3, (1, 1), 1, 0),
+    "1x1-C3": (3, 3, 6, 7, 5, (1, 1), 1, 0),
+    "1x1-stride2": (2, 4, 7, 6, 3, (1, 1), 2, 0),
+    "1x1-pad1": (2, 3, 4, 5, 2, (1, 1), 1, 1),
+    "odd-3x3-pad1": (2, 3, 7, 9, 4, (3, 3), 1, 1),
+    "nonsquare-3x5-pad(1,2)": (3, 2, 9, 7, 3, (3, 5), 1, (1, 2)),
+    "5x5-pad2-C3": (2, 3, 11, 10, 4, (5, 5), 1, 2),
+    "5x5-stride2-pad3": (1, 3, 12, 9, 2, (5, 5), 2, 3),
+    "7x7-stride3-pad3-C1": (2, 1, 13, 11, 3, (7, 7), 3, 3),
+    "2x2-stride(1,3)-pad0": (3, 2, 6, 10, 2, (2, 2), (1, 3), 0),
+    "stride(2,1)-pad(0,1)": (2, 3, 9, 8, 3, (3, 3), (2, 1), (0, 1)),
+    "kernel-fills-padded": (2, 2, 3, 4, 2, (5, 6), 1, 1),
+}
+
+
+def _inputs(case, dtype, seed=0):
+    N, C, H, W, K, (R, S), stride, padding = case
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    w = rng.standard_normal((K, C, R, S)).astype(dtype)
+    b = rng.standard_normal(K).astype(dtype)
+    return x, w, b, stride, padding
+
+
+def _close(got, want, dtype):
+    """float32: 1e-4 of the largest reference value; float64: 1e-10."""
+    want = np.asarray(want, dtype=np.float64)
+    assert got.shape == want.shape
+    assert got.dtype == dtype
+    tol = (1e-4 if dtype == np.float32 else 1e-10) * max(1.0, float(np.abs(want).max()))
+    np.testing.assert_allclose(np.asarray(got, dtype=np.float64), want, rtol=0, atol=tol)
+
+
+@pytest.fixture
+def threads():
+    old = numba.get_num_threads()
+
+    def set_(n):
+        numba.set_num_threads(n)
+
+    yield set_
+    numba.set_num_threads(old)
+
+
+@pytest.fixture
+def fresh_autotune(monkeypatch):
+    """No cache file, tuning on, no remembered choices (before and after)."""
+    monkeypatch.delenv("HPCNN_AUTOTUNE_CACHE", raising=False)
+    monkeypatch.delenv("HPCNN_AUTOTUNE", raising=False)
+    autotune.reset()
+    yield
+    autotune.reset()
+
+
+# ---------------------------------------------------------------------------------------------
+# strategies vs the naive reference
+
+
+@pytest.mark.parametrize("n_threads", THREADS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_every_algo_matches_reference(case, dtype, n_threads, threads, fresh_autotune):
+    threads(n_threads)
+    x, w, b, stride, padding = _inputs(CASES[case], dtype)
+    y_ref = ref.conv2d_forward(x, w, b, stride, padding)
+    dy = np.random.default_rng(9).standard_normal(y_ref.shape).astype(dtype)
+    grads_ref = ref.conv2d_backward(dy, x, w, stride, padding)
+    for algo in [*ALGOS, "auto"]:
+        _close(conv.conv2d_forward(x, w, b, stride, padding, algo=algo), y_ref, dtype)
+        for got, want in zip(conv.conv2d_backward(dy, x, w, stride, padding, algo=algo),
+                             grads_ref, strict=True):
+            _close(got, want, dtype)
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_forward_without_bias(algo):
+    x, w, _, stride, padding = _inputs(CASES["odd-3x3-pad1"], np.float32)
+    _close(conv.conv2d_forward(x, w, None, stride, padding, algo=algo),
+           ref.conv2d_forward(x, w, None, stride, padding), np.float32)
+
+
+@pytest.mark.parametrize("n_threads", THREADS)
+@pytest.mark.parametrize("algo", [a for a in ALGOS if a != "lowering"])
+def test_tiny_chunks_run_many_chunks_and_bands(algo, n_threads, threads):
+    """64-byte chunks: one output pixel per chunk, bands of one row, every image split."""
+    threads(n_threads)
+    case = (3, 3, 7, 6, 4, (3, 3), 1, 1)
+    x, w, b, stride, padding = _inputs(case, np.float64)
+    s2, p2 = (1, 1), (1, 1)
+    y_ref = ref.conv2d_forward(x, w, b, stride, padding)
+    dy = np.random.default_rng(3).standard_normal(y_ref.shape)
+    grads_ref = ref.conv2d_backward(dy, x, w, stride, padding)
+    fwd, bwd = conv.ALGOS[algo]
+    for chunk in (64, 2000, 1 << 30):  # rows of one pixel, bands, several whole images
+        _close(fwd(x, w, b, s2, p2, chunk=chunk), y_ref, np.float64)
+        for got, want in zip(bwd(dy, x, w, s2, p2, chunk=chunk), grads_ref, strict=True):
+            _close(got, want, np.float64)
+
+
+def test_chunk_size_from_environment(monkeypatch):
+    monkeypatch.setenv("HPCNN_CONV_CHUNK", "1K")
+    assert pipelined.chunk_bytes() == 1024
+    x, w, b, stride, padding = _inputs(CASES["5x5-pad2-C3"], np.float32)
+    y_ref = ref.conv2d_forward(x, w, b, stride, padding)
+    for algo in ("chunked", "pipelined", "mec"):
+        _close(conv.conv2d_forward(x, w, b, stride, padding, algo=algo), y_ref, np.float32)
+    monkeypatch.setenv("HPCNN_CONV_CHUNK", "lots")
+    with pytest.raises(ValueError, match="HPCNN_CONV_CHUNK"):
+        pipelined.chunk_bytes()
+
+
+def test_chunked_and_pipelined_agree_bitwise(threads):
+    """Same chunks, same per-chunk steps: the two schedules give identical bits."""
+    threads(THREADS[-1])
+    x, w, b, stride, padding = _inputs((4, 8, 9, 9, 6, (3, 3), 1, 1), np.float32)
+    ya = conv.conv2d_forward(x, w, b, stride, padding, algo="chunked")
+    yb = conv.conv2d_forward(x, w, b, stride, padding, algo="pipelined")
+    assert np.array_equal(ya, yb)
+    dy = np.ones_like(ya)
+    for ga, gb in zip(conv.conv2d_backward(dy, x, w, stride, padding, algo="chunked"),
+                      conv.conv2d_backward(dy, x, w, stride, padding, algo="pipelined")):
+        assert np.array_equal(ga, gb)
+
+
+# ---------------------------------------------------------------------------------------------
+# the reference layers, at batch 2, against a vectorized float64 reference
+
+
+def _fast_ref_forward(x, w, b, stride, padding):
+    (sh, sw), (ph, pw) = ref.pair(stride), ref.pair(padding)
+    N, C, H, W = x.shape
+    K, _, R, S = w.shape
+    P, Q = (H + 2 * ph - R) // sh + 1, (W + 2 * pw - S) // sw + 1
+    xp = ref.pad_nchw(x.astype(np.float64), ph, pw)
+    y = np.zeros((N, K, P, Q))
+    for r in range(R):
+        for s in range(S):
+            patch = xp[:, :, r:r + (P - 1) * sh + 1:sh, s:s + (Q - 1) * sw + 1:sw]
+            y += np.einsum("nchw,kc->nkhw", patch, w[:, :, r, s].astype(np.float64))
+    return y + b.astype(np.float64)[None, :, None, None]
+
+
+def _fast_ref_backward(dy, x, w, stride, padding):
+    (sh, sw), (ph, pw) = ref.pair(stride), ref.pair(padding)
+    N, C, H, W = x.shape
+    K, _, R, S = w.shape
+    _, _, P, Q = dy.shape
+    dy = dy.astype(np.float64)
+    xp = ref.pad_nchw(x.astype(np.float64), ph, pw)
+    dxp = np.zeros_like(xp)
+    dw = np.zeros(w.shape)
+    for r in range(R):
+        for s in range(S):
+            sl = (slice(None), slice(None), slice(r, r + (P - 1) * sh + 1, sh),
+                  slice(s, s + (Q - 1) * sw + 1, sw))
+            dw[:, :, r, s] = np.einsum("nkhw,nchw->kc", dy, xp[sl])
+            dxp[sl] += np.einsum("nkhw,kc->nchw", dy, w[:, :, r, s].astype(np.float64))
+    return dxp[:, :, ph:ph + H, pw:pw + W], dw, dy.sum(axis=(0, 2, 3))
+
+
+def test_fast_reference_matches_naive_reference():
+    for case in ("5x5-stride2-pad3", "stride(2,1)-pad(0,1)", "nonsquare-3x5-pad(1,2)"):
+        x, w, b, stride, padding = _inputs(CASES[case], np.float64)
+        y = ref.conv2d_forward(x, w, b, stride, padding)
+        np.testing.assert_allclose(_fast_ref_forward(x, w, b, stride, padding), y, atol=1e-12)
+        for got, want in zip(_fast_ref_backward(y, x, w, stride, padding),
+                             ref.conv2d_backward(y, x, w, stride, padding), strict=True):
+            np.testing.assert_allclose(got, want, atol=1e-10)
+
+
+def _reference_layers():
+    with open(LAYERS_FILE) as f:
+        data = json.load(f)
+    return [(f"{name}/{layer['name']}", layer) for name in ("cifar10_quick", "googlenet")
+            for layer in data[name]["layers"]]
+
+
+@pytest.mark.parametrize("layer", [lay for _, lay in _reference_layers()],
+                         ids=[name for name, _ in _reference_layers()])
+def test_reference_layers_at_batch_2(layer, fresh_autotune):
+    case = (2, layer["C"], layer["H"], layer["W"], layer["K"], (layer["R"], layer["R"]),
+            layer["stride"], layer["pad"])
+    x, w, b, stride, padding = _inputs(case, np.float32)
+    w *= np.float32(1.0 / np.sqrt(w[0].size))  # keep outputs O(1)
+    y_ref = _fast_ref_forward(x, w, b, stride, padding)
+    dy = np.random.default_rng(5).standard_normal(y_ref.shape).astype(np.float32)
+    grads_ref = _fast_ref_backward(dy, x, w, stride, padding)
+    small = layer["H"] * layer["W"] <= 32 * 32  # "auto" (which runs them all) on cifar only
+    for algo in [*ALGOS, "auto"] if small else ALGOS:
+        _close(conv.conv2d_forward(x, w, b, stride, padding, algo=algo), y_ref, np.float32)
+        for got, want in zip(conv.conv2d_backward(dy, x, w, stride, padding, algo=algo),
+                             grads_ref, strict=True):
+            _close(got, want, np.float32)
+
+
+def test_workspace_bytes_from_plans():
+    xs, ws_, s, p = (100, 32, 16, 16), (32, 32, 5, 5), 1, 2
+    low = conv.workspace_bytes("lowering", xs, ws_, s, p)
+    assert low[1] == 32 * 25 * 100 * 16 * 16 * 4  # the whole batch's column matrix
+    for algo in ALGOS:
+        for backward in (False, True):
+            total, lowering = conv.workspace_bytes(algo, xs, ws_, s, p, 4, 1, backward)
+            assert total >= lowering >= 0
+            if algo != "lowering":
+                assert total < low[0] / 10  # chunk-sized, never the batch
+    assert conv.workspace_bytes("gemm1x1", xs, (8, 32, 1, 1), 1, 0, 4, 1)[1] == 0
+    with pytest.raises(ValueError, match="unknown algo"):
+        conv.workspace_bytes("auto", xs, ws_, s, p)
+
+
+def test_applies_predicates():
+    assert mec.gemm1x1_applies((1, 3, 5, 5), (2, 3, 1, 1), (1, 1), (0, 0))
+    assert not mec.gemm1x1_applies((1, 3, 5, 5), (2, 3, 1, 1), (2, 2), (0, 0))
+    assert not mec.gemm1x1_applies((1, 3, 5, 5), (2, 3, 3, 3), (1, 1), (0, 0))
+    assert mec.mec_applies((1, 3, 5, 5), (2, 3, 3, 3), (1, 2), (0, 0))
+    assert not mec.mec_applies((1, 3, 5, 5), (2, 3, 3, 3), (2, 1), (0, 0))
+    assert "gemm1x1" not in autotune.candidates((1, 3, 5, 5), (2, 3, 3, 3), (1, 1), (1, 1), 1)
+    assert "pipelined" not in autotune.candidates((1, 3, 5, 5), (2, 3, 3, 3), (1, 1), (1, 1), 1)
+    assert "pipelined" in autotune.candidates((1, 3, 5, 5), (2, 3, 3, 3), (1, 1), (1, 1), 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# autotuner
+
+SHAPE = (4, 8, 9, 9, 6, (3, 3), 1, 1)
+
+
+def _key_args(x, w, stride=1, padding=1):
+    return x.shape, w.shape, (stride, stride), (padding, padding), x.dtype
+
+
+def _no_tuning(*args, **kwargs):
+    raise AssertionError("the autotuner timed candidates although the choice was known")
+
+
+def test_autotune_off_and_forced(monkeypatch, fresh_autotune):
+    x, w, b, stride, padding = _inputs(SHAPE, np.float32)
+    monkeypatch.setattr(autotune, "tune", _no_tuning)
+    monkeypatch.setenv("HPCNN_AUTOTUNE", "off")
+    assert conv.resolve_algo("auto", x.shape, w.shape, (1, 1), (1, 1), "t") == "lowering"
+    y = conv.conv2d_forward(x, w, b, stride, padding)
+    assert np.array_equal(y, conv.conv2d_forward(x, w, b, stride, padding, algo="lowering"))
+    monkeypatch.setenv("HPCNN_AUTOTUNE", "mec")
+    assert autotune.lookup("backward", *_key_args(x, w)) == "mec"
+    monkeypatch.setenv("HPCNN_AUTOTUNE", "fastest-please")
+    with pytest.raises(ValueError, match="HPCNN_AUTOTUNE"):
+        conv.conv2d_forward(x, w, b, stride, padding)
+
+
+def test_autotune_tunes_once_and_returns_the_winners_result(monkeypatch, fresh_autotune):
+    x, w, b, stride, padding = _inputs(SHAPE, np.float32)
+    y = conv.conv2d_forward(x, w, b, stride, padding)  # tunes
+    name = autotune.lookup("forward", *_key_args(x, w))
+    assert name in conv.ALGOS
+    assert np.array_equal(y, conv.conv2d_forward(x, w, b, stride, padding, algo=name))
+    times = autotune.timings()[autotune.make_key(*_key_args(x, w)[:4], x.dtype)]["forward"]
+    assert set(times) == set(autotune.candidates(*_key_args(x, w)[:4]))
+    assert times[name] == min(times.values())
+    assert autotune.lookup("backward", *_key_args(x, w)) is None  # tuned apart, on first use
+    monkeypatch.setattr(autotune, "tune", _no_tuning)
+    assert np.array_equal(y, conv.conv2d_forward(x, w, b, stride, padding))
+
+
+def test_autotune_cache_file_makes_choices_reproducible(tmp_path, monkeypatch, fresh_autotune):
+    path = tmp_path / "tune.json"
+    monkeypatch.setenv("HPCNN_AUTOTUNE_CACHE", str(path))
+    x, w, b, stride, padding = _inputs(SHAPE, np.float32)
+    y1 = conv.conv2d_forward(x, w, b, stride, padding)
+    g1 = conv.conv2d_backward(np.ones_like(y1), x, w, stride, padding)
+    first = autotune.choices()
+    data = json.loads(path.read_text())
+    key = autotune.make_key(*_key_args(x, w)[:4], x.dtype)
+    assert data["format"] == autotune.FORMAT
+    assert {d: data["entries"][key][d] for d in autotune.DIRECTIONS} == first[key]
+    # a new process (memory forgotten) with the same file: same choice, no timing, same bits
+    autotune.reset()
+    monkeypatch.setattr(autotune, "tune", _no_tuning)
+    for _ in range(2):
+        assert np.array_equal(conv.conv2d_forward(x, w, b, stride, padding), y1)
+        g2 = conv.conv2d_backward(np.ones_like(y1), x, w, stride, padding)
+        assert all(np.array_equal(a, c) for a, c in zip(g1, g2))
+    assert autotune.choices() == first
+
+
+def test_autotune_uses_a_planted_choice(tmp_path, monkeypatch, fresh_autotune):
+    """Whatever the file says for this key is what runs (determinism given the file)."""
+    x, w, b, stride, padding = _inputs(SHAPE, np.float32)
+    key = autotune.make_key(*_key_args(x, w)[:4], x.dtype)
+    path = tmp_path / "planted.json"
+    path.write_text(json.dumps({"format": autotune.FORMAT, "version": 1,
+                                "entries": {key: {"forward": "mec", "backward": "lowering"}}}))
+    monkeypatch.setenv("HPCNN_AUTOTUNE_CACHE", str(path))
+    monkeypatch.setattr(autotune, "tune", _no_tuning)
+    assert conv.resolve_algo("auto", *_key_args(x, w)[:4], "t", x.dtype, "forward") == "mec"
+    assert conv.resolve_algo("auto", *_key_args(x, w)[:4], "t", x.dtype, "backward") == "lowering"
+    y = conv.conv2d_forward(x, w, b, stride, padding)
+    assert np.array_equal(y, conv.conv2d_forward(x, w, b, stride, padding, algo="mec"))
+
+
+@pytest.mark.parametrize("content", ["{not json", "[1, 2, 3]", '{"format": "other", "x": 1}',
+                                     ""], ids=["corrupt", "list", "foreign-format", "empty"])
+def test_autotune_unusable_cache_file_falls_back(content, tmp_path, monkeypatch,
+                                                 fresh_autotune):
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    monkeypatch.setenv("HPCNN_AUTOTUNE_CACHE", str(path))
+    x, w, b, stride, padding = _inputs(SHAPE, np.float32)
+    with pytest.warns(autotune.AutotuneWarning, match="unusable"):
+        y = conv.conv2d_forward(x, w, b, stride, padding)
+    _close(y, ref.conv2d_forward(x, w, b, stride, padding), np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once only
+        conv.conv2d_backward(np.ones_like(y), x, w, stride, padding)
+    assert path.read_text() == content  # never clobbered
+    assert autotune.lookup("forward", *_key_args(x, w)) in conv.ALGOS
+
+
+def test_autotune_foreign_entries_are_kept_and_retuned(tmp_path, monkeypatch, fresh_autotune):
+    """Entries of another CPU or thread count do not match; a bad strategy name is retuned."""
+    x, w, b, stride, padding = _inputs(SHAPE, np.float32)
+    mine = autotune.make_key(*_key_args(x, w)[:4], x.dtype)
+    other_threads = autotune.make_key(*_key_args(x, w)[:4], x.dtype, threads=97)
+    other_cpu = "cpu=Some Other CPU;" + mine.split(";", 1)[1]
+    path = tmp_path / "foreign.json"
+    path.write_text(json.dumps({"format": autotune.FORMAT, "version": 1, "entries": {
+        other_cpu: {"forward": "lowering"}, other_threads: {"forward": "lowering"},
+        "nonsense": 5}}))
+    monkeypatch.setenv("HPCNN_AUTOTUNE_CACHE", str(path))
+    with pytest.warns(autotune.AutotuneWarning):
+        y = conv.conv2d_forward(x, w, b, stride, padding)
+    _close(y, ref.conv2d_forward(x, w, b, stride, padding), np.float32)
+    entries = json.loads(path.read_text())["entries"]
+    assert entries[other_cpu]["forward"] == "lowering"  # left alone
+    assert entries[other_threads]["forward"] == "lowering"
+    assert entries[mine]["forward"] in conv.ALGOS  # tuned here and merged in
+
+    autotune.reset()
+    del entries["nonsense"]
+    entries[mine]["forward"] = "warp-drive"
+    path.write_text(json.dumps({"format": autotune.FORMAT, "entries": entries}))
+    with pytest.warns(autotune.AutotuneWarning, match="warp-drive"):
+        conv.conv2d_forward(x, w, b, stride, padding)
+    assert autotune.lookup("forward", *_key_args(x, w)) in conv.ALGOS
+
+
+def test_set_choices_validates():
+    with pytest.raises(ValueError, match="bad entry"):
+        autotune.set_choices({"k": {"forward": "nope"}})
