@@ -24,6 +24,7 @@ dW = dY @ col.T, then reuses the column buffer for dcol = W.T @ dY and folds it 
 
 from functools import partial
 
+import numba
 import numpy as np
 
 from hpcnn import profile
@@ -73,6 +74,12 @@ def _fold_grad_output(dy, dymat, db):
 # strategy "lowering": whole batch lowered, one GEMM
 
 
+def _gemm_threads():
+    """Plain lowering's one GEMM runs on all the threads (BLAS is otherwise kept on one, see
+    :func:`hpcnn.threads.apply`)."""
+    return numba.get_num_threads() if pipelined.AVAILABLE else 1
+
+
 def _lowering_forward(x, w, b, stride, padding):
     N, C, H, W = x.shape
     K, _, R, S = w.shape
@@ -82,7 +89,7 @@ def _lowering_forward(x, w, b, stride, padding):
     col = np.empty((C * R * S, N * P * Q), dtype=x.dtype)
     with profile.region("lowering"):
         _lower(x, R, S, sh, sw, ph, pw, P, Q, col)
-    with profile.region("gemm"):
+    with profile.region("gemm"), pipelined._BlasThreads(_gemm_threads()):
         ymat = np.dot(w.reshape(K, C * R * S), col)  # (K, N*P*Q): the one GEMM
     del col
     y = np.empty((N, K, P, Q), dtype=x.dtype)
@@ -104,7 +111,7 @@ def _lowering_backward(dy, x, w, stride, padding):
     col = np.empty((C * R * S, N * P * Q), dtype=x.dtype)
     with profile.region("lowering"):
         _lower(x, R, S, sh, sw, ph, pw, P, Q, col)
-    with profile.region("gemm"):
+    with profile.region("gemm"), pipelined._BlasThreads(_gemm_threads()):
         dw = np.dot(dymat, col.T).reshape(w.shape)  # (K, C*R*S)
         np.dot(w.reshape(K, C * R * S).T, dymat, out=col)  # dcol overwrites the columns
     dx = np.empty_like(x)
