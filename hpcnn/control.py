@@ -22,7 +22,6 @@ same command with ``--resume auto``.
 
 from __future__ import annotations
 
-import argparse
 import math
 import random
 import resource
@@ -36,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from hpcnn import checkpoint as ckpt
+from hpcnn.argtypes import nonneg_int, positive_float, positive_int
 from hpcnn.errors import DataError, HpcnnError, UsageError
 
 EXIT_DIVERGED = 3
@@ -54,53 +54,23 @@ class Diverged(HpcnnError):
     exit_status = EXIT_DIVERGED
 
 
-def _positive_int(text):
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {v}")
-    return v
-
-
-def _nonneg_int(text):
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
-    return v
-
-
-def _positive_float(text):
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not (v > 0 and math.isfinite(v)):
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return v
-
-
 def add_arguments(parser):
     g = parser.add_argument_group("checkpoints, restarts and training control")
     g.add_argument("--checkpoint-dir", default=None, metavar="DIR",
                    help="write checkpoints (ckpt-<step>.h5) here; rank 0 writes, atomically")
-    g.add_argument("--checkpoint-every", type=_positive_int, default=None, metavar="N",
+    g.add_argument("--checkpoint-every", type=positive_int, default=None, metavar="N",
                    help="checkpoint every N steps")
-    g.add_argument("--checkpoint-minutes", type=_positive_float, default=None, metavar="M",
+    g.add_argument("--checkpoint-minutes", type=positive_float, default=None, metavar="M",
                    help="checkpoint when M minutes have passed since the last one")
-    g.add_argument("--keep", type=_positive_int, default=3, metavar="K",
+    g.add_argument("--keep", type=positive_int, default=3, metavar="K",
                    help="keep the K newest checkpoints")
     g.add_argument("--resume", default=None, metavar="auto|PATH",
                    help="auto: the newest valid checkpoint of --checkpoint-dir (none: start "
                         "fresh); PATH: that checkpoint")
-    g.add_argument("--early-stop", type=_positive_int, default=None, metavar="PATIENCE",
+    g.add_argument("--early-stop", type=positive_int, default=None, metavar="PATIENCE",
                    help="stop after PATIENCE evaluations without a better test accuracy; the "
                         "best model is kept in best.h5 of --checkpoint-dir")
-    g.add_argument("--prefetch", type=_nonneg_int, default=2, metavar="B",
+    g.add_argument("--prefetch", type=nonneg_int, default=2, metavar="B",
                    help="batches read ahead by a background thread (h5: stores)")
     return g
 

@@ -20,48 +20,18 @@ Test hooks (environment variables, read on every rank; for the fault-tolerance t
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
 
 from hpcnn import control, profile
+from hpcnn.argtypes import nonneg_float, positive_float, positive_int
 from hpcnn.errors import DataError, HpcnnError, UsageError
 
 DATASET_CHOICES = ("mnist", "fashion-mnist", "cifar10", "synthetic")
 SYNC_CHOICES = ("grad", "average")
 LR_SCALING_CHOICES = ("none", "linear")
 LARGE_BATCH = 8192  # Goyal et al. (2017): linear scaling + warm-up holds up to about 8k images
-
-
-def positive_int(text):
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {v}")
-    return v
-
-
-def positive_float(text):
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not (v > 0 and math.isfinite(v)):
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return v
-
-
-def nonneg_float(text):
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not (v >= 0 and math.isfinite(v)):
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return v
 
 
 def shape_arg(text):

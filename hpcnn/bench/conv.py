@@ -36,14 +36,22 @@ def _set_threads(n, torch):
     return got
 
 
-def _median_ms(run, repeats):
-    run()  # warm-up
-    ts = []
+def _interleaved_ms(runs, repeats):
+    """{label: (forward ms, backward ms)}: medians of ``repeats`` rounds, each round timing every
+    label's forward and backward once, in turn, so that a slow spell of a noisy machine hits
+    all of them alike instead of whichever ran then. One untimed warm-up of each first."""
+    for fwd, bwd in runs.values():
+        fwd()
+        bwd()
+    ts = {label: ([], []) for label in runs}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        run()
-        ts.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(ts)
+        for label, pair in runs.items():
+            for run, into in zip(pair, ts[label], strict=True):
+                t0 = time.perf_counter()
+                run()
+                into.append(time.perf_counter() - t0)
+    return {label: (1e3 * statistics.median(f), 1e3 * statistics.median(b))
+            for label, (f, b) in ts.items()}
 
 
 def sgemm_ceiling(n=2048, repeats=3):
@@ -128,6 +136,7 @@ def bench_layer(layer, algos, repeats, threads, ceiling, torch, seed=0):
            "threads": threads, "gflop_forward": flops / 1e9, "algos": {}}
     if "paper_speedup" in layer:
         out["paper_speedup"] = layer["paper_speedup"]
+    runs = {}  # label -> (forward, backward) callables; timed interleaved below
     for name in algos:
         row = {}
         if name == "auto":
@@ -137,8 +146,15 @@ def bench_layer(layer, algos, repeats, threads, ceiling, torch, seed=0):
             row["tune_s"] = time.perf_counter() - t0
             key_args = (x.shape, w.shape, (s, s), (p, p), x.dtype)
             row["chose"] = {d: autotune.lookup(d, *key_args) for d in autotune.DIRECTIONS}
-        fwd_ms = _median_ms(lambda n=name: conv.conv2d_forward(x, w, b, s, p, algo=n), repeats)
-        bwd_ms = _median_ms(lambda n=name: conv.conv2d_backward(dy, x, w, s, p, algo=n), repeats)
+        runs[name] = (lambda n=name: conv.conv2d_forward(x, w, b, s, p, algo=n),
+                      lambda n=name: conv.conv2d_backward(dy, x, w, s, p, algo=n))
+        out["algos"][name] = row
+    times = _interleaved_ms(runs, repeats)
+    if torch is not None:  # apart: interleaved, one library's idle threads spin against the other
+        times.update(_interleaved_ms({"torch": _torch_timers(torch, x, w, b, dy, s, p)}, repeats))
+    for name in algos:
+        row = out["algos"][name]
+        fwd_ms, bwd_ms = times[name]
         row.update(forward_ms=fwd_ms, backward_ms=bwd_ms,
                    forward_gflops=flops / fwd_ms / 1e6, backward_gflops=2 * flops / bwd_ms / 1e6)
         row["forward_frac_peak"] = row["forward_gflops"] / ceiling
@@ -149,10 +165,8 @@ def bench_layer(layer, algos, repeats, threads, ceiling, torch, seed=0):
             total, low = conv.workspace_bytes(real, x.shape, w.shape, s, p, 4, threads, bwd)
             ws[d] = {"total_bytes": total, "lowering_bytes": low}
         row["workspace"] = ws
-        out["algos"][name] = row
     if torch is not None:
-        tf, tb = _torch_timers(torch, x, w, b, dy, s, p)
-        t = {"forward_ms": _median_ms(tf, repeats), "backward_ms": _median_ms(tb, repeats)}
+        t = dict(zip(("forward_ms", "backward_ms"), times["torch"], strict=True))
         t["forward_gflops"] = flops / t["forward_ms"] / 1e6
         t["backward_gflops"] = 2 * flops / t["backward_ms"] / 1e6
         out["torch"] = t

@@ -43,26 +43,8 @@ def channel_stats(x: np.ndarray, chunk: int = 4096) -> np.ndarray:
     return np.stack([lo, hi, mean, std], axis=1)
 
 
-def describe(args: argparse.Namespace) -> int:
-    if args.dataset.startswith(store.PREFIX):
-        try:
-            return store.describe_store(args.dataset[len(store.PREFIX):], channel_stats)
-        except store.StoreReadError as e:
-            raise DataError(str(e)) from None
-    t0 = time.perf_counter()
-    kwargs = {}
-    if args.shape:
-        if registry.canonical_name(args.dataset) != "synthetic":
-            raise UsageError("--shape applies to the synthetic dataset only")
-        kwargs["synthetic_shape"] = args.shape
-    # MD5s are reported per file below rather than failing the load.
-    ds = registry.load_dataset(args.dataset, args.data_dir, verify_md5=False, **kwargs)
-    elapsed = time.perf_counter() - t0
-    c, h, w = ds.input_shape
-    print(ds.source)
-    print(f"loaded in {elapsed:.2f} s; images {c}x{h}x{w} (C x H x W) float32, "
-          f"{ds.num_classes} classes")
-
+def print_classes_and_pixels(ds) -> None:
+    """The class counts per split and the per-channel pixel statistics of a loaded dataset."""
     counts = {
         split: np.bincount(y, minlength=ds.num_classes)
         for split, y in (("train", ds.y_train), ("test", ds.y_test))
@@ -82,6 +64,29 @@ def describe(args: argparse.Namespace) -> int:
     for split, x in (("train", ds.x_train), ("test", ds.x_test)):
         for ch, (lo, hi, mean, std) in enumerate(channel_stats(x)):
             print(f"{split:<6} {ch:>7} {lo:>8.4f} {hi:>8.4f} {mean:>8.4f} {std:>8.4f}")
+
+
+def describe(args: argparse.Namespace) -> int:
+    if args.dataset.startswith(store.PREFIX):
+        try:
+            return store.describe_store(args.dataset[len(store.PREFIX):], print_classes_and_pixels)
+        except store.StoreReadError as e:
+            raise DataError(str(e)) from None
+    t0 = time.perf_counter()
+    kwargs = {}
+    if args.shape:
+        if registry.canonical_name(args.dataset) != "synthetic":
+            raise UsageError("--shape applies to the synthetic dataset only")
+        kwargs["synthetic_shape"] = args.shape
+    # MD5s are reported per file below rather than failing the load.
+    ds = registry.load_dataset(args.dataset, args.data_dir, verify_md5=False, **kwargs)
+    elapsed = time.perf_counter() - t0
+    c, h, w = ds.input_shape
+    print(ds.source)
+    print(f"loaded in {elapsed:.2f} s; images {c}x{h}x{w} (C x H x W) float32, "
+          f"{ds.num_classes} classes")
+
+    print_classes_and_pixels(ds)
 
     if ds.name not in registry.FILE_DATASETS:
         return 0

@@ -270,7 +270,7 @@ def open_store(path) -> StoreDataset:
 # --- describe -------------------------------------------------------------------------------
 
 
-def describe_store(path, channel_stats) -> int:
+def describe_store(path, print_classes_and_pixels) -> int:
     """Print what ``describe h5:FILE`` shows; returns 1 when a stored checksum fails, else 0."""
     t0 = time.perf_counter()
     ds = open_store(path)
@@ -280,22 +280,7 @@ def describe_store(path, channel_stats) -> int:
     print(f"opened in {time.perf_counter() - t0:.2f} s; images {c}x{h}x{w} (C x H x W) uint8 "
           f"on disk, float32 when read; {ds.num_classes} classes; chunks of "
           f"{f['train/images'].chunks[0]} samples")
-    counts = {s: np.bincount(y, minlength=ds.num_classes)
-              for s, y in (("train", ds.y_train), ("test", ds.y_test))}
-    labels = [f"{i} {n}" if n != str(i) else n for i, n in enumerate(ds.classes)]
-    width = max(len("class"), *(len(s) for s in labels))
-    print()
-    print(f"{'class':<{width}}  {'train':>7}  {'test':>7}")
-    for i, label in enumerate(labels):
-        print(f"{label:<{width}}  {counts['train'][i]:>7}  {counts['test'][i]:>7}")
-    print(f"{'total':<{width}}  {len(ds.y_train):>7}  {len(ds.y_test):>7}")
-    how = "/255 minus train per-pixel mean" if ds.mean is not None else "/255"
-    print()
-    print(f"pixel values after normalisation ({how}):")
-    print(f"{'split':<6} {'channel':>7} {'min':>8} {'max':>8} {'mean':>8} {'std':>8}")
-    for split, x in (("train", ds.x_train), ("test", ds.x_test)):
-        for ch, (lo, hi, mean, std) in enumerate(channel_stats(x)):
-            print(f"{split:<6} {ch:>7} {lo:>8.4f} {hi:>8.4f} {mean:>8.4f} {std:>8.4f}")
+    print_classes_and_pixels(ds)
     ok = True
     print()
     print("stored data (MD5 recorded at prepare time):")
