@@ -67,7 +67,7 @@ def _worker_hpcnn(a):
     from hpcnn.nn import build_net
     from hpcnn.optim import SGD
     from hpcnn.parallel import DataParallel, ProcessGrid, reduce_timing
-    from hpcnn.train import train_step
+    from hpcnn.train import train_step, warm_kernel_cache
 
     comm = MPI.COMM_WORLD  # a worker is an entry point
     grid = ProcessGrid(comm)
@@ -77,6 +77,11 @@ def _worker_hpcnn(a):
     opt = SGD(model.params(), solver.lr, solver.momentum, solver.weight_decay)
     dp = DataParallel(grid.data_comm, model, bucket_mb=a.bucket_mb, overlap=not a.no_overlap,
                       progress=not a.no_polls)
+    # as hpcnn.train does: rank 0 compiles and tunes the convolutions, every rank adopts its
+    # choices (tuned on each rank alone, the ranks can pick different strategies and then wait
+    # for the slowest at every allreduce)
+    k0 = idx[0]
+    warm_kernel_cache(comm, model, ds.x_train[k0], ds.y_train[k0])
     t_data = t_comp = t_wait = 0.0
     comm.Barrier()
     t0 = MPI.Wtime()

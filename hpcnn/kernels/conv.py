@@ -74,10 +74,19 @@ def _fold_grad_output(dy, dymat, db):
 # strategy "lowering": whole batch lowered, one GEMM
 
 
-def _gemm_threads():
-    """Plain lowering's one GEMM runs on all the threads (BLAS is otherwise kept on one, see
-    :func:`hpcnn.threads.apply`)."""
-    return numba.get_num_threads() if pipelined.AVAILABLE else 1
+BIG_GEMM_FLOPS = 2e9
+"""Plain lowering's GEMM runs on all the threads from this size up, on one below it."""
+
+
+def _gemm_threads(m, n, k):
+    """BLAS threads for plain lowering's one GEMM (m x k by k x n). BLAS is otherwise kept on one
+    thread (:func:`hpcnn.threads.apply`): after a multi-threaded call its idle threads spin for
+    a while against Numba's, which only a large GEMM repays. Measured at 2 threads: a 0.3 GFLOP
+    layer (GoogLeNet 5a_5x5) ran its lowering slower on 2 BLAS threads than on 1 (8.0 against
+    6.2 ms), and slowed the strategies timed after it."""
+    if not pipelined.AVAILABLE or 2.0 * m * n * k < BIG_GEMM_FLOPS:
+        return 1
+    return numba.get_num_threads()
 
 
 def _lowering_forward(x, w, b, stride, padding):
@@ -89,7 +98,7 @@ def _lowering_forward(x, w, b, stride, padding):
     col = np.empty((C * R * S, N * P * Q), dtype=x.dtype)
     with profile.region("lowering"):
         _lower(x, R, S, sh, sw, ph, pw, P, Q, col)
-    with profile.region("gemm"), pipelined._BlasThreads(_gemm_threads()):
+    with profile.region("gemm"), pipelined._BlasThreads(_gemm_threads(K, N * P * Q, C * R * S)):
         ymat = np.dot(w.reshape(K, C * R * S), col)  # (K, N*P*Q): the one GEMM
     del col
     y = np.empty((N, K, P, Q), dtype=x.dtype)
@@ -111,7 +120,7 @@ def _lowering_backward(dy, x, w, stride, padding):
     col = np.empty((C * R * S, N * P * Q), dtype=x.dtype)
     with profile.region("lowering"):
         _lower(x, R, S, sh, sw, ph, pw, P, Q, col)
-    with profile.region("gemm"), pipelined._BlasThreads(_gemm_threads()):
+    with profile.region("gemm"), pipelined._BlasThreads(_gemm_threads(K, N * P * Q, C * R * S)):
         dw = np.dot(dymat, col.T).reshape(w.shape)  # (K, C*R*S)
         np.dot(w.reshape(K, C * R * S).T, dymat, out=col)  # dcol overwrites the columns
     dx = np.empty_like(x)
