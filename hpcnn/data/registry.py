@@ -287,7 +287,9 @@ def _load_idx(dataset: str, directory: Path, verify_md5: bool) -> tuple[dict, li
     return arrays, list(files.values())
 
 
-def _load_cifar(directory: Path) -> tuple[dict, list[Path], np.ndarray, list[str]]:
+def read_cifar_files(directory: Path) -> tuple[dict, list[str], list[Path]]:
+    """The CIFAR-10 batches of ``directory`` as read: ({split: (uint8 images, labels)}, class
+    names, files read). Shared by the loader and the HDF5 store's converter."""
     used = []
     arrays = {}
     for split, names in (("train", cifar.TRAIN_FILES), ("test", cifar.TEST_FILES)):
@@ -297,13 +299,19 @@ def _load_cifar(directory: Path) -> tuple[dict, list[Path], np.ndarray, list[str
             xs.append(x)
             ys.append(y)
             used.append(directory / name)
-        arrays[split] = (scale_images(np.concatenate(xs)), np.concatenate(ys))
-    mean = subtract_mean(arrays["train"][0], arrays["test"][0])
+        arrays[split] = (np.concatenate(xs), np.concatenate(ys))
     classes = list(cifar.CLASSES)
     meta = directory / cifar.META_FILE
     if meta.is_file():
         classes = cifar.read_class_names(meta)
         used.append(meta)
+    return arrays, classes, used
+
+
+def _load_cifar(directory: Path) -> tuple[dict, list[Path], np.ndarray, list[str]]:
+    raw, classes, used = read_cifar_files(directory)
+    arrays = {split: (scale_images(x), y) for split, (x, y) in raw.items()}
+    mean = subtract_mean(arrays["train"][0], arrays["test"][0])
     return arrays, used, mean, classes
 
 

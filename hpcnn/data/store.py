@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hpcnn.data import cifar, idx, registry
+from hpcnn.data import idx, registry
 from hpcnn.errors import DataError, UsageError
 
 FORMAT = "hpcnn-store"
@@ -82,19 +82,7 @@ def read_originals(dataset: str, data_dir=None, verify_md5: bool = True):
     directory, _ = registry._require_dir(dataset, data_dir)
     arrays, files = {}, []
     if dataset == "cifar10":
-        for split, names in (("train", cifar.TRAIN_FILES), ("test", cifar.TEST_FILES)):
-            xs, ys = [], []
-            for name in names:
-                x, y = cifar.read_cifar_batch(directory / name)
-                xs.append(x)
-                ys.append(y)
-                files.append(directory / name)
-            arrays[split] = (np.concatenate(xs), np.concatenate(ys))
-        classes = list(cifar.CLASSES)
-        meta = directory / cifar.META_FILE
-        if meta.is_file():
-            classes = cifar.read_class_names(meta)
-            files.append(meta)
+        arrays, classes, files = registry.read_cifar_files(directory)
         return arrays, classes, True, files
     found = registry._idx_files(dataset, directory)
     table = registry.OFFICIAL_MD5[dataset]
