@@ -117,6 +117,11 @@ CLOCK = _bind_clock()
 # atomics on int64 array cells (LLVM intrinsics; cached with the kernels that use them)
 
 
+def _int64_vector(arr):
+    """The intrinsics below type only for a 1-D int64 array (None otherwise: no match)."""
+    return isinstance(arr, types.Array) and arr.dtype == types.int64 and arr.ndim == 1
+
+
 def _cell_pointer(context, builder, aryty, ary, idx):
     ary = context.make_array(aryty)(context, builder, ary)
     return cgutils.get_item_pointer(context, builder, aryty, ary, [idx])
@@ -125,7 +130,7 @@ def _cell_pointer(context, builder, aryty, ary, idx):
 @intrinsic
 def atomic_load(typingctx, arr, idx):
     """arr[idx] read with acquire ordering (arr: 1-D int64)."""
-    if not (isinstance(arr, types.Array) and arr.dtype == types.int64 and arr.ndim == 1):
+    if not _int64_vector(arr):
         return None
 
     def codegen(context, builder, sig, args):
@@ -138,7 +143,7 @@ def atomic_load(typingctx, arr, idx):
 @intrinsic
 def atomic_store(typingctx, arr, idx, val):
     """arr[idx] = val with release ordering (arr: 1-D int64)."""
-    if not (isinstance(arr, types.Array) and arr.dtype == types.int64 and arr.ndim == 1):
+    if not _int64_vector(arr):
         return None
 
     def codegen(context, builder, sig, args):
@@ -153,7 +158,7 @@ def atomic_store(typingctx, arr, idx, val):
 @intrinsic
 def atomic_add(typingctx, arr, idx, val):
     """Atomically add val to arr[idx]; returns the old value (sequentially consistent)."""
-    if not (isinstance(arr, types.Array) and arr.dtype == types.int64 and arr.ndim == 1):
+    if not _int64_vector(arr):
         return None
 
     def codegen(context, builder, sig, args):
