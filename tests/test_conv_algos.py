@@ -98,6 +98,11 @@ def test_every_algo_matches_reference(case, dtype, n_threads, threads, fresh_aut
         for got, want in zip(conv.conv2d_backward(dy, x, w, stride, padding, algo=algo),
                              grads_ref, strict=True):
             _close(got, want, dtype)
+        dx, dw, db = conv.conv2d_backward(dy, x, w, stride, padding, algo=algo,
+                                          input_grad=False)
+        assert dx is None
+        _close(dw, grads_ref[1], dtype)
+        _close(db, grads_ref[2], dtype)
 
 
 @pytest.mark.parametrize("algo", ALGOS)
@@ -123,6 +128,10 @@ def test_tiny_chunks_run_many_chunks_and_bands(algo, n_threads, threads):
         _close(fwd(x, w, b, s2, p2, chunk=chunk), y_ref, np.float64)
         for got, want in zip(bwd(dy, x, w, s2, p2, chunk=chunk), grads_ref, strict=True):
             _close(got, want, np.float64)
+        dx, dw, db = bwd(dy, x, w, s2, p2, input_grad=False, chunk=chunk)
+        assert dx is None
+        _close(dw, grads_ref[1], np.float64)
+        _close(db, grads_ref[2], np.float64)
 
 
 def test_chunk_size_from_environment(monkeypatch):
@@ -295,6 +304,7 @@ def test_autotune_cache_file_makes_choices_reproducible(tmp_path, monkeypatch, f
     x, w, b, stride, padding = _inputs(SHAPE, np.float32)
     y1 = conv.conv2d_forward(x, w, b, stride, padding)
     g1 = conv.conv2d_backward(np.ones_like(y1), x, w, stride, padding)
+    wg1 = conv.conv2d_backward(np.ones_like(y1), x, w, stride, padding, input_grad=False)
     first = autotune.choices()
     data = json.loads(path.read_text())
     key = autotune.make_key(*_key_args(x, w)[:4], x.dtype)
@@ -307,6 +317,8 @@ def test_autotune_cache_file_makes_choices_reproducible(tmp_path, monkeypatch, f
         assert np.array_equal(conv.conv2d_forward(x, w, b, stride, padding), y1)
         g2 = conv.conv2d_backward(np.ones_like(y1), x, w, stride, padding)
         assert all(np.array_equal(a, c) for a, c in zip(g1, g2))
+        wg2 = conv.conv2d_backward(np.ones_like(y1), x, w, stride, padding, input_grad=False)
+        assert all(np.array_equal(a, c) for a, c in zip(wg1[1:], wg2[1:]))
     assert autotune.choices() == first
 
 

@@ -43,9 +43,15 @@ def test_every_net_runs_on_every_input_shape(name, shape):
     x = np.random.default_rng(0).standard_normal((2,) + shape).astype(np.float32)
     y = net.forward(x)
     assert y.shape == (2, 10) and np.isfinite(y).all()
-    dx = net.backward(np.ones_like(y))
+    dx = net.backward(np.ones_like(y), input_grad=True)
     assert dx.shape == x.shape
     assert np.abs(net.flat_grads).sum() > 0
+    grads = net.flat_grads.copy()
+    net.zero_grad()
+    net.forward(x)
+    assert net.backward(np.ones_like(y)) is None  # the first layer skips its data gradient
+    # the same gradients (to rounding: the first layer may be tuned to another strategy)
+    np.testing.assert_allclose(net.flat_grads, grads, rtol=1e-5, atol=1e-6)
 
 
 def test_params_live_in_flat_buffers():

@@ -7,6 +7,7 @@ BENCHMARKS = {
     "comm": "hpcnn.bench.comm",
     "scaling": "hpcnn.bench.scaling",
     "conv": "hpcnn.bench.conv",
+    "node": "hpcnn.bench.node",
 }
 
 

@@ -6,8 +6,9 @@ On the first forward (or backward) call for a key
 
 every candidate strategy of :data:`hpcnn.kernels.conv.ALGOS` runs on the call's own arrays: an
 untimed warm-up on the first image only (it loads or compiles the kernels), one timed run, and
-two more for the candidates within 2x of the best so far; the smallest time wins. Forward and
-backward are tuned separately, each on first use. The winner's result of its last run is what
+two more for the candidates within 2x of the best so far; the smallest time wins. Forward,
+backward and "wgrad" (backward without the data gradient, as in a network's first layer) are
+tuned separately, each on first use. The winner's result of its last run is what
 the call returns, so "auto" gives exactly what the chosen strategy gives, from the first call
 on. Later calls cost one dict lookup.
 The candidates skip strategies that would only run another one's code on this shape
@@ -44,7 +45,8 @@ import numpy as np
 
 FORMAT = "hpcnn-autotune"
 VERSION = 1
-DIRECTIONS = ("forward", "backward")
+DIRECTIONS = ("forward", "backward", "wgrad")
+"""What is tuned apart: forward, backward, and backward without the data gradient."""
 WARMUP_LIMIT = 2.0  # a candidate slower than this multiple of the best so far stops after 1 run
 REPEATS = 3
 DEFAULT_CACHE = None

@@ -4,10 +4,12 @@ The public wrappers validate, then hand over to a strategy from :data:`ALGOS`. E
 a pair ``(forward, backward)`` with the signatures
 
     forward(x, w, b, stride, padding) -> y               # b: (K,) array or None
-    backward(dy, x, w, stride, padding) -> (dx, dw, db)
+    backward(dy, x, w, stride, padding, input_grad=True) -> (dx, dw, db)
 
 where every array is already checked (C-contiguous, one float dtype, matching shapes) and
-``stride`` / ``padding`` are (h, w) int pairs. Add a strategy by adding it to :data:`ALGOS`;
+``stride`` / ``padding`` are (h, w) int pairs. With ``input_grad=False`` a backward skips the
+data gradient (its GEMM and col2im) and returns ``dx=None``: the network's first layer needs
+only its weight gradients. Add a strategy by adding it to :data:`ALGOS`;
 ``"auto"`` is resolved by :func:`resolve_algo`, which asks :mod:`~hpcnn.kernels.autotune`
 (the strategy measured fastest on this shape and thread count, forward and backward apart).
 
@@ -108,7 +110,7 @@ def _lowering_forward(x, w, b, stride, padding):
     return y
 
 
-def _lowering_backward(dy, x, w, stride, padding):
+def _lowering_backward(dy, x, w, stride, padding, input_grad=True):
     N, C, H, W = x.shape
     K, _, R, S = w.shape
     (sh, sw), (ph, pw) = stride, padding
@@ -122,6 +124,8 @@ def _lowering_backward(dy, x, w, stride, padding):
         _lower(x, R, S, sh, sw, ph, pw, P, Q, col)
     with profile.region("gemm"), pipelined._BlasThreads(_gemm_threads(K, N * P * Q, C * R * S)):
         dw = np.dot(dymat, col.T).reshape(w.shape)  # (K, C*R*S)
+        if not input_grad:
+            return None, dw, db
         np.dot(w.reshape(K, C * R * S).T, dymat, out=col)  # dcol overwrites the columns
     dx = np.empty_like(x)
     with profile.region("col2im"):
@@ -151,7 +155,8 @@ def resolve_algo(algo, x_shape, w_shape, stride, padding, fn, dtype=np.float32,
     """The strategy name to run for ``algo``; unknown names raise.
 
     For "auto" it is the choice of :mod:`~hpcnn.kernels.autotune` for this shape, thread count
-    and ``direction`` ("forward" or "backward"), or None while that is not tuned yet (the
+    and ``direction`` ("forward", "backward", or "wgrad": backward without the data gradient),
+    or None while that is not tuned yet (the
     public wrappers then tune on the call's arrays).
     """
     if algo == "auto":
@@ -207,17 +212,18 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, algo="auto"):
     return ALGOS[name][0](x, w, b, stride, padding)
 
 
-def conv2d_backward(dy, x, w, stride=1, padding=0, algo="auto"):
+def conv2d_backward(dy, x, w, stride=1, padding=0, algo="auto", input_grad=True):
     """Gradients of :func:`conv2d_forward` with respect to x, w and b.
 
     Parameters
     ----------
     dy : float32 array of shape (N, K, P, Q), gradient of the loss w.r.t. y
     x, w, stride, padding, algo : as given to :func:`conv2d_forward`
+    input_grad : False skips the data gradient (a network's first layer): dx is then None
 
     Returns
     -------
-    dx : (N, C, H, W), dw : (K, C, R, S), db : (K,) (dy summed over N, P, Q)
+    dx : (N, C, H, W) or None, dw : (K, C, R, S), db : (K,) (dy summed over N, P, Q)
     """
     fn = "conv2d_backward"
     x, w, stride, padding = _check_conv(x, w, stride, padding, fn)
@@ -228,13 +234,15 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, algo="auto"):
     if dy.shape != expect:
         raise ValueError(f"{fn}: dy has shape {dy.shape} but x {x.shape} and w {w.shape} give "
                          f"y of shape {expect}")
-    name = resolve_algo(algo, x.shape, w.shape, stride, padding, fn, x.dtype, "backward")
+    direction = "backward" if input_grad else "wgrad"
+    name = resolve_algo(algo, x.shape, w.shape, stride, padding, fn, x.dtype, direction)
     if name is None:
-        _, grads = autotune.tune("backward", lambda a: ALGOS[a][1](dy, x, w, stride, padding),
-                                 x.shape, w.shape, stride, padding, x.dtype,
-                                 warmup=lambda a: ALGOS[a][1](dy[:1], x[:1], w, stride, padding))
+        _, grads = autotune.tune(
+            direction, lambda a: ALGOS[a][1](dy, x, w, stride, padding, input_grad),
+            x.shape, w.shape, stride, padding, x.dtype,
+            warmup=lambda a: ALGOS[a][1](dy[:1], x[:1], w, stride, padding, input_grad))
         return grads
-    return ALGOS[name][1](dy, x, w, stride, padding)
+    return ALGOS[name][1](dy, x, w, stride, padding, input_grad)
 
 
 def workspace_bytes(algo, x_shape, w_shape, stride=1, padding=0, itemsize=4, threads=None,

@@ -39,13 +39,14 @@ def linear_forward(x, w, b=None):
     return y
 
 
-def linear_backward(dy, x, w):
+def linear_backward(dy, x, w, input_grad=True):
     """Gradients of :func:`linear_forward`.
 
     Parameters
     ----------
     dy : float32 array of shape (N, F_out)
     x, w : as given to :func:`linear_forward`
+    input_grad : False skips dx (returned as None)
 
     Returns
     -------
@@ -57,7 +58,7 @@ def linear_backward(dy, x, w):
     if dy.shape != (x.shape[0], w.shape[0]):
         raise ValueError(f"{fn}: dy has shape {dy.shape} but x {x.shape} and w {w.shape} give "
                          f"y of shape {(x.shape[0], w.shape[0])}")
-    dx = np.dot(dy, w)
+    dx = np.dot(dy, w) if input_grad else None
     dw = np.dot(dy.T, x)
     db = dy.sum(axis=0, dtype=np.float64).astype(dy.dtype)
     return dx, dw, db

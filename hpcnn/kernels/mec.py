@@ -42,7 +42,7 @@ from hpcnn.kernels._native import NO_TRANS, ROW_MAJOR, TRANS
 AVAILABLE = pipelined.AVAILABLE
 
 # ---------------------------------------------------------------------------------------------
-# mec kernels (geo: N, C, H, W, K, R, S, sh, sw, ph, pw, P, Q, SC, ldL)
+# mec kernels (geo: N, C, H, W, K, R, S, sh, sw, ph, pw, P, Q, SC, ldL, input_grad)
 
 
 @njit
@@ -103,9 +103,11 @@ def _mec_bwd_chunk(c, gemm, dy, x, wt, dx, plan, geo, xp, L, dxp, dwp, db):
     ph, pw, P, Q, SC, ldL = geo[9], geo[10], geo[11], geo[12], geo[13], geo[14]
     RSC = R * SC
     nb = n1 - n0
+    input_grad = geo[15] != 0
     if p0 == 0:
         nhwc.pack_x(x, n0, n1, ph, pw, xp)
-        nhwc.zero_images(dxp, nb)
+        if input_grad:
+            nhwc.zero_images(dxp, nb)
     nin = p1 - p0 + R - 1
     LR = nin * Q
     _lower_w(xp, nb, p0, nin, S, sw, Q, C, L, LR)
@@ -117,15 +119,18 @@ def _mec_bwd_chunk(c, gemm, dy, x, wt, dx, plan, geo, xp, L, dxp, dwp, db):
         for r in range(R):  # all weight GEMMs first: the data GEMMs overwrite L
             gemm(ROW_MAJOR, NO_TRANS, NO_TRANS, K, SC, rows, 1.0, dyp, P * Q,
                  Li + r * Q * ldL * isz, ldL, 1.0, dwp.ctypes.data + r * SC * isz, RSC)
+        if not input_grad:
+            continue
         tail = L[i * LR + rows:(i + 1) * LR]  # rows only the shifted blocks r >= 1 reach
         tail[:] = 0
         for r in range(R):
             gemm(ROW_MAJOR, TRANS, NO_TRANS, rows, SC, K, 1.0, dyp, P * Q,
                  wt.ctypes.data + r * SC * isz, RSC, 1.0 if r else 0.0,
                  Li + r * Q * ldL * isz, ldL)
-    _fold_w(L, nb, p0, nin, S, sw, Q, C, dxp, LR)
-    if p1 == P:
-        nhwc.unpack_dx(dxp, n0, n1, ph, pw, dx)
+    if input_grad:
+        _fold_w(L, nb, p0, nin, S, sw, Q, C, dxp, LR)
+        if p1 == P:
+            nhwc.unpack_dx(dxp, n0, n1, ph, pw, dx)
 
 
 @pnjit
@@ -168,8 +173,9 @@ def _g11_backward(gemm, dy, x, w, dx, gstart, dwp, db):
             dyp = dy.ctypes.data + n * K * HW * isz
             gemm(ROW_MAJOR, NO_TRANS, TRANS, K, C, HW, 1.0, dyp, HW,
                  x.ctypes.data + n * C * HW * isz, HW, 1.0, dwp[g].ctypes.data, C)
-            gemm(ROW_MAJOR, TRANS, NO_TRANS, C, HW, K, 1.0, w.ctypes.data, C, dyp, HW, 0.0,
-                 dx.ctypes.data + n * C * HW * isz, HW)
+            if dx.shape[0]:  # no dx without input_grad
+                gemm(ROW_MAJOR, TRANS, NO_TRANS, C, HW, K, 1.0, w.ctypes.data, C, dyp, HW, 0.0,
+                     dx.ctypes.data + n * C * HW * isz, HW)
             nhwc.sum_dy(dy, n, n + 1, 0, 1, HW, db[g])
 
 
@@ -190,10 +196,12 @@ def gemm1x1_applies(x_shape, w_shape, stride, padding):
 class _MecGeometry:
     """Shapes of one "mec" call and its chunk plan for ``groups`` threads."""
 
-    def __init__(self, x_shape, w_shape, stride, padding, itemsize, groups, chunk):
+    def __init__(self, x_shape, w_shape, stride, padding, itemsize, groups, chunk,
+                 input_grad=True):
         N, C, H, W = x_shape
         K, _, R, S = w_shape
         (sh, sw), (ph, pw) = stride, padding
+        self.input_grad = bool(input_grad)
         self.P = (H + 2 * ph - R) // sh + 1
         self.Q = (W + 2 * pw - S) // sw + 1
         self.Hp, self.Wp, self.C, self.K, self.R = H + 2 * ph, W + 2 * pw, C, K, R
@@ -208,13 +216,13 @@ class _MecGeometry:
         self.Lrows = int(max(((n1 - n0) * (p1 - p0 + R - 1) * self.Q
                               for n0, n1, p0, p1 in self.plan), default=0))
         self.geo = np.array([N, C, H, W, K, R, S, sh, sw, ph, pw, self.P, self.Q, self.SC,
-                             self.ldL], dtype=np.int64)
+                             self.ldL, int(input_grad)], dtype=np.int64)
 
     def buffers(self, backward):
         img = (self.groups, self.images, self.Hp, self.Wp * self.C)
         out = {"xp": img, "L": (self.groups, self.Lrows, self.ldL)}
         if backward:
-            out["dxp"] = img
+            out["dxp"] = img if self.input_grad else (self.groups, 0, 0, 0)
         return out
 
 
@@ -242,22 +250,24 @@ def mec_forward(x, w, b, stride, padding, chunk=None):
     return y
 
 
-def mec_backward(dy, x, w, stride, padding, chunk=None):
-    """(dx, dw, db) of checked arguments; see :func:`mec_forward`."""
+def mec_backward(dy, x, w, stride, padding, input_grad=True, chunk=None):
+    """(dx, dw, db) of checked arguments (dx None without ``input_grad``); see
+    :func:`mec_forward`."""
     if not mec_applies(x.shape, w.shape, stride, padding):
-        return pipelined.backward(dy, x, w, stride, padding, "chunked", chunk)
+        return pipelined.backward(dy, x, w, stride, padding, input_grad, "chunked", chunk)
     G = numba.get_num_threads()
     geom = _MecGeometry(x.shape, w.shape, stride, padding, x.itemsize, G,
-                        pipelined.chunk_bytes(chunk))
+                        pipelined.chunk_bytes(chunk), input_grad)
     K, C, R, S = w.shape
-    dx = np.empty_like(x)
+    dx = np.empty_like(x) if input_grad else np.empty((0, 0, 0, 0), dtype=x.dtype)
     dwp = np.zeros((G, K, R * S * C), dtype=x.dtype)
     db = np.zeros((G, K), dtype=np.float64)
     ws = pipelined._workspace(geom.buffers(True), x.dtype)
     with pipelined._BlasThreads(1):
         _mec_backward(_native.GEMM[x.dtype], dy, x, _weights_rsc(w), dx, geom.plan, geom.gstart,
                       geom.geo, ws["xp"], ws["L"], ws["dxp"], dwp, db)
-    return dx, _sum_groups(dwp, w.shape, nhwc_order=True), db.sum(axis=0).astype(x.dtype)
+    return ((dx if input_grad else None), _sum_groups(dwp, w.shape, nhwc_order=True),
+            db.sum(axis=0).astype(x.dtype))
 
 
 def _sum_groups(dwp, w_shape, nhwc_order):
@@ -286,21 +296,22 @@ def gemm1x1_forward(x, w, b, stride, padding, chunk=None):
     return y
 
 
-def gemm1x1_backward(dy, x, w, stride, padding, chunk=None):
-    """(dx, dw, db) for 1x1 layers; others run "chunked"."""
+def gemm1x1_backward(dy, x, w, stride, padding, input_grad=True, chunk=None):
+    """(dx, dw, db) for 1x1 layers (dx None without ``input_grad``); others run "chunked"."""
     if not gemm1x1_applies(x.shape, w.shape, stride, padding):
-        return pipelined.backward(dy, x, w, stride, padding, "chunked", chunk)
+        return pipelined.backward(dy, x, w, stride, padding, input_grad, "chunked", chunk)
     N, C, H, W = x.shape
     K = w.shape[0]
     G = _groups(N)
     _, gstart = nhwc.make_plan(N, 1, 1, 1, 1, G, 1)
-    dx = np.empty_like(x)
+    dx = np.empty_like(x) if input_grad else np.empty((0, C, H, W), dtype=x.dtype)
     dwp = np.zeros((G, K, C), dtype=x.dtype)
     db = np.zeros((G, K), dtype=np.float64)
     with pipelined._BlasThreads(1):
         _g11_backward(_native.GEMM[x.dtype], dy.reshape(N, K, H * W), x.reshape(N, C, H * W),
-                      w.reshape(K, C), dx.reshape(N, C, H * W), gstart, dwp, db)
-    return dx, _sum_groups(dwp, w.shape, nhwc_order=False), db.sum(axis=0).astype(x.dtype)
+                      w.reshape(K, C), dx.reshape(dx.shape[0], C, H * W), gstart, dwp, db)
+    return ((dx if input_grad else None), _sum_groups(dwp, w.shape, nhwc_order=False),
+            db.sum(axis=0).astype(x.dtype))
 
 
 def mec_workspace_bytes(x_shape, w_shape, stride, padding, itemsize=4, threads=None,

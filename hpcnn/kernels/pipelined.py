@@ -91,7 +91,7 @@ def chunk_bytes(override=None):
 
 
 # ---------------------------------------------------------------------------------------------
-# per-chunk phases (geo: N, C, H, W, K, R, S, sh, sw, ph, pw, P, Q, RSC, ldcol)
+# per-chunk phases (geo: N, C, H, W, K, R, S, sh, sw, ph, pw, P, Q, RSC, ldcol, input_grad)
 
 LOWER, GEMM, FOLD, LAYOUT = 0, 1, 2, 3
 """Phase codes in the kernels' event records; their profile kinds are :data:`EVENT_KINDS`."""
@@ -142,11 +142,12 @@ def _bwd_phase(phase, c, gemm, dy, x, wt, dx, plan, geo, xp, colT, dxp, dwp, db)
 
     LOWER: pack x, lower, db += sums of dy; GEMM (per image, dy read in place as (K, rows)):
     dW' += dy[n] colT, then dcolT = dy[n].T W' over colT; FOLD: col2im into dxp, and dx for
-    images whose last band it was.
+    images whose last band it was. Without input_grad (geo[15] == 0) only dW' and db are made.
     """
     n0, n1, p0, p1 = plan[c, 0], plan[c, 1], plan[c, 2], plan[c, 3]
     C, K, R, S, sh, sw = geo[1], geo[4], geo[5], geo[6], geo[7], geo[8]
     ph, pw, P, Q, RSC, ldcol = geo[9], geo[10], geo[11], geo[12], geo[13], geo[14]
+    input_grad = geo[15] != 0
     if phase == LOWER:
         if p0 == 0:
             nhwc.pack_x(x, n0, n1, ph, pw, xp)
@@ -159,9 +160,10 @@ def _bwd_phase(phase, c, gemm, dy, x, wt, dx, plan, geo, xp, colT, dxp, dwp, db)
             ci = colT.ctypes.data + i * rows * ldcol * isz
             gemm(ROW_MAJOR, NO_TRANS, NO_TRANS, K, RSC, rows, 1.0, dyp, P * Q, ci, ldcol, 1.0,
                  dwp.ctypes.data, RSC)
-            gemm(ROW_MAJOR, TRANS, NO_TRANS, rows, RSC, K, 1.0, dyp, P * Q, wt.ctypes.data, RSC,
-                 0.0, ci, ldcol)
-    else:
+            if input_grad:
+                gemm(ROW_MAJOR, TRANS, NO_TRANS, rows, RSC, K, 1.0, dyp, P * Q, wt.ctypes.data,
+                     RSC, 0.0, ci, ldcol)
+    elif input_grad:
         if p0 == 0:
             nhwc.zero_images(dxp, n1 - n0)
         nhwc.col2im(colT, n0, n1, p0, p1, R, S, sh, sw, Q, C, dxp)
@@ -315,7 +317,8 @@ def _pipelined_backward(gemm, clock, ts, ev, cnt, flags, dy, x, wt, dx, plan, cg
 class _Geometry:
     """Shapes of one convolution call and its chunk plan for ``groups`` threads."""
 
-    def __init__(self, x_shape, w_shape, stride, padding, itemsize, groups, chunk):
+    def __init__(self, x_shape, w_shape, stride, padding, itemsize, groups, chunk,
+                 input_grad=True):
         N, C, H, W = x_shape
         K, _, R, S = w_shape
         (sh, sw), (ph, pw) = stride, padding
@@ -331,8 +334,9 @@ class _Geometry:
                                                 chunk)
         self.rows = nhwc.chunk_rows(self.plan, self.Q)
         self.images = nhwc.chunk_images(self.plan)
+        self.input_grad = bool(input_grad)
         self.geo = np.array([N, C, H, W, K, R, S, sh, sw, ph, pw, self.P, self.Q, self.RSC,
-                             self.ldcol], dtype=np.int64)
+                             self.ldcol, int(input_grad)], dtype=np.int64)
 
     def buffers(self, schedule, backward):
         """{name: shape} of the workspace of one pass."""
@@ -342,7 +346,7 @@ class _Geometry:
         img = (lanes, self.images, self.Hp, self.Wp * self.C)
         out = {"xp": img, "colT": (ncol, self.rows, self.ldcol)}
         if backward:
-            out["dxp"] = img
+            out["dxp"] = img if self.input_grad else (lanes, 0, 0, 0)
             out["dwp"] = (G, self.K, self.RSC)
         return out
 
@@ -424,9 +428,10 @@ def _report_events(ev, cnt):
             profile.record(EVENT_KINDS[kind], int(t0), int(t1), worker=int(tid))
 
 
-def _setup(x, w, stride, padding, schedule, chunk):
+def _setup(x, w, stride, padding, schedule, chunk, input_grad=True):
     T = _threads()
-    geom = _Geometry(x.shape, w.shape, stride, padding, x.dtype.itemsize, T, chunk_bytes(chunk))
+    geom = _Geometry(x.shape, w.shape, stride, padding, x.dtype.itemsize, T, chunk_bytes(chunk),
+                     input_grad)
     # W' (K, R*S*C): the weights in the order of a lowered row
     wt = np.ascontiguousarray(w.transpose(0, 2, 3, 1)).reshape(w.shape[0], -1)
     if schedule == "pipelined" and T > 1:
@@ -460,12 +465,13 @@ def forward(x, w, b, stride, padding, schedule="chunked", chunk=None):
     return y
 
 
-def backward(dy, x, w, stride, padding, schedule="chunked", chunk=None):
-    """(dx, dw, db) of checked arguments, by ``schedule``; see :func:`forward`."""
+def backward(dy, x, w, stride, padding, input_grad=True, schedule="chunked", chunk=None):
+    """(dx, dw, db) of checked arguments, by ``schedule``; see :func:`forward`. dx is None
+    without ``input_grad``."""
     gemm = _native.GEMM[x.dtype]
-    T, geom, wt, blas = _setup(x, w, stride, padding, schedule, chunk)
+    T, geom, wt, blas = _setup(x, w, stride, padding, schedule, chunk, input_grad)
     G = geom.groups
-    dx = np.empty_like(x)
+    dx = np.empty_like(x) if input_grad else np.empty((0, 0, 0, 0), dtype=x.dtype)
     dwp = np.zeros((G, geom.K, geom.RSC), dtype=x.dtype)
     db = np.zeros((G, geom.K), dtype=np.float64)
     pipelined = schedule == "pipelined" and T > 1
@@ -495,13 +501,14 @@ def backward(dy, x, w, stride, padding, schedule="chunked", chunk=None):
         dw_rsc = dw_rsc + dwp[g]
     K, C, R, S = w.shape
     dw = np.ascontiguousarray(dw_rsc.reshape(K, R, S, C).transpose(0, 3, 1, 2))
-    return dx, dw, db.sum(axis=0).astype(x.dtype)
+    return (dx if input_grad else None), dw, db.sum(axis=0).astype(x.dtype)
 
 
 def workspace_bytes(schedule, x_shape, w_shape, stride, padding, itemsize=4, threads=None,
-                    backward=False, chunk=None):
+                    backward=False, chunk=None, input_grad=True):
     """(total, lowering) scratch bytes of one pass of ``schedule`` on these shapes."""
     T = threads or _threads()
-    geom = _Geometry(x_shape, w_shape, stride, padding, itemsize, T, chunk_bytes(chunk))
+    geom = _Geometry(x_shape, w_shape, stride, padding, itemsize, T, chunk_bytes(chunk),
+                     input_grad)
     pipelined = schedule == "pipelined" and T > 1
     return geom.workspace_bytes("pipelined" if pipelined else "chunked", backward)

@@ -1,7 +1,9 @@
 """Layers: plain classes that own their parameters and gradients.
 
-Every layer has ``forward(x, train=True) -> y``, ``backward(dy) -> dx`` and ``params()``. A layer
-keeps what its backward needs from the last forward. ``backward`` *accumulates* into the gradient
+Every layer has ``forward(x, train=True) -> y``, ``backward(dy, input_grad=True) -> dx`` and
+``params()``. A layer keeps what its backward needs from the last forward. With
+``input_grad=False`` (a network's first layer: nothing needs the gradient of the images) a layer
+makes only its parameter gradients and returns None. ``backward`` *accumulates* into the gradient
 arrays (``p.grad += ...``); the training loop zeroes them before each step, as in PyTorch.
 Each forward is one call into :mod:`hpcnn.kernels`; the layer only keeps state.
 """
@@ -71,9 +73,9 @@ class Conv2d:
         return K.conv2d_forward(x, self.weight.data, self.bias.data, self.stride, self.padding,
                                 algo=self.algo)
 
-    def backward(self, dy):
+    def backward(self, dy, input_grad=True):
         dx, dw, db = K.conv2d_backward(dy, self._x, self.weight.data, self.stride, self.padding,
-                                       algo=self.algo)
+                                       algo=self.algo, input_grad=input_grad)
         self.weight.grad += dw
         self.bias.grad += db
         self._x = None
@@ -107,8 +109,8 @@ class Linear:
             self._x = x
         return K.linear_forward(x, self.weight.data, self.bias.data)
 
-    def backward(self, dy):
-        dx, dw, db = K.linear_backward(dy, self._x, self.weight.data)
+    def backward(self, dy, input_grad=True):
+        dx, dw, db = K.linear_backward(dy, self._x, self.weight.data, input_grad=input_grad)
         self.weight.grad += dw
         self.bias.grad += db
         self._x = None
@@ -134,8 +136,8 @@ class ReLU:
             self._y = y
         return y
 
-    def backward(self, dy):
-        dx = K.relu_backward(dy, self._y)
+    def backward(self, dy, input_grad=True):
+        dx = K.relu_backward(dy, self._y) if input_grad else None
         self._y = None
         return dx
 
@@ -172,8 +174,8 @@ class MaxPool2d:
             self._argmax, self._shape = argmax, x.shape
         return y
 
-    def backward(self, dy):
-        dx = K.maxpool2d_backward(dy, self._argmax, self._shape)
+    def backward(self, dy, input_grad=True):
+        dx = K.maxpool2d_backward(dy, self._argmax, self._shape) if input_grad else None
         self._argmax = None
         return dx
 
@@ -194,7 +196,9 @@ class AvgPool2d(MaxPool2d):
             self._shape = x.shape
         return K.avgpool2d_forward(x, self.kernel_size, self.stride, self.padding)
 
-    def backward(self, dy):
+    def backward(self, dy, input_grad=True):
+        if not input_grad:
+            return None
         return K.avgpool2d_backward(dy, self._shape, self.kernel_size, self.stride, self.padding)
 
 
@@ -214,8 +218,8 @@ class Flatten:
         self._shape = x.shape
         return x.reshape(x.shape[0], -1)
 
-    def backward(self, dy):
-        return dy.reshape(self._shape)
+    def backward(self, dy, input_grad=True):
+        return dy.reshape(self._shape) if input_grad else None
 
     def output_shape(self, in_shape):
         return (int(np.prod(in_shape)),)

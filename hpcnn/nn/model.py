@@ -71,20 +71,24 @@ class Sequential:
             x = layer.forward(x, train)
         return x
 
-    def backward(self, dy, on_layer_done=None):
+    def backward(self, dy, on_layer_done=None, input_grad=False):
         """Backpropagate ``dy`` through the layers in reverse order.
 
         ``on_layer_done(i)`` is called as soon as layer ``i``'s gradients are final, so that a
         data-parallel wrapper can start reducing them while earlier layers still compute.
+        Returns the gradient with respect to the input with ``input_grad=True``; by default it
+        returns None and the first layer skips that work (as PyTorch does for inputs that do
+        not require grad): for a first convolution, its data-gradient GEMM and col2im.
         """
         prof = profile.enabled()
         for i in range(len(self.layers) - 1, -1, -1):
             layer = self.layers[i]
+            want = input_grad or i > 0
             if prof:
                 with profile.region(layer.kind, f"{layer.name} bwd"):
-                    dy = layer.backward(dy)
+                    dy = layer.backward(dy, want)
             else:
-                dy = layer.backward(dy)
+                dy = layer.backward(dy, want)
             if on_layer_done is not None:
                 on_layer_done(i)
         return dy
