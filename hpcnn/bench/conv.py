@@ -150,11 +150,20 @@ def bench_layer(layer, algos, repeats, threads, ceiling, torch, seed=0):
                       lambda n=name: conv.conv2d_backward(dy, x, w, s, p, algo=n))
         out["algos"][name] = row
     times = _interleaved_ms(runs, repeats)
+    if "lowering" in algos:
+        out["lowering_share"] = lowering_share(runs["lowering"], repeats)
     if torch is not None:  # apart: interleaved, one library's idle threads spin against the other
         times.update(_interleaved_ms({"torch": _torch_timers(torch, x, w, b, dy, s, p)}, repeats))
     for name in algos:
         row = out["algos"][name]
         fwd_ms, bwd_ms = times[name]
+        if name == "auto":
+            # "auto" runs exactly the strategies it chose (after a dict lookup): its figures are
+            # theirs, from the same interleaved rounds; timing the dispatch again only adds noise
+            row["dispatch_forward_ms"], row["dispatch_backward_ms"] = fwd_ms, bwd_ms
+            chose = row["chose"]
+            if chose["forward"] in times and chose["backward"] in times:
+                fwd_ms, bwd_ms = times[chose["forward"]][0], times[chose["backward"]][1]
         row.update(forward_ms=fwd_ms, backward_ms=bwd_ms,
                    forward_gflops=flops / fwd_ms / 1e6, backward_gflops=2 * flops / bwd_ms / 1e6)
         row["forward_frac_peak"] = row["forward_gflops"] / ceiling
@@ -183,11 +192,33 @@ def bench_layer(layer, algos, repeats, threads, ceiling, torch, seed=0):
     return out
 
 
+def lowering_share(pair, repeats):
+    """Share of plain lowering's forward + backward wall time spent lowering (im2col) and
+    folding back (col2im), from the profiler's regions over ``repeats`` runs."""
+    from hpcnn import profile
+
+    fwd, bwd = pair
+    profile.enable()
+    try:
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            fwd()
+            bwd()
+        wall = time.perf_counter() - t0
+    finally:
+        profile.disable()
+    kinds = profile.stats()["by_kind"]
+    profile.reset()
+    return sum(kinds[k]["self_s"] for k in ("lowering", "col2im") if k in kinds) / wall
+
+
 def _print_layer(r, ceiling):
     sh = r["shape"]
     head = (f"{r['layer']} N={sh['N']} C={sh['C']} {sh['H']}x{sh['W']} K={sh['K']} "
             f"{sh['R']}x{sh['S']}/s{sh['stride']}/p{sh['pad']}, {r['threads']} thread(s), "
             f"{r['gflop_forward']:.3f} GFLOP fwd")
+    if "lowering_share" in r:
+        head += f" | lowering+col2im {100 * r['lowering_share']:.0f}% of lowering's time"
     if "pipelined_speedup" in r:
         head += f" | pipelined/lowering {r['pipelined_speedup']:.2f}x"
         if "paper_speedup" in r:
@@ -215,22 +246,66 @@ def _print_layer(r, ceiling):
               f"{t['backward_gflops']:6.1f} {100 * t['backward_gflops'] / ceiling:4.0f}%")
 
 
+SHARE_BAR = 0.25
+"""Layers whose lowering + col2im take at least this share of plain lowering's time are where
+pipelined lowering must beat plain lowering (at 2 threads and more)."""
+
+
+def _total_ms(row):
+    return row["forward_ms"] + row["backward_ms"]
+
+
 def summarize(results):
-    """Per (set, threads): median and minimum over layers of auto's fwd+bwd ratio to PyTorch."""
+    """Per (set, threads): over the layers, auto's fwd+bwd ratio to PyTorch (median, minimum),
+    auto's speedup over plain lowering (minimum), and pipelined's speedup over plain lowering on
+    the layers where lowering + col2im take >= SHARE_BAR of plain lowering's time."""
     groups = {}
     for r in results:
-        a = r["algos"].get("auto")
-        if a is None or "ratio_vs_torch_total" not in a:
-            continue
-        groups.setdefault((r["set"], r["threads"]), []).append((a["ratio_vs_torch_total"],
-                                                                  r["layer"]))
+        groups.setdefault((r["set"], r["threads"]), []).append(r)
     out = []
-    for (name, t), rows in groups.items():
-        worst = min(rows)
-        out.append({"set": name, "threads": t, "layers": len(rows),
-                    "median_ratio_auto_vs_torch": statistics.median(v for v, _ in rows),
-                    "min_ratio_auto_vs_torch": worst[0], "min_layer": worst[1]})
+    for (name, t), rs in groups.items():
+        s = {"set": name, "threads": t, "layers": len(rs)}
+        vs_torch = [(r["algos"]["auto"]["ratio_vs_torch_total"], r["layer"]) for r in rs
+                    if "ratio_vs_torch_total" in r["algos"].get("auto", {})]
+        if vs_torch:
+            worst = min(vs_torch)
+            s.update(median_ratio_auto_vs_torch=statistics.median(v for v, _ in vs_torch),
+                     min_ratio_auto_vs_torch=worst[0], min_layer=worst[1])
+        vs_low = [(_total_ms(r["algos"]["lowering"]) / _total_ms(r["algos"]["auto"]), r["layer"])
+                  for r in rs if "auto" in r["algos"] and "lowering" in r["algos"]]
+        if vs_low:
+            worst = min(vs_low)
+            s.update(min_auto_vs_lowering=worst[0], min_auto_vs_lowering_layer=worst[1],
+                     auto_below_lowering=[n for v, n in vs_low if v < 1.0])
+        heavy = [r for r in rs if r.get("lowering_share", 0) >= SHARE_BAR
+                 and "pipelined_speedup" in r]
+        if heavy and t >= 2:
+            s["lowering_heavy_layers"] = [r["layer"] for r in heavy]
+            worst = min((r["pipelined_speedup"], r["layer"]) for r in heavy)
+            s.update(min_pipelined_vs_lowering_heavy=worst[0],
+                     min_pipelined_vs_lowering_heavy_layer=worst[1])
+        out.append(s)
     return out
+
+
+def _print_summary(summary):
+    print("\nsummary (fwd+bwd; ratios above 1 favour the first named)")
+    for s in summary:
+        head = f"  {s['set']:<14} {s['threads']} thread(s), {s['layers']} layers:"
+        if "median_ratio_auto_vs_torch" in s:
+            print(f"{head} auto vs PyTorch median {s['median_ratio_auto_vs_torch']:.2f}x, min "
+                  f"{s['min_ratio_auto_vs_torch']:.2f}x ({s['min_layer']})")
+            head = " " * len(head)
+        if "min_auto_vs_lowering" in s:
+            below = ", ".join(s["auto_below_lowering"]) or "none"
+            print(f"{head} auto vs lowering min {s['min_auto_vs_lowering']:.2f}x "
+                  f"({s['min_auto_vs_lowering_layer']}); below 1.0x: {below}")
+            head = " " * len(head)
+        if "lowering_heavy_layers" in s:
+            print(f"{head} pipelined vs lowering where lowering+col2im >= "
+                  f"{100 * SHARE_BAR:.0f}% ({len(s['lowering_heavy_layers'])} layers): min "
+                  f"{s['min_pipelined_vs_lowering_heavy']:.2f}x "
+                  f"({s['min_pipelined_vs_lowering_heavy_layer']})")
 
 
 def main(argv=None):
@@ -280,11 +355,7 @@ def main(argv=None):
             results.append(r)
     summary = summarize(results)
     if summary:
-        print("\nsummary: auto fwd+bwd speed relative to PyTorch (PyTorch time / hpcnn time)")
-        for s in summary:
-            print(f"  {s['set']:<14} {s['threads']} thread(s): median "
-                  f"{s['median_ratio_auto_vs_torch']:.2f}x over {s['layers']} layers, min "
-                  f"{s['min_ratio_auto_vs_torch']:.2f}x ({s['min_layer']})")
+        _print_summary(summary)
     if a.json:
         meta = {"cpu": autotune.cpu_model(), "blas": _native.BLAS_INFO, "repeats": a.repeats,
                 "sgemm_ceiling_gflops": ceilings, "torch": getattr(torch, "__version__", None)}

@@ -31,7 +31,7 @@ from hpcnn.kernels._jit import njit
 N0, N1, P0, P1 = 0, 1, 2, 3
 
 
-def make_plan(N, P, Q, RSC, itemsize, groups, chunk_bytes):
+def make_plan(N, P, Q, RSC, itemsize, groups, chunk_bytes, min_rows=0):
     """Cut a batch into chunks and the chunks into contiguous per-thread groups.
 
     Parameters
@@ -43,13 +43,14 @@ def make_plan(N, P, Q, RSC, itemsize, groups, chunk_bytes):
         groups in contiguous, balanced ranges; a group's chunks never leave its images, so one
         thread owns each image's gradient buffer.
     chunk_bytes : target size of one chunk's lowered matrix
+    min_rows : lowered rows per chunk at least, whatever ``chunk_bytes`` says
 
     Returns
     -------
     plan : int64 array (n_chunks, 4): n0, n1, p0, p1 (images [n0, n1), output rows [p0, p1))
     gstart : int64 array (G + 1,): group g owns chunks gstart[g] .. gstart[g+1]-1
     """
-    rows = max(1, int(chunk_bytes) // (RSC * itemsize))  # lowered rows (output pixels) per chunk
+    rows = max(1, min_rows, int(chunk_bytes) // (RSC * itemsize))  # lowered rows per chunk
     plan, gstart = [], [0]
     for g in range(groups):
         a, b = N * g // groups, N * (g + 1) // groups
