@@ -386,3 +386,27 @@ def test_autotune_foreign_entries_are_kept_and_retuned(tmp_path, monkeypatch, fr
 def test_set_choices_validates():
     with pytest.raises(ValueError, match="bad entry"):
         autotune.set_choices({"k": {"forward": "nope"}})
+
+
+def test_autotune_close_finish_is_decided_by_more_rounds(monkeypatch, fresh_autotune):
+    """Two candidates within CLOSE of each other get CLOSE_ROUNDS more runs each, and the one
+    fastest over all its runs wins, with its own result; a distant one is not run again."""
+    script = {"lowering": [1.00] * 5, "chunked": [1.05, 1.05, 1.05, 0.90, 1.05], "mec": [3.0]}
+    runs = {name: 0 for name in script}
+
+    def fake_time(run, reps):
+        name = run()
+        ts = script[name][runs[name]:runs[name] + reps]
+        runs[name] += reps
+        return min(ts), f"result of {name}"
+
+    monkeypatch.setattr(autotune, "candidates", lambda *a, **k: list(script))
+    monkeypatch.setattr(autotune, "_time", fake_time)
+    monkeypatch.setattr(autotune, "REPEATS", 2)
+    monkeypatch.setattr(autotune, "CLOSE_ROUNDS", 3)
+    best, result = autotune.tune("forward", lambda name: name, (1, 1, 4, 4), (1, 1, 3, 3),
+                                 (1, 1), (1, 1), np.float32)
+    assert (best, result) == ("chunked", "result of chunked")
+    assert runs == {"lowering": 5, "chunked": 5, "mec": 1}
+    assert autotune.timings()[autotune.make_key((1, 1, 4, 4), (1, 1, 3, 3), (1, 1), (1, 1),
+                                                np.float32)]["forward"]["chunked"] == 0.90

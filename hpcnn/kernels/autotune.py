@@ -6,7 +6,8 @@ On the first forward (or backward) call for a key
 
 every candidate strategy of :data:`hpcnn.kernels.conv.ALGOS` runs on the call's own arrays: an
 untimed warm-up on the first image only (it loads or compiles the kernels), one timed run, and
-two more for the candidates within 2x of the best so far; the smallest time wins. Forward,
+two more for the candidates within 2x of the best so far; candidates within 10% of the best then
+run three more alternating rounds; the smallest time wins. Forward,
 backward and "wgrad" (backward without the data gradient, as in a network's first layer) are
 tuned separately, each on first use. The winner's result of its last run is what
 the call returns, so "auto" gives exactly what the chosen strategy gives, from the first call
@@ -49,6 +50,8 @@ DIRECTIONS = ("forward", "backward", "wgrad")
 """What is tuned apart: forward, backward, and backward without the data gradient."""
 WARMUP_LIMIT = 2.0  # a candidate slower than this multiple of the best so far stops after 1 run
 REPEATS = 3
+CLOSE = 1.10  # candidates within this factor of the best get CLOSE_ROUNDS more runs each
+CLOSE_ROUNDS = 3
 DEFAULT_CACHE = None
 """The cache file used when HPCNN_AUTOTUNE_CACHE is unset (``hpcnn.train`` sets one in the user
 cache for the length of a run; an empty HPCNN_AUTOTUNE_CACHE means no file)."""
@@ -298,16 +301,27 @@ def tune(direction, run, x_shape, w_shape, stride, padding, dtype, warmup=None):
     called once untimed.
     """
     key = make_key(x_shape, w_shape, stride, padding, dtype)
-    times, best, result = {}, None, None
+    times, outs, best = {}, {}, None
     for name in candidates(x_shape, w_shape, stride, padding):
         (warmup or run)(name)
-        t, out = _time(lambda name=name: run(name), 1)
+        t, outs[name] = _time(lambda name=name: run(name), 1)
         if best is None or t < WARMUP_LIMIT * times[best]:
-            t2, out = _time(lambda name=name: run(name), REPEATS - 1)
+            t2, outs[name] = _time(lambda name=name: run(name), REPEATS - 1)
             t = min(t, t2)
         times[name] = t
         if best is None or t < times[best]:
-            best, result = name, out
+            best = name
+    # a close finish is decided by more rounds, alternating, so that a slow spell of a noisy
+    # machine cannot hand the win to whichever candidate it spared
+    close = [n for n in times if times[n] <= CLOSE * times[best]]
+    if len(close) > 1:
+        for _ in range(CLOSE_ROUNDS):
+            for name in close:
+                t, outs[name] = _time(lambda name=name: run(name), 1)
+                times[name] = min(times[name], t)
+        best = min(close, key=times.__getitem__)
+    result = outs[best]
+    outs.clear()
     with _lock:
         _choices.setdefault(key, {})[direction] = best
         _times.setdefault(key, {})[direction] = times
