@@ -3,9 +3,10 @@
 For every reference layer (hpcnn/bench/conv_layers.json: cifar10_quick at batch 100 and the 20
 GoogLeNet layers of Sakiyama et al.), every thread count and every strategy of
 :data:`hpcnn.kernels.conv.ALGOS` plus "auto", forward and backward apart: the best (``--stat
-min``, default) or median time of ``--repeats`` interleaved rounds after one warm-up, GFLOP/s (forward 2*N*K*P*Q*C*R*S flops, backward twice
-that: data and weight gradients), the fraction of an SGEMM ceiling (a 2048^3 SGEMM timed in the
-same process at the same thread count), the strategy's workspace (computed from the shapes and
+min``, default) or median time of ``--repeats`` interleaved rounds after one warm-up, GFLOP/s
+(forward 2*N*K*P*Q*C*R*S flops, backward twice that: data and weight gradients), the fraction
+of an SGEMM ceiling (a 2048^3 SGEMM timed in the same process at the same thread count), the
+strategy's workspace (computed from the shapes and
 its chunk plan, see :func:`hpcnn.kernels.conv.workspace_bytes`), and, when PyTorch is importable,
 ``torch.nn.functional.conv2d`` forward and backward on the same arrays and threads, and the ratio
 PyTorch time / hpcnn time (1.0 = parity, above 1 = hpcnn faster). GoogLeNet rows also show the

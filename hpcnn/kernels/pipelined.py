@@ -193,7 +193,7 @@ def _fwd_fold(c, b, y, plan, geo):
 def _bwd_lower(c, dy, x, plan, geo, xp, colT, dyc, db):
     """Pack x, lower; db += sums of dy; dyc (K, U) = the chunk's dy as one matrix."""
     n0, n1, p0, p1 = plan[c, 0], plan[c, 1], plan[c, 2], plan[c, 3]
-    K, P, Q = geo[4], geo[11], geo[12]
+    K, Q = geo[4], geo[12]
     if p0 == 0:
         nhwc.pack_x(x, n0, n1, geo[9], geo[10], xp)
     nhwc.lower(xp, n0, n1, p0, p1, geo[5], geo[6], geo[7], geo[8], Q, geo[1], colT)
