@@ -30,7 +30,7 @@ import numba
 import numpy as np
 
 from hpcnn import profile
-from hpcnn.kernels import autotune, mec, pipelined
+from hpcnn.kernels import autotune, mec, pipelined, winograd
 from hpcnn.kernels._jit import pnjit, prange
 from hpcnn.kernels.im2col import _col2im_kernel, _conv_geometry, _float_array, _lower
 
@@ -143,9 +143,13 @@ if pipelined.AVAILABLE:
                           partial(pipelined.backward, schedule="pipelined"))
     ALGOS["mec"] = (mec.mec_forward, mec.mec_backward)
     ALGOS["gemm1x1"] = (mec.gemm1x1_forward, mec.gemm1x1_backward)
+    for _name in winograd.TILE:
+        ALGOS[_name] = (partial(winograd.forward, algo=_name),
+                        partial(winograd.backward, algo=_name))
 """Convolution strategies: name -> (forward, backward); see the module docstring."""
 
-APPLIES = {"mec": mec.mec_applies, "gemm1x1": mec.gemm1x1_applies}
+APPLIES = {"mec": mec.mec_applies, "gemm1x1": mec.gemm1x1_applies,
+           **{name: partial(winograd.applies, name) for name in winograd.TILE}}
 """name -> predicate(x_shape, w_shape, stride, padding): False where the strategy would only run
 another one's code (there it is still correct, but the autotuner does not time it)."""
 
@@ -271,6 +275,9 @@ def workspace_bytes(algo, x_shape, w_shape, stride=1, padding=0, itemsize=4, thr
     if algo == "mec":
         return mec.mec_workspace_bytes(x_shape, w_shape, stride, padding, itemsize, threads,
                                        backward)
+    if algo in winograd.TILE:
+        return winograd.workspace_bytes(algo, x_shape, w_shape, stride, padding, itemsize,
+                                        threads, backward)
     if algo == "gemm1x1":
         return mec.gemm1x1_workspace_bytes(x_shape, w_shape, stride, padding, itemsize, threads,
                                            backward)

@@ -1,0 +1,260 @@
+"""Winograd convolution (strategies "winograd" and "winograd4"): fewer multiplications.
+
+Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks" (CVPR 2016). The output is cut
+into m x m tiles; each needs an a x a input tile, a = m + r - 1 for an r x r kernel. With the
+Toom-Cook matrices AT (m, a), G (a, r) and BT (a, a) of F(m x m, r x r)::
+
+    y_tile = AT [ (G g G^T) (.) (BT d B) ] A          (.) elementwise, one channel pair
+
+Summed over input channels, the a*a elementwise products become a*a independent GEMMs::
+
+    U[xi] (K, C) = weights transformed          V[xi] (C, T) = input tiles transformed
+    M[xi] (K, T) = U[xi] @ V[xi]                y tiles = AT M A  (+ bias)
+
+so a 3x3 layer does 16/4 = 4 multiply-adds per output and channel pair with F(2x2, 3x3) instead
+of 9 (2.25x fewer), 36/16 with F(4x4, 3x3) (4x fewer), and a 5x5 layer 36/4 with F(2x2, 5x5)
+(2.8x fewer). The transforms are memory-bound passes over the data, as lowering is; they are
+small next to the GEMMs on the wide layers where the flops are.
+
+Backward, stride 1:
+
+- data gradient: dx is the forward Winograd convolution of dy with the kernel turned by 180
+  degrees and K, C swapped, padded by r - 1 - pad (a "full" correlation where pad = (r-1)/2);
+- weight gradient: the adjoint of the forward formula, dU[xi] (K, C) = sum over tiles of
+  dM[xi] (K, T) @ V[xi].T with dM = A dy_tile AT (dy zero outside the output), then
+  dW = G^T dU G; every thread accumulates its own dU, summed in thread order afterwards;
+- bias gradient: dy summed over N, P, Q.
+
+Tiles are numbered t = (n * tiles_h + i) * tiles_w + j over the batch, dealt out to the Numba
+threads in contiguous ranges, and each thread works through its range in chunks of tiles whose
+V and M blocks fit in half of one core's L2 (BLAS on one thread inside), so that the transforms
+write what the GEMMs read while it is still in cache. The same tiles go to the same GEMM calls
+whatever the chunk size, up to the chunk boundary.
+
+Numerics: F(2, 3) has transform entries 0, +-1 and +-1/2 (error as for direct convolution);
+F(4, 3) and F(2, 5) use the points 0, +-1, +-2 and infinity, whose transforms mix magnitudes up
+to 8 and lose about one more decimal digit in float32 (measured in tests/test_winograd.py).
+
+Applies to stride-1 layers with square r x r kernels, r in :data:`TILE` for the strategy, and
+padding <= r - 1; other shapes run "chunked" lowering (correct, but the autotuner skips them).
+"""
+
+import numba
+import numpy as np
+
+from hpcnn import profile
+from hpcnn.kernels import _native, pipelined
+from hpcnn.kernels._jit import pnjit, prange
+from hpcnn.kernels._winograd_gen import matrices
+from hpcnn.kernels._winograd_tiles import KERNELS
+
+AVAILABLE = pipelined.AVAILABLE
+
+TILE = {
+    "winograd": {3: 2, 5: 2},
+    "winograd4": {3: 4},
+}
+"""strategy -> {kernel size r: output tile size m}."""
+
+def tile_size(algo, w_shape):
+    """m for strategy ``algo`` on kernel ``w_shape`` (K, C, R, S), or 0 where it does not apply."""
+    R, S = w_shape[2], w_shape[3]
+    return TILE.get(algo, {}).get(R, 0) if R == S else 0
+
+
+def applies(algo, x_shape, w_shape, stride, padding):
+    """True where ``algo`` runs Winograd (else it runs "chunked")."""
+    r = w_shape[2]
+    return (tile_size(algo, w_shape) > 0 and tuple(stride) == (1, 1)
+            and max(padding) <= r - 1 and x_shape[2] + 2 * padding[0] >= r
+            and x_shape[3] + 2 * padding[1] >= r)
+
+
+# ---------------------------------------------------------------------------------------------
+# weights and bias (the tile kernels are generated: :mod:`~._winograd_tiles`)
+
+
+@pnjit
+def _weight_transform(w, G, U):
+    """U[xi, k, c] = (G w[k, c] G^T)[xi]; w (K, C, r, r)."""
+    K, C, r = w.shape[0], w.shape[1], w.shape[2]
+    a = G.shape[0]
+    for kc in prange(K * C):
+        k = kc // C
+        c = kc % C
+        e = np.empty((a, r), dtype=G.dtype)
+        for u in range(a):
+            for v in range(r):
+                s = 0.0
+                for q in range(r):
+                    s += G[u, q] * w[k, c, q, v]
+                e[u, v] = s
+        for u in range(a):
+            for v in range(a):
+                s = 0.0
+                for q in range(r):
+                    s += e[u, q] * G[v, q]
+                U[u * a + v, k, c] = s
+
+
+@pnjit
+def _weight_untransform(dUs, G, dw):
+    """dw[k, c] = G^T (sum over threads of dUs[g, :, k, c]) G; the sum in thread order."""
+    K, C, r = dw.shape[0], dw.shape[1], dw.shape[2]
+    a = G.shape[0]
+    for kc in prange(K * C):
+        k = kc // C
+        c = kc % C
+        du = np.zeros((a, a), dtype=np.float64)
+        for g in range(dUs.shape[0]):
+            for u in range(a):
+                for v in range(a):
+                    du[u, v] += dUs[g, u * a + v, k, c]
+        e = np.empty((r, a), dtype=np.float64)
+        for u in range(r):
+            for v in range(a):
+                s = 0.0
+                for q in range(a):
+                    s += G[q, u] * du[q, v]
+                e[u, v] = s
+        for u in range(r):
+            for v in range(r):
+                s = 0.0
+                for q in range(a):
+                    s += e[u, q] * G[q, v]
+                dw[k, c, u, v] = s
+
+
+@pnjit
+def _bias_grad(dy, db):
+    """db[k] = sum of dy[:, k] (float64 lanes, one per output column)."""
+    N, K, P, Q = dy.shape
+    for k in prange(K):
+        lanes = np.zeros(Q, dtype=np.float64)
+        for n in range(N):
+            for p in range(P):
+                row = dy[n, k, p]
+                for q in range(Q):
+                    lanes[q] += row[q]
+        db[k] = lanes.sum()
+
+
+# ---------------------------------------------------------------------------------------------
+# orchestration
+
+
+MIN_TILES = 64
+"""Tiles per chunk, at least, with the default chunk size (narrower GEMMs lose efficiency)."""
+
+
+def _geo(x_shape, k_out, r, pads, m, itemsize, threads, chunk):
+    """(geo, starts) for a Winograd pass of x (N, C, H, W) to k_out channels: starts[g] is the
+    first tile row of thread g; chunks hold as many tile rows as fit the chunk size (V and M
+    blocks together), at least one, and at least :data:`MIN_TILES` tiles by default."""
+    N, C, H, W = x_shape
+    ph, pw = pads
+    P, Q = H + 2 * ph - r + 1, W + 2 * pw - r + 1
+    th, tw = -(-P // m), -(-Q // m)
+    nrows = N * th
+    a = m + r - 1
+    budget = pipelined.chunk_bytes(chunk)
+    rows = budget // (a * a * (C + k_out) * itemsize * tw)
+    if chunk is None:
+        rows = max(rows, -(-MIN_TILES // tw))
+    rows = max(1, min(nrows, rows))
+    T = max(1, min(threads, nrows))
+    starts = np.linspace(0, nrows, T + 1).round().astype(np.int64)
+    geo = np.array([N, C, H, W, k_out, P, Q, m, ph, pw, th, tw, rows * tw, rows],
+                   dtype=np.int64)
+    return geo, starts
+
+
+def _buffers(geo, starts, a, backward):
+    """Shapes of the per-thread V and M (dM, and the dU partials in backward) blocks."""
+    G, C, K, ld = len(starts) - 1, int(geo[1]), int(geo[4]), int(geo[12])
+    if backward:
+        return {"V": (G, a * a, C, ld), "dM": (G, a * a, K, ld), "dU": (G, a * a, K, C)}
+    return {"V": (G, a * a, C, ld), "M": (G, a * a, K, ld)}
+
+
+def _conv(x, w_t, b, pads, m, chunk):
+    """Winograd forward of checked x (N, C, H, W) with w_t (K, C, r, r), stride 1."""
+    r = w_t.shape[2]
+    G = matrices(m, r)[1].astype(x.dtype)
+    a = m + r - 1
+    geo, starts = _geo(x.shape, w_t.shape[0], r, pads, m, x.itemsize, numba.get_num_threads(),
+                       chunk)
+    U = np.empty((a * a, w_t.shape[0], w_t.shape[1]), dtype=x.dtype)
+    _weight_transform(w_t, G, U)
+    y = np.empty((x.shape[0], w_t.shape[0], int(geo[5]), int(geo[6])), dtype=x.dtype)
+    ws = pipelined._workspace(_buffers(geo, starts, a, False), x.dtype)
+    bias = np.zeros(0, dtype=x.dtype) if b is None else b
+    with pipelined._BlasThreads(1):
+        KERNELS[m, r][0](_native.GEMM[x.dtype], x, U, bias, y, geo, starts, ws["V"], ws["M"])
+    return y
+
+
+def _fallback(x, w, stride, padding, algo):
+    return not applies(algo, x.shape, w.shape, stride, padding)
+
+
+def forward(x, w, b, stride, padding, algo="winograd", chunk=None):
+    """y (N, K, P, Q) of checked arguments (see :mod:`hpcnn.kernels.conv`)."""
+    if _fallback(x, w, stride, padding, algo):
+        return pipelined.forward(x, w, b, stride, padding, schedule="chunked", chunk=chunk)
+    with profile.region("gemm"):
+        return _conv(x, w, b, padding, tile_size(algo, w.shape), chunk)
+
+
+def backward(dy, x, w, stride, padding, input_grad=True, algo="winograd", chunk=None):
+    """(dx, dw, db) of checked arguments; dx is None without ``input_grad``."""
+    if _fallback(x, w, stride, padding, algo):
+        return pipelined.backward(dy, x, w, stride, padding, input_grad, schedule="chunked",
+                                  chunk=chunk)
+    m = tile_size(algo, w.shape)
+    K, C, r, _ = w.shape
+    a = m + r - 1
+    G = matrices(m, r)[1]
+    with profile.region("gemm"):
+        db = np.empty(K, dtype=x.dtype)
+        _bias_grad(dy, db)
+        geo, starts = _geo(x.shape, K, r, padding, m, x.itemsize, numba.get_num_threads(), chunk)
+        ws = pipelined._workspace(_buffers(geo, starts, a, True), x.dtype)
+        with pipelined._BlasThreads(1):
+            KERNELS[m, r][1](_native.GEMM[x.dtype], x, dy, geo, starts, ws["V"], ws["dM"],
+                             ws["dU"])
+        dw = np.empty_like(w)
+        _weight_untransform(ws["dU"], G, dw)
+        if not input_grad:
+            return None, dw, db
+        w_rot = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+        dx = _conv(dy, w_rot, None, (r - 1 - padding[0], r - 1 - padding[1]), m, chunk)
+    return dx, dw, db
+
+
+def workspace_bytes(algo, x_shape, w_shape, stride, padding, itemsize=4, threads=None,
+                    backward=False, chunk=None):
+    """(total, transformed-input) scratch bytes of one pass (the chunk buffers, and the
+    transformed weights)."""
+    if not applies(algo, x_shape, w_shape, stride, padding):
+        return pipelined.workspace_bytes("chunked", x_shape, w_shape, stride, padding, itemsize,
+                                         threads, backward, chunk)
+    T = threads or numba.get_num_threads()
+    m = tile_size(algo, w_shape)
+    K, C, r, _ = w_shape
+    a = m + r - 1
+    geo, starts = _geo(x_shape, K, r, padding, m, itemsize, T, chunk)
+    shapes = _buffers(geo, starts, a, backward)
+    total = sum(int(np.prod(s)) for s in shapes.values()) + a * a * K * C
+    lowered = int(np.prod(shapes["V"]))
+    if backward:  # the data gradient's own forward pass: V and M over K -> C
+        g2, s2 = _geo((x_shape[0], K, *_out_hw(x_shape, r, padding)), C, r,
+                      (r - 1 - padding[0], r - 1 - padding[1]), m, itemsize, T, chunk)
+        shapes2 = _buffers(g2, s2, a, False)
+        total = max(total, sum(int(np.prod(s)) for s in shapes2.values()) + a * a * K * C)
+        lowered = max(lowered, int(np.prod(shapes2["V"])))
+    return total * itemsize, lowered * itemsize
+
+
+def _out_hw(x_shape, r, padding):
+    return x_shape[2] + 2 * padding[0] - r + 1, x_shape[3] + 2 * padding[1] - r + 1
