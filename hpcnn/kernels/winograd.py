@@ -143,7 +143,7 @@ def _bias_grad(dy, db):
 # orchestration
 
 
-MIN_TILES = 64
+MIN_TILES = 256
 """Tiles per chunk, at least, with the default chunk size (narrower GEMMs lose efficiency)."""
 
 
