@@ -15,8 +15,9 @@ only its weight gradients. Add a strategy by adding it to :data:`ALGOS`;
 
 The strategies: "lowering" (below); "chunked" and "pipelined" (:mod:`~.pipelined`: NHWC
 lowering of L2-sized chunks, batch-parallel or with lowering and GEMM overlapped on two
-threads); "mec" (:mod:`~.mec`: lowering along the width only, R shifted GEMMs) and "gemm1x1"
-(1x1 layers as one GEMM per image, no lowering).
+threads); "mec" (:mod:`~.mec`: lowering along the width only, R shifted GEMMs), "gemm1x1"
+(1x1 layers as one GEMM per image, no lowering) and "winograd" / "winograd4" (:mod:`~.winograd`:
+Winograd's minimal filtering on tiles, 2.25x to 4x fewer multiply-adds on 3x3 stride-1 layers).
 
 "lowering" is the conventional lowering of Sakiyama et al.: the whole batch is lowered by
 :func:`~hpcnn.kernels.im2col.im2col` into one column matrix and multiplied by the weights in ONE

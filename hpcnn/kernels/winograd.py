@@ -25,15 +25,19 @@ Backward, stride 1:
   dW = G^T dU G; every thread accumulates its own dU, summed in thread order afterwards;
 - bias gradient: dy summed over N, P, Q.
 
-Tiles are numbered t = (n * tiles_h + i) * tiles_w + j over the batch, dealt out to the Numba
-threads in contiguous ranges, and each thread works through its range in chunks of tiles whose
-V and M blocks fit in half of one core's L2 (BLAS on one thread inside), so that the transforms
-write what the GEMMs read while it is still in cache. The same tiles go to the same GEMM calls
-whatever the chunk size, up to the chunk boundary.
+Tiles are numbered t = (n * tiles_h + i) * tiles_w + j over the batch; the tile rows are dealt
+out to the Numba threads in contiguous ranges, and each thread works through its range in chunks
+of whole tile rows (BLAS on one thread inside): as many as fit half of one core's L2 with their V
+and M blocks, but at least :data:`MIN_TILES` tiles, because the GEMMs lose more on narrow
+matrices than on cache misses (measured on GoogLeNet 4e_3x3 and 5b_3x3 at 1 thread). The
+transforms are straight-line code generated per variant (:mod:`~._winograd_gen`, one tile per
+loop iteration); interpreted loops over the small matrices made them slower than the GEMMs.
 
-Numerics: F(2, 3) has transform entries 0, +-1 and +-1/2 (error as for direct convolution);
-F(4, 3) and F(2, 5) use the points 0, +-1, +-2 and infinity, whose transforms mix magnitudes up
-to 8 and lose about one more decimal digit in float32 (measured in tests/test_winograd.py).
+Numerics: the data transforms have small integer entries (exact in float32); the points are 0,
++-1 (F(2, 3)) and 0, +-1, +-2 (F(4, 3), F(2, 5)), with the point at infinity. F(2, 3) errs
+about as direct convolution does; the 6 x 6 tiles mix magnitudes up to 8 and lose about one
+decimal digit more in float32 (about 1e-5 of the output's scale on GoogLeNet 3a_3x3, checked
+against float64 references in tests/test_winograd.py).
 
 Applies to stride-1 layers with square r x r kernels, r in :data:`TILE` for the strategy, and
 padding <= r - 1; other shapes run "chunked" lowering (correct, but the autotuner skips them).
@@ -42,7 +46,6 @@ padding <= r - 1; other shapes run "chunked" lowering (correct, but the autotune
 import numba
 import numpy as np
 
-from hpcnn import profile
 from hpcnn.kernels import _native, pipelined
 from hpcnn.kernels._jit import pnjit, prange
 from hpcnn.kernels._winograd_gen import matrices
@@ -55,6 +58,7 @@ TILE = {
     "winograd4": {3: 4},
 }
 """strategy -> {kernel size r: output tile size m}."""
+
 
 def tile_size(algo, w_shape):
     """m for strategy ``algo`` on kernel ``w_shape`` (K, C, R, S), or 0 where it does not apply."""
@@ -202,8 +206,7 @@ def forward(x, w, b, stride, padding, algo="winograd", chunk=None):
     """y (N, K, P, Q) of checked arguments (see :mod:`hpcnn.kernels.conv`)."""
     if _fallback(x, w, stride, padding, algo):
         return pipelined.forward(x, w, b, stride, padding, schedule="chunked", chunk=chunk)
-    with profile.region("gemm"):
-        return _conv(x, w, b, padding, tile_size(algo, w.shape), chunk)
+    return _conv(x, w, b, padding, tile_size(algo, w.shape), chunk)
 
 
 def backward(dy, x, w, stride, padding, input_grad=True, algo="winograd", chunk=None):
@@ -215,20 +218,19 @@ def backward(dy, x, w, stride, padding, input_grad=True, algo="winograd", chunk=
     K, C, r, _ = w.shape
     a = m + r - 1
     G = matrices(m, r)[1]
-    with profile.region("gemm"):
-        db = np.empty(K, dtype=x.dtype)
-        _bias_grad(dy, db)
-        geo, starts = _geo(x.shape, K, r, padding, m, x.itemsize, numba.get_num_threads(), chunk)
-        ws = pipelined._workspace(_buffers(geo, starts, a, True), x.dtype)
-        with pipelined._BlasThreads(1):
-            KERNELS[m, r][1](_native.GEMM[x.dtype], x, dy, geo, starts, ws["V"], ws["dM"],
-                             ws["dU"])
-        dw = np.empty_like(w)
-        _weight_untransform(ws["dU"], G, dw)
-        if not input_grad:
-            return None, dw, db
-        w_rot = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
-        dx = _conv(dy, w_rot, None, (r - 1 - padding[0], r - 1 - padding[1]), m, chunk)
+    db = np.empty(K, dtype=x.dtype)
+    _bias_grad(dy, db)
+    geo, starts = _geo(x.shape, K, r, padding, m, x.itemsize, numba.get_num_threads(), chunk)
+    ws = pipelined._workspace(_buffers(geo, starts, a, True), x.dtype)
+    with pipelined._BlasThreads(1):
+        KERNELS[m, r][1](_native.GEMM[x.dtype], x, dy, geo, starts, ws["V"], ws["dM"],
+                         ws["dU"])
+    dw = np.empty_like(w)
+    _weight_untransform(ws["dU"], G, dw)
+    if not input_grad:
+        return None, dw, db
+    w_rot = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+    dx = _conv(dy, w_rot, None, (r - 1 - padding[0], r - 1 - padding[1]), m, chunk)
     return dx, dw, db
 
 
