@@ -337,6 +337,26 @@ def test_autotune_uses_a_planted_choice(tmp_path, monkeypatch, fresh_autotune):
     assert np.array_equal(y, conv.conv2d_forward(x, w, b, stride, padding, algo="mec"))
 
 
+def test_autotune_retunes_entries_from_before_a_new_strategy(tmp_path, monkeypatch,
+                                                             fresh_autotune):
+    """An entry whose timings lack one of today's candidates (tuned by an older hpcnn) is
+    tuned again, and the file then holds every candidate's time."""
+    x, w, b, stride, padding = _inputs(SHAPE, np.float32)
+    args = _key_args(x, w)
+    key = autotune.make_key(*args[:4], x.dtype)
+    now = autotune.candidates(*args[:4])
+    old = {"forward": "lowering", "forward_ms": {n: 1.0 for n in now[:-1]}}
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps({"format": autotune.FORMAT, "version": 1, "entries": {key: old}}))
+    monkeypatch.setenv("HPCNN_AUTOTUNE_CACHE", str(path))
+    assert autotune.lookup("forward", *args) is None
+    conv.conv2d_forward(x, w, b, stride, padding)
+    entry = json.loads(path.read_text())["entries"][key]
+    assert set(entry["forward_ms"]) == set(now)
+    autotune.reset()
+    assert autotune.lookup("forward", *args) == entry["forward"]
+
+
 @pytest.mark.parametrize("content", ["{not json", "[1, 2, 3]", '{"format": "other", "x": 1}',
                                      ""], ids=["corrupt", "list", "foreign-format", "empty"])
 def test_autotune_unusable_cache_file_falls_back(content, tmp_path, monkeypatch,

@@ -26,7 +26,8 @@ Environment (read at every call, so tests can switch them):
     are merged in and written back atomically. A file that cannot be parsed, or is not such a
     file, is never overwritten: "auto" warns once and keeps its choices in memory. Entries for
     another CPU model or thread count do not match the key and are left alone; an entry naming
-    an unknown strategy is ignored (warned once) and retuned.
+    an unknown strategy is ignored (warned once) and retuned, and so is an entry whose timings
+    lack a candidate of today (it was tuned by an hpcnn without that strategy).
 
 Reproducibility: without a cache file two runs can choose differently when two strategies are
 close, and the strategies round differently (each is deterministic by itself). Use a cache file,
@@ -154,7 +155,8 @@ def timings():
 
 
 def _valid_entries(data, path):
-    """The usable {key: {direction: name}} of a parsed cache file; warns about the rest."""
+    """The usable {key: {direction: name, direction_ms: [candidates timed]}} of a parsed cache
+    file; warns about the rest."""
     from hpcnn.kernels.conv import ALGOS
 
     out = {}
@@ -169,6 +171,8 @@ def _valid_entries(data, path):
                 continue
             if isinstance(name, str) and name in ALGOS:
                 good[d] = name
+                if isinstance(entry.get(f"{d}_ms"), dict):  # the candidates it was tuned among
+                    good[f"{d}_ms"] = sorted(entry[f"{d}_ms"])
             else:
                 _warn_once(f"autotune cache {path}: ignoring unknown strategy {name!r} for "
                            f"{key!r}; retuning")
@@ -278,7 +282,12 @@ def lookup(direction, x_shape, w_shape, stride, padding, dtype):
         return name
     with _lock:
         _sync_file()
-        name = _file["entries"].get(key, {}).get(direction)
+        entry = _file["entries"].get(key, {})
+        name = entry.get(direction)
+        timed = entry.get(f"{direction}_ms")
+        now = candidates(x_shape, w_shape, stride, padding)
+        if timed is not None and set(now) - set(timed):
+            return None  # tuned before a candidate existed (an older hpcnn): tune again
         if name is not None:
             _choices.setdefault(key, {})[direction] = name
     return name
