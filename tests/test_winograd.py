@@ -149,4 +149,4 @@ def test_workspace_is_chunk_sized():
     for algo in winograd.TILE:
         for backward in (False, True):
             total, lowered = conv.workspace_bytes(algo, xs, ws, 1, 1, 4, 2, backward)
-            assert 0 < lowered <= total < lowering / 10
+            assert 0 < lowered <= total < lowering / 4  # chunks of >= 256 tiles, not the batch
