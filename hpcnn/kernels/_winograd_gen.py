@@ -13,6 +13,7 @@ Regenerate after changing this file::
     python hpcnn/kernels/_winograd_gen.py   (a plain script: the package imports its output)
 """
 
+import functools
 import os
 
 import numpy as np
@@ -36,6 +37,7 @@ def _vandermonde(points, n):
     return v
 
 
+@functools.lru_cache(maxsize=None)
 def matrices(m, r):
     """(AT (m, a), G (a, r), BT (a, a)) of F(m x m, r x r), float64.
 
@@ -43,7 +45,8 @@ def matrices(m, r):
     writes that as C_g = V_a^-1 diag(V_r g) V_m, V_n evaluating a polynomial of n coefficients
     at the a points; hence AT = V_m^T, G = V_r and BT = V_a^-T. Each row i of BT is then scaled
     by f_i to small integers and row i of G by 1/f_i (the product is unchanged), so that the
-    data transforms, which run on every tile, are exact in float32.
+    data transforms, which run on every tile, are exact in float32. Computed once per (m, r)
+    (every convolution call asks); the arrays are read-only.
     """
     a = m + r - 1
     if a not in POINTS:
@@ -57,6 +60,8 @@ def matrices(m, r):
         f = 1.0 / nz.min()
         bt[i] = np.round(bt[i] * f, 9)
         g[i] /= f
+    for t in (at, g, bt):
+        t.flags.writeable = False
     return at, g, bt
 
 
