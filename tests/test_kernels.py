@@ -254,6 +254,25 @@ def test_maxpool_ties_pick_first_cell_and_nan_propagates():
 
 
 @pytest.mark.parametrize("case", POOL_IDS)
+def test_maxpool_ties_match_reference_on_overlapping_windows(case):
+    """Values from {-1, 0, 1} and -inf: most windows hold ties, and some hold only -inf, so the
+    first-occurrence rule is checked across rows and columns of overlapping windows."""
+    x, ks, stride, padding = pool_inputs(case)
+    x = np.round(x).astype(np.float32)
+    x[..., ::3, 1::2] = -np.inf
+    y, argmax = K.maxpool2d_forward(x, ks, stride, padding)
+    ry, rarg = ref.maxpool2d_forward(x, ks, stride, padding)
+    np.testing.assert_array_equal(y, ry.astype(np.float32))
+    # a window of -inf only: the reference finds no '>' and says -1; the kernel names the
+    # window's first cell (still a valid index for the backward pass)
+    kh, kw, sh, sw, ph, pw = ref._pool_args(ks, stride, padding)
+    P, Q = y.shape[2:]
+    first = (np.maximum(np.arange(P) * sh - ph, 0)[:, None] * x.shape[3]
+             + np.maximum(np.arange(Q) * sw - pw, 0)[None, :])
+    np.testing.assert_array_equal(argmax, np.where(rarg < 0, first, rarg))
+
+
+@pytest.mark.parametrize("case", POOL_IDS)
 def test_avgpool_forward_matches_reference(case):
     x, ks, stride, padding = pool_inputs(case)
     y = K.avgpool2d_forward(x, ks, stride, padding)

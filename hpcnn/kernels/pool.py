@@ -73,52 +73,114 @@ def _has_nan(plane):
     return found
 
 
+@njit
+def _interior(P, H, k, s, pad):
+    """The range of outputs p whose window [p*s - pad, p*s - pad + k) lies inside [0, H)."""
+    lo = min(P, -((-pad) // s))
+    return lo, max(lo, min(P, (H + pad - k) // s + 1))
+
+
+@njit
+def _window_max(plane, h0, h1, w0, w1):
+    """(max, flat index of its first occurrence) over plane[h0:h1, w0:w1], branch-free."""
+    W = plane.shape[1]
+    best = plane[h0, w0]
+    where = h0 * W + w0
+    for h in range(h0, h1):
+        for w in range(w0, w1):
+            v = plane[h, w]
+            gt = v > best
+            where = h * W + w if gt else where
+            best = v if gt else best
+    return best, where
+
+
+@njit
+def _maxpool_plane(plane, rows, cols, sh, sw, ph, pw, o, a):
+    """Max pooling of one NaN-free plane; ``rows``, ``cols`` = tuple(range(kh)), tuple(range(kw)).
+
+    The window size comes in as the *length* of a tuple, which Numba compiles in as a constant:
+    the loops over an interior window (one that lies inside the image) are unrolled, and the
+    running maximum and its index are updated by selects, not branches. With the window size a
+    runtime value the loops ran 3-4x slower (measured: loop overhead and mispredicted branches
+    on random data). Windows on the border take the generic loop. Cells are visited in
+    row-major order and taken only when strictly greater, so the first occurrence of the maximum
+    wins ties, as in Caffe.
+    """
+    H, W = plane.shape
+    P, Q = o.shape
+    kh, kw = len(rows), len(cols)
+    pa, pb = _interior(P, H, kh, sh, ph)
+    qa, qb = _interior(Q, W, kw, sw, pw)
+    for p in range(P):
+        h0 = max(p * sh - ph, 0)
+        h1 = min(p * sh - ph + kh, H)
+        inside = pa <= p < pb
+        for q in range(Q):
+            if inside and qa <= q < qb:
+                w0 = q * sw - pw
+                best = plane[h0, w0]
+                where = h0 * W + w0
+                for dh in range(kh):
+                    row = plane[h0 + dh]
+                    for dw in range(kw):
+                        v = row[w0 + dw]
+                        gt = v > best
+                        where = (h0 + dh) * W + w0 + dw if gt else where
+                        best = v if gt else best
+            else:
+                best, where = _window_max(plane, h0, h1, max(q * sw - pw, 0),
+                                          min(q * sw - pw + kw, W))
+            o[p, q] = best
+            a[p, q] = where
+
+
+@njit
+def _maxpool_plane_nan(plane, kh, kw, sh, sw, ph, pw, o, a):
+    """Max pooling of a plane that holds a NaN: a NaN wins its window, so NaNs propagate."""
+    H, W = plane.shape
+    P, Q = o.shape
+    for p in range(P):
+        h0 = max(p * sh - ph, 0)
+        h1 = min(p * sh - ph + kh, H)
+        for q in range(Q):
+            w0 = max(q * sw - pw, 0)
+            w1 = min(q * sw - pw + kw, W)
+            best = plane[h0, w0]
+            where = h0 * W + w0
+            if best == best:
+                for h in range(h0, h1):
+                    for w in range(w0, w1):
+                        v = plane[h, w]
+                        if v > best or v != v:
+                            best = v
+                            where = h * W + w
+                            if v != v:
+                                break
+                    if best != best:
+                        break
+            o[p, q] = best
+            a[p, q] = where
+
+
 @pnjit
-def _maxpool_fwd_kernel(x, kh, kw, sh, sw, ph, pw, y, argmax):
+def _maxpool_fwd_kernel(x, rows, cols, sh, sw, ph, pw, y, argmax):
     """y = window max, argmax = flat index h*W + w of its first occurrence (row-major, as Caffe).
 
-    A plane without NaN (the usual case) takes the plain loop, ``v > best``: its first maximum
-    wins ties. Checking NaN inside that loop doubled its time (measured), so each plane is
-    scanned for NaN first (cheap: the plane is then in cache) and only a plane holding one takes
-    the loop in which a NaN wins its window, so NaNs propagate instead of being dropped.
+    ``rows``, ``cols`` = tuple(range(kh)), tuple(range(kw)) (see :func:`_maxpool_plane`). Each
+    plane is scanned for NaN first (cheap: the plane is then in cache). A plane without NaN (the
+    usual case) takes the branch-free :func:`_maxpool_plane`; a plane holding one takes the loop
+    in which a NaN wins its window, so NaNs propagate instead of being dropped.
     """
-    N, C, H, W = x.shape
-    P, Q = y.shape[2], y.shape[3]
+    N, C = x.shape[:2]
     for nc in prange(N * C):
         n = nc // C
         c = nc % C
         plane = x[n, c]
-        o = y[n, c]
-        a = argmax[n, c]
-        nan = _has_nan(plane)
-        for p in range(P):
-            h0 = max(p * sh - ph, 0)
-            h1 = min(p * sh - ph + kh, H)
-            for q in range(Q):
-                w0 = max(q * sw - pw, 0)
-                w1 = min(q * sw - pw + kw, W)
-                best = plane[h0, w0]
-                where = h0 * W + w0
-                if not nan:
-                    for h in range(h0, h1):
-                        for w in range(w0, w1):
-                            v = plane[h, w]
-                            if v > best:
-                                best = v
-                                where = h * W + w
-                elif best == best:
-                    for h in range(h0, h1):
-                        for w in range(w0, w1):
-                            v = plane[h, w]
-                            if v > best or v != v:
-                                best = v
-                                where = h * W + w
-                                if v != v:
-                                    break
-                        if best != best:
-                            break
-                o[p, q] = best
-                a[p, q] = where
+        if _has_nan(plane):
+            _maxpool_plane_nan(plane, len(rows), len(cols), sh, sw, ph, pw, y[n, c], argmax[n, c])
+        else:
+            _maxpool_plane(plane, rows, cols, sh, sw, ph, pw, y[n, c], argmax[n, c])
 
 
 @pnjit
@@ -242,7 +304,7 @@ def maxpool2d_forward(x, kernel_size, stride=None, padding=0):
     N, C = x.shape[:2]
     y = np.empty((N, C, P, Q), dtype=x.dtype)
     argmax = np.empty((N, C, P, Q), dtype=np.int32)
-    _maxpool_fwd_kernel(x, kh, kw, sh, sw, ph, pw, y, argmax)
+    _maxpool_fwd_kernel(x, tuple(range(kh)), tuple(range(kw)), sh, sw, ph, pw, y, argmax)
     return y, argmax
 
 
