@@ -209,14 +209,18 @@ def _avg_divisors(P, kh, sh, ph, H):
 
 
 @pnjit
-def _avgpool_fwd_kernel(x, kh, kw, sh, sw, ph, pw, y):
+def _avgpool_fwd_kernel(x, kh, cols, sh, sw, ph, pw, y):
     """y = sum over the window clipped to the image / window size clipped to the padded image.
 
-    Separable, like max pooling: row pass (sums of each window's columns), then a column pass
-    vectorized along q; the divisor is a product of a row and a column factor.
+    Separable: a row pass (sums of each window's columns; ``cols`` = tuple(range(kw)), so the
+    window width is a compile-time constant and the sum over an interior window is unrolled, as
+    in max pooling), then a column pass vectorized along q; the divisor is a product of a row
+    and a column factor.
     """
     N, C, H, W = x.shape
     P, Q = y.shape[2], y.shape[3]
+    kw = len(cols)
+    qa, qb = _interior(Q, W, kw, sw, pw)
     inv_h = _avg_divisors(P, kh, sh, ph, H)
     inv_w = _avg_divisors(Q, kw, sw, pw, W)
     for nc in prange(N * C):
@@ -229,8 +233,13 @@ def _avgpool_fwd_kernel(x, kh, kw, sh, sw, ph, pw, y):
             rs = rowsum[h]
             for q in range(Q):
                 acc = 0.0
-                for w in range(max(q * sw - pw, 0), min(q * sw - pw + kw, W)):
-                    acc += src[w]
+                if qa <= q < qb:
+                    w0 = q * sw - pw
+                    for dw in range(kw):
+                        acc += src[w0 + dw]
+                else:
+                    for w in range(max(q * sw - pw, 0), min(q * sw - pw + kw, W)):
+                        acc += src[w]
                 rs[q] = acc
         out = y[n, c]
         colsum = np.empty(Q, dtype=np.float64)
@@ -246,14 +255,17 @@ def _avgpool_fwd_kernel(x, kh, kw, sh, sw, ph, pw, y):
 
 
 @pnjit
-def _avgpool_bwd_kernel(dy, kh, kw, sh, sw, ph, pw, dx):
+def _avgpool_bwd_kernel(dy, kh, cols, sh, sw, ph, pw, dx):
     """Spread dy[p, q] / pool_size over its window (clipped to the image); dx is overwritten.
 
     The transpose of the forward passes: the column pass spreads each scaled dy row over the
-    window's image rows (vectorized along q), the row pass spreads over the window's columns.
+    window's image rows (vectorized along q), the row pass spreads over the window's columns
+    (unrolled on interior windows: ``cols`` = tuple(range(kw)), as in the forward pass).
     """
     N, C, H, W = dx.shape
     P, Q = dy.shape[2], dy.shape[3]
+    kw = len(cols)
+    qa, qb = _interior(Q, W, kw, sw, pw)
     inv_h = _avg_divisors(P, kh, sh, ph, H)
     inv_w = _avg_divisors(Q, kw, sw, pw, W)
     for nc in prange(N * C):
@@ -275,8 +287,13 @@ def _avgpool_bwd_kernel(dy, kh, kw, sh, sw, ph, pw, dx):
                 dst[w] = 0
             for q in range(Q):
                 v = rg[q]
-                for w in range(max(q * sw - pw, 0), min(q * sw - pw + kw, W)):
-                    dst[w] += v
+                if qa <= q < qb:
+                    w0 = q * sw - pw
+                    for dw in range(kw):
+                        dst[w0 + dw] += v
+                else:
+                    for w in range(max(q * sw - pw, 0), min(q * sw - pw + kw, W)):
+                        dst[w] += v
 
 
 # ---------------------------------------------------------------------------------------------
@@ -360,7 +377,7 @@ def avgpool2d_forward(x, kernel_size, stride=None, padding=0, out=None):
     (kh, kw), (sh, sw), (ph, pw), (P, Q) = _pool_geometry(x.shape, kernel_size, stride,
                                                           padding, fn)
     y = _check_out(out, x.shape[:2] + (P, Q), x.dtype, fn)
-    _avgpool_fwd_kernel(x, kh, kw, sh, sw, ph, pw, y)
+    _avgpool_fwd_kernel(x, kh, tuple(range(kw)), sh, sw, ph, pw, y)
     return y
 
 
@@ -386,5 +403,5 @@ def avgpool2d_backward(dy, x_shape, kernel_size, stride=None, padding=0):
         raise ValueError(f"{fn}: dy has shape {dy.shape} but x_shape {x_shape} pools to "
                          f"{x_shape[:2] + (P, Q)}")
     dx = np.empty(x_shape, dtype=dy.dtype)
-    _avgpool_bwd_kernel(dy, kh, kw, sh, sw, ph, pw, dx)
+    _avgpool_bwd_kernel(dy, kh, tuple(range(kw)), sh, sw, ph, pw, dx)
     return dx
