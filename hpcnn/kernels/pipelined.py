@@ -163,30 +163,22 @@ def _fwd_lower(c, x, plan, geo, xp, colT):
 
 
 @njit
-def _fwd_piece(c, j, gemm, wt, y, plan, geo, colT):
-    """y[n][:, band] for units [j*U/np, (j+1)*U/np) of chunk c: one GEMM per image touched."""
-    n0, p0, p1 = plan[c, 0], plan[c, 2], plan[c, 3]
-    K, P, Q, RSC, ldcol = geo[4], geo[11], geo[12], geo[13], geo[14]
-    rows = (p1 - p0) * Q
-    U = _units(plan, c, Q)
+def _fwd_piece(c, j, gemm, wt, plan, geo, colT, yT):
+    """yT[u:u1] = colT[u:u1] W'.T for units [j*U/np, (j+1)*U/np) of chunk c: one GEMM."""
+    K, RSC, ldcol = geo[4], geo[13], geo[14]
+    U = _units(plan, c, geo[12])
     n = _npieces(U)
     u, u1 = j * U // n, (j + 1) * U // n
-    isz = y.itemsize
-    while u < u1:
-        i = u // rows
-        r = u - i * rows
-        m = min(rows - r, u1 - u)
-        gemm(ROW_MAJOR, NO_TRANS, TRANS, K, m, RSC, 1.0, wt.ctypes.data, RSC,
-             colT.ctypes.data + u * ldcol * isz, ldcol, 0.0,
-             y.ctypes.data + ((n0 + i) * K * P * Q + p0 * Q + r) * isz, P * Q)
-        u += m
+    isz = yT.itemsize
+    gemm(ROW_MAJOR, NO_TRANS, TRANS, u1 - u, K, RSC, 1.0, colT.ctypes.data + u * ldcol * isz,
+         ldcol, wt.ctypes.data, RSC, 0.0, yT.ctypes.data + u * K * isz, K)
 
 
 @njit
-def _fwd_fold(c, b, y, plan, geo):
+def _fwd_fold(c, b, y, plan, geo, yT):
     K, Q = geo[4], geo[12]
-    nhwc.add_bias(y.reshape(y.shape[0], K, -1), plan[c, 0], plan[c, 1], plan[c, 2], plan[c, 3],
-                  Q, b)
+    nhwc.unpack_y(yT, plan[c, 0], plan[c, 1], plan[c, 2], plan[c, 3], Q, b,
+                  y.reshape(y.shape[0], K, -1))
 
 
 @njit
@@ -244,14 +236,14 @@ def _bwd_fold(c, dx, plan, geo, dcolT, dxp):
 # one timed step: run phase ``kind`` of chunk c (piece j) and record it while profiling
 
 @njit
-def _fwd_step(kind, c, j, slot, gemm, clock, ts, ev, cnt, x, wt, b, y, plan, geo, xp, colT):
+def _fwd_step(kind, c, j, slot, gemm, clock, ts, ev, cnt, x, wt, b, y, plan, geo, xp, colT, yT):
     t0 = _now(clock, ts[slot]) if ev.shape[1] else 0
     if kind == LOWER:
         _fwd_lower(c, x, plan, geo, xp, colT)
     elif kind == GEMM:
-        _fwd_piece(c, j, gemm, wt, y, plan, geo, colT)
+        _fwd_piece(c, j, gemm, wt, plan, geo, colT, yT)
     else:
-        _fwd_fold(c, b, y, plan, geo)
+        _fwd_fold(c, b, y, plan, geo, yT)
     if ev.shape[1]:
         _record(ev, cnt, slot, LAYOUT if kind == FOLD else kind, c, t0, _now(clock, ts[slot]))
 
@@ -277,18 +269,18 @@ def _bwd_step(kind, c, j, slot, gemm, clock, ts, ev, cnt, dy, x, wt, dx, plan, g
 
 
 @pnjit
-def _chunked_forward(gemm, clock, ts, ev, cnt, x, wt, b, y, plan, gstart, geo, xp, colT):
-    """Group g's chunks on thread g: lower, GEMM pieces, bias, chunk after chunk."""
+def _chunked_forward(gemm, clock, ts, ev, cnt, x, wt, b, y, plan, gstart, geo, xp, colT, yT):
+    """Group g's chunks on thread g: lower, GEMM pieces, move to y with bias, chunk by chunk."""
     Q = geo[12]
     for g in prange(gstart.shape[0] - 1):
         for c in range(gstart[g], gstart[g + 1]):
             _fwd_step(LOWER, c, 0, g, gemm, clock, ts, ev, cnt, x, wt, b, y, plan, geo, xp[g],
-                      colT[g])
+                      colT[g], yT[g])
             for j in range(_npieces(_units(plan, c, Q))):
                 _fwd_step(GEMM, c, j, g, gemm, clock, ts, ev, cnt, x, wt, b, y, plan, geo,
-                          xp[g], colT[g])
+                          xp[g], colT[g], yT[g])
             _fwd_step(FOLD, c, 0, g, gemm, clock, ts, ev, cnt, x, wt, b, y, plan, geo, xp[g],
-                      colT[g])
+                      colT[g], yT[g])
 
 
 @pnjit
@@ -350,12 +342,14 @@ def _claim(pc, c, n):
 
 @pnjit
 def _pipelined_forward(gemm, clock, ts, ev, cnt, flags, pc, share, x, wt, b, y, plan, geo, xp,
-                       colT):
-    """Role 0 lowers chunk c, then helps with chunk c-1's GEMM pieces (when ``share``) and adds
-    its bias; role 1 runs chunk c-1's GEMM pieces, claiming them one at a time.
+                       colT, yT):
+    """Role 0 lowers chunk c, then helps with chunk c-1's GEMM pieces (when ``share``) and
+    moves its result to y with the bias; role 1 runs chunk c-1's GEMM pieces, claiming them one
+    at a time.
 
-    colT is double-buffered: lowering c waits until chunk c-2 is multiplied (its buffer free);
-    chunk c's GEMMs wait for its lowering. The GEMMs write y in place.
+    colT and yT are double-buffered: lowering c waits until chunk c-2 is multiplied (its colT
+    free); chunk c's GEMMs (into yT[c % 2]) wait for its lowering, which role 0 starts only after
+    it moved chunk c-2's yT out to y (its yT free).
     """
     nch = plan.shape[0]
     Q = geo[12]
@@ -366,7 +360,7 @@ def _pipelined_forward(gemm, clock, ts, ev, cnt, flags, pc, share, x, wt, b, y, 
                     if c < nch:
                         _wait(flags, F_GEMM, c - 1)
                         _fwd_step(LOWER, c, 0, 0, gemm, clock, ts, ev, cnt, x, wt, b, y, plan,
-                                  geo, xp[0], colT[c % 2])
+                                  geo, xp[0], colT[c % 2], yT[c % 2])
                         atomic_store(flags, F_LOW, c + 1)
                     if c >= 1:
                         d = c - 1
@@ -374,12 +368,12 @@ def _pipelined_forward(gemm, clock, ts, ev, cnt, flags, pc, share, x, wt, b, y, 
                         j = _claim(pc, d, n) if share else -1
                         while j >= 0:
                             _fwd_step(GEMM, d, j, 0, gemm, clock, ts, ev, cnt, x, wt, b, y, plan,
-                                      geo, xp[0], colT[d % 2])
+                                      geo, xp[0], colT[d % 2], yT[d % 2])
                             atomic_add(pc, 2 * d + PC_DONE, 1)
                             j = _claim(pc, d, n)
                         _wait(flags, F_GEMM, c)
                         _fwd_step(FOLD, d, 0, 0, gemm, clock, ts, ev, cnt, x, wt, b, y, plan,
-                                  geo, xp[0], colT[0])
+                                  geo, xp[0], colT[d % 2], yT[d % 2])
             else:
                 for c in range(nch):
                     _wait(flags, F_LOW, c + 1)
@@ -387,7 +381,7 @@ def _pipelined_forward(gemm, clock, ts, ev, cnt, flags, pc, share, x, wt, b, y, 
                     j = _claim(pc, c, n)
                     while j >= 0:
                         _fwd_step(GEMM, c, j, 1, gemm, clock, ts, ev, cnt, x, wt, b, y, plan, geo,
-                                  xp[0], colT[c % 2])
+                                  xp[0], colT[c % 2], yT[c % 2])
                         atomic_add(pc, 2 * c + PC_DONE, 1)
                         j = _claim(pc, c, n)
                     _wait(pc, 2 * c + PC_DONE, n)
@@ -489,7 +483,9 @@ class _Geometry:
         ncol = G if schedule == "chunked" else 2  # double-buffered between the roles
         img = (lanes, self.images, self.Hp, self.Wp * self.C)
         out = {"xp": img, "colT": (ncol, self.rows, self.ldcol)}
-        if backward:
+        if not backward:
+            out["yT"] = (ncol, self.rows, self.K)  # the forward GEMM's pixel-major output
+        else:
             out["dcolT"] = (ncol, self.rows, self.ldcol) if self.input_grad else (ncol, 0, 0)
             out["dyc"] = (ncol, self.K, self.ldd)
             out["dxp"] = img if self.input_grad else (lanes, 0, 0, 0)
@@ -602,13 +598,13 @@ def forward(x, w, b, stride, padding, schedule="chunked", chunk=None):
             flags = np.zeros(4, dtype=np.int64)
             pc = np.zeros(2 * len(geom.plan), dtype=np.int64)
             _pipelined_forward(gemm, _CLOCK, ts, ev, cnt, flags, pc, blas == 1, x, wt, bias, y,
-                               geom.plan, geom.geo, ws["xp"], ws["colT"])
+                               geom.plan, geom.geo, ws["xp"], ws["colT"], ws["yT"])
             if flags[F_JOIN] >= JOIN_GAVE_UP:
                 pipelined = False
                 ws = _workspace(geom.buffers("chunked", False), x.dtype)
         if not pipelined:
             _chunked_forward(gemm, _CLOCK, ts, ev, cnt, x, wt, bias, y, geom.plan, geom.gstart,
-                             geom.geo, ws["xp"], ws["colT"])
+                             geom.geo, ws["xp"], ws["colT"], ws["yT"])
     _report_events(ev, cnt)
     return y
 
