@@ -6,8 +6,9 @@ On the first forward (or backward) call for a key
 
 every candidate strategy of :data:`hpcnn.kernels.conv.ALGOS` runs on the call's own arrays: an
 untimed warm-up on the first image only (it loads or compiles the kernels), one timed run, and
-two more for the candidates within 2x of the best so far; candidates within 10% of the best then
-run three more alternating rounds; the smallest time wins. Forward,
+two more for the candidates within 2x of the best so far; candidates within 10% of the best
+(by their fastest run) then run three more alternating rounds, and the one with the smallest
+median over all its rounds wins. Forward,
 backward and "wgrad" (backward without the data gradient, as in a network's first layer) are
 tuned separately, each on first use. The winner's result of its last run is what
 the call returns, so "auto" gives exactly what the chosen strategy gives, from the first call
@@ -294,12 +295,13 @@ def lookup(direction, x_shape, w_shape, stride, padding, dtype):
 
 
 def _time(run, reps):
-    best, out = float("inf"), None
+    """(the reps' times, the last result)."""
+    ts, out = [], None
     for _ in range(reps):
         t0 = time.perf_counter()
         out = run()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
+        ts.append(time.perf_counter() - t0)
+    return ts, out
 
 
 def tune(direction, run, x_shape, w_shape, stride, padding, dtype, warmup=None):
@@ -310,24 +312,27 @@ def tune(direction, run, x_shape, w_shape, stride, padding, dtype, warmup=None):
     called once untimed.
     """
     key = make_key(x_shape, w_shape, stride, padding, dtype)
-    times, outs, best = {}, {}, None
+    times, samples, outs, best = {}, {}, {}, None
     for name in candidates(x_shape, w_shape, stride, padding):
         (warmup or run)(name)
-        t, outs[name] = _time(lambda name=name: run(name), 1)
-        if best is None or t < WARMUP_LIMIT * times[best]:
+        samples[name], outs[name] = _time(lambda name=name: run(name), 1)
+        if best is None or samples[name][0] < WARMUP_LIMIT * times[best]:
             t2, outs[name] = _time(lambda name=name: run(name), REPEATS - 1)
-            t = min(t, t2)
-        times[name] = t
-        if best is None or t < times[best]:
+            samples[name] += t2
+        times[name] = min(samples[name])
+        if best is None or times[name] < times[best]:
             best = name
-    # a close finish is decided by more rounds, alternating, so that a slow spell of a noisy
-    # machine cannot hand the win to whichever candidate it spared
+    # a close finish is decided by more rounds, alternating, and by each candidate's median
+    # over all its rounds: neither a slow spell of a noisy machine nor one lucky round can hand
+    # the win to a strategy that is slower most of the time
     close = [n for n in times if times[n] <= CLOSE * times[best]]
     if len(close) > 1:
         for _ in range(CLOSE_ROUNDS):
             for name in close:
                 t, outs[name] = _time(lambda name=name: run(name), 1)
-                times[name] = min(times[name], t)
+                samples[name] += t
+        for name in close:
+            times[name] = float(np.median(samples[name]))
         best = min(close, key=times.__getitem__)
     result = outs[best]
     outs.clear()
