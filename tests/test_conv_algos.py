@@ -113,7 +113,7 @@ def test_forward_without_bias(algo):
 
 
 @pytest.mark.parametrize("n_threads", THREADS)
-@pytest.mark.parametrize("algo", [a for a in ALGOS if a != "lowering"])
+@pytest.mark.parametrize("algo", [a for a in ALGOS if a not in ("lowering", "direct")])
 def test_tiny_chunks_run_many_chunks_and_bands(algo, n_threads, threads):
     """64-byte chunks: one output pixel per chunk, bands of one row, every image split."""
     threads(n_threads)
@@ -132,6 +132,45 @@ def test_tiny_chunks_run_many_chunks_and_bands(algo, n_threads, threads):
         assert dx is None
         _close(dw, grads_ref[1], np.float64)
         _close(db, grads_ref[2], np.float64)
+
+
+# (N, C, H, W, K, (R, S), stride, padding): output channels 1..40 (panels of 8 and 16 with
+# dropped columns), 1..7 output pixels per image (tiles of fewer than 6), windows of S*C = 3..15
+# floats (the weight gradient's 16-wide reads run past them), stride 2 (data gradient from
+# "chunked"), padding above R-1 (likewise)
+DIRECT_CASES = [
+    (1, 3, 5, 5, 24, (5, 5), 1, 2),
+    (3, 1, 3, 3, 1, (3, 3), 1, 0),
+    (2, 5, 4, 3, 17, (3, 3), 1, 1),
+    (2, 2, 6, 7, 40, (3, 2), 1, (2, 1)),
+    (3, 4, 9, 8, 9, (3, 3), 2, 1),
+    (2, 3, 4, 5, 7, (1, 1), 1, 1),
+    (5, 6, 2, 3, 33, (1, 3), (1, 2), 0),
+]
+
+
+@pytest.mark.parametrize("n_threads", THREADS)
+@pytest.mark.parametrize("case", DIRECT_CASES, ids=str)
+def test_direct_ragged_tiles(case, n_threads, threads, monkeypatch):
+    """"direct" against the naive reference where its tiles, panels and weight-gradient chunks
+    are ragged; chunks of one image (tiny WGRAD_CHUNK_BYTES) and of the whole group."""
+    from hpcnn.kernels import direct
+
+    threads(n_threads)
+    x, w, b, stride, padding = _inputs(case, np.float32, seed=5)
+    stride, padding = ref.pair(stride), ref.pair(padding)
+    y_ref = ref.conv2d_forward(x, w, b, stride, padding)
+    dy = np.random.default_rng(6).standard_normal(y_ref.shape).astype(np.float32)
+    grads_ref = ref.conv2d_backward(dy, x, w, stride, padding)
+    _close(direct.forward(x, w, b, stride, padding), y_ref, np.float32)
+    for chunk in (1, 1 << 30):
+        monkeypatch.setattr(direct, "WGRAD_CHUNK_BYTES", chunk)
+        for got, want in zip(direct.backward(dy, x, w, stride, padding), grads_ref, strict=True):
+            _close(got, want, np.float32)
+        dx, dw, db = direct.backward(dy, x, w, stride, padding, input_grad=False)
+        assert dx is None
+        _close(dw, grads_ref[1], np.float32)
+        _close(db, grads_ref[2], np.float32)
 
 
 def test_chunk_size_from_environment(monkeypatch):

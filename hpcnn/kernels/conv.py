@@ -15,7 +15,8 @@ only its weight gradients. Add a strategy by adding it to :data:`ALGOS`;
 
 The strategies: "lowering" (below); "chunked" and "pipelined" (:mod:`~.pipelined`: NHWC
 lowering of L2-sized chunks, batch-parallel or with lowering and GEMM overlapped on two
-threads); "mec" (:mod:`~.mec`: lowering along the width only, R shifted GEMMs), "gemm1x1"
+threads); "direct" (:mod:`~.direct`: no lowering, register tiles fed from padded NHWC
+images); "mec" (:mod:`~.mec`: lowering along the width only, R shifted GEMMs), "gemm1x1"
 (1x1 layers as one GEMM per image, no lowering) and "winograd" / "winograd4" (:mod:`~.winograd`:
 Winograd's minimal filtering on tiles, 2.25x to 4x fewer multiply-adds on 3x3 stride-1 layers).
 
@@ -31,7 +32,7 @@ import numba
 import numpy as np
 
 from hpcnn import profile
-from hpcnn.kernels import autotune, mec, pipelined, winograd
+from hpcnn.kernels import autotune, direct, mec, pipelined, winograd
 from hpcnn.kernels._jit import pnjit, prange
 from hpcnn.kernels.im2col import _col2im_kernel, _conv_geometry, _float_array, _lower
 
@@ -144,12 +145,13 @@ if pipelined.AVAILABLE:
                           partial(pipelined.backward, schedule="pipelined"))
     ALGOS["mec"] = (mec.mec_forward, mec.mec_backward)
     ALGOS["gemm1x1"] = (mec.gemm1x1_forward, mec.gemm1x1_backward)
+    ALGOS["direct"] = (direct.forward, direct.backward)
     for _name in winograd.TILE:
         ALGOS[_name] = (partial(winograd.forward, algo=_name),
                         partial(winograd.backward, algo=_name))
 """Convolution strategies: name -> (forward, backward); see the module docstring."""
 
-APPLIES = {"mec": mec.mec_applies, "gemm1x1": mec.gemm1x1_applies,
+APPLIES = {"mec": mec.mec_applies, "gemm1x1": mec.gemm1x1_applies, "direct": direct.applies,
            **{name: partial(winograd.applies, name) for name in winograd.TILE}}
 """name -> predicate(x_shape, w_shape, stride, padding): False where the strategy would only run
 another one's code (there it is still correct, but the autotuner does not time it)."""
@@ -279,6 +281,9 @@ def workspace_bytes(algo, x_shape, w_shape, stride=1, padding=0, itemsize=4, thr
     if algo in winograd.TILE:
         return winograd.workspace_bytes(algo, x_shape, w_shape, stride, padding, itemsize,
                                         threads, backward)
+    if algo == "direct":
+        return direct.workspace_bytes(x_shape, w_shape, stride, padding, itemsize, threads,
+                                      backward)
     if algo == "gemm1x1":
         return mec.gemm1x1_workspace_bytes(x_shape, w_shape, stride, padding, itemsize, threads,
                                            backward)

@@ -1,0 +1,238 @@
+"""Direct convolution on register tiles (strategy "direct"): no lowering, no BLAS.
+
+Each thread takes a contiguous group of the batch's images and packs one image (forward) or a
+few (weight gradient) into a padded NHWC buffer of its own (:func:`hpcnn.kernels.nhwc.pack_x`).
+In that layout one kernel row of an output pixel's window is S*C contiguous floats, so the
+:mod:`~._fma` tile reads the windows in place:
+
+- **forward**: a tile is 6 output pixels (consecutive in the image, wrapping across rows) by 16
+  output channels; it sums over the R kernel rows (segments) of S*C steps each, against the
+  weights packed as (R*S*C, 16) panels, and its result goes to y (NCHW) with the bias.
+- **data gradient** (stride 1, padding at most R-1 and S-1): the forward of dy, padded by R-1-ph
+  and S-1-pw, with the weights flipped and their two channel axes swapped; otherwise it is taken
+  from the "chunked" strategy.
+- **weight gradient**: a tile is 6 output channels by 16 entries of one kernel row of dW (S*C
+  long); it sums over the output pixels: dy's rows (NCHW, contiguous) against the windows'
+  rows. Each thread adds its tiles into a dW of its own; the groups' partials are summed in
+  group order, so the result depends on the thread count only.
+
+Ragged edges: a tile with fewer than 6 pixels or channels repeats its last one and drops the
+repeats; an output-channel count that is not a multiple of 16 ends with a panel of 8 or 16 whose
+extra columns are zero weights, dropped likewise.
+"""
+
+import numba
+import numpy as np
+
+from hpcnn import profile
+from hpcnn.kernels import nhwc
+from hpcnn.kernels._fma import MR, tile6x8, tile6x16
+from hpcnn.kernels._jit import njit, pnjit, prange
+
+WGRAD_CHUNK_BYTES = 512 << 10
+"""Packed images plus their dy, at most, per weight-gradient chunk of one thread (half an L2)."""
+SLACK = 32  # floats after a packed buffer: the 16-wide B reads of the weight gradient overrun
+
+
+def applies(x_shape, w_shape, stride, padding):
+    """True when all of "direct" runs its own kernels (the data gradient needs stride 1 and
+    padding at most R-1, S-1; elsewhere it comes from "chunked")."""
+    R, S = w_shape[2:]
+    return tuple(stride) == (1, 1) and padding[0] <= R - 1 and padding[1] <= S - 1
+
+
+def _panels(K):
+    """Widths of the output-channel panels: 16s, then one of 8 or 16 for the rest."""
+    widths = [16] * (K // 16)
+    rest = K - 16 * (K // 16)
+    if rest:
+        widths.append(8 if rest <= 8 else 16)
+    return np.array(widths, dtype=np.int64)
+
+
+def _pack_weights(w):
+    """w (K, C, R, S) -> (flat panels, widths, offsets): panel p holds output channels
+    [16p, 16p + width) as a (R*S*C, width) matrix, in the order of a window's NHWC rows."""
+    K, C, R, S = w.shape
+    RSC = R * S * C
+    wt = w.transpose(2, 3, 1, 0).reshape(RSC, K)  # [(r, s, c), k]
+    widths = _panels(K)
+    offsets = np.zeros(len(widths), dtype=np.int64)
+    out = np.zeros(RSC * int(widths.sum()), dtype=w.dtype)
+    k0 = 0
+    for p, width in enumerate(widths):
+        offsets[p] = RSC * k0
+        kn = min(int(width), K - k0)
+        panel = out[offsets[p]:offsets[p] + RSC * width].reshape(RSC, width)
+        panel[:, :kn] = wt[:, k0:k0 + kn]
+        k0 += int(width)
+    return out, widths, offsets
+
+
+@pnjit
+def _forward_kernel(x, wp, widths, offsets, bias, y, R, S, sh, sw, ph, pw, xp, tb, ao):
+    """y (N, K, P, Q) = conv(x, w) + bias, wp/widths/offsets from :func:`_pack_weights`.
+    Scratch per group g: xp[g] (Hp*Wp*C + SLACK floats), tb[g] (6*16), ao[g] (6)."""
+    N, C, H, W = x.shape
+    K, P, Q = y.shape[1], y.shape[2], y.shape[3]
+    G = xp.shape[0]
+    Hp, row, SC, PQ = H + 2 * ph, (W + 2 * pw) * C, S * C, P * Q
+    yv = y.reshape(N, K, PQ)
+    for g in prange(G):
+        img = xp[g][:Hp * row].reshape(1, Hp, row)
+        buf, aof, t = xp[g], ao[g], tb[g]
+        for n in range(g * N // G, (g + 1) * N // G):
+            nhwc.pack_x(x, n, n + 1, ph, pw, img)
+            for p0 in range(0, PQ, MR):
+                m = min(MR, PQ - p0)
+                for i in range(MR):
+                    p = p0 + min(i, m - 1)
+                    oh = p // Q
+                    aof[i] = oh * sh * row + (p - oh * Q) * sw * C
+                k0 = 0
+                for pi in range(widths.shape[0]):
+                    width = widths[pi]
+                    if width == 16:
+                        tile6x16(buf, 0, aof, row, 1, wp, offsets[pi], SC * 16, 16, R, SC, t, 0)
+                    else:
+                        tile6x8(buf, 0, aof, row, 1, wp, offsets[pi], SC * 8, 8, R, SC, t, 0)
+                    kn = min(width, K - k0)
+                    for v in range(kn):
+                        out = yv[n, k0 + v]
+                        bv = bias[k0 + v]
+                        for i in range(m):
+                            out[p0 + i] = t[i * width + v] + bv
+                    k0 += width
+
+
+@pnjit
+def _wgrad_kernel(dy, x, R, S, sh, sw, ph, pw, nimg, xp, tb, ao, dwp, db):
+    """dwp[g] (K, R*S*C) += group g's weight gradient (window order), db[g] (float64) its dy
+    sums; images in chunks of ``nimg``, packed into xp[g] (nimg*Hp*Wp*C + SLACK floats)."""
+    N, C, H, W = x.shape
+    K, P, Q = dy.shape[1], dy.shape[2], dy.shape[3]
+    G = xp.shape[0]
+    Hp, row, SC, PQ = H + 2 * ph, (W + 2 * pw) * C, S * C, P * Q
+    isz = Hp * row
+    dyv = dy.reshape(N, K, PQ)
+    for g in prange(G):
+        buf, aof, t = xp[g], ao[g], tb[g]
+        n_hi = (g + 1) * N // G
+        for c0 in range(g * N // G, n_hi, nimg):
+            c1 = min(c0 + nimg, n_hi)
+            nhwc.pack_x(x, c0, c1, ph, pw, buf[:(c1 - c0) * isz].reshape(c1 - c0, Hp, row))
+            nhwc.sum_dy(dyv, c0, c1, 0, P, Q, db[g])
+            for r in range(R):
+                for j0 in range(0, SC, 16):
+                    width = 16 if SC - j0 > 8 else 8
+                    nj = min(width, SC - j0)
+                    for k0 in range(0, K, MR):
+                        m = min(MR, K - k0)
+                        for i in range(MR):
+                            aof[i] = (k0 + min(i, m - 1)) * PQ
+                        for n in range(c0, c1):
+                            a0 = n * K * PQ
+                            b0 = (n - c0) * isz + r * row + j0
+                            if width == 16:
+                                tile6x16(dy, a0, aof, Q, 1, buf, b0, sh * row, sw * C, P, Q, t,
+                                         n - c0)
+                            else:
+                                tile6x8(dy, a0, aof, Q, 1, buf, b0, sh * row, sw * C, P, Q, t,
+                                        n - c0)
+                        for i in range(m):
+                            dst = dwp[g, k0 + i, r * SC + j0:r * SC + j0 + nj]
+                            src = t[i * width:i * width + nj]
+                            for v in range(nj):
+                                dst[v] += src[v]
+
+
+def _groups(N):
+    return max(1, min(numba.get_num_threads(), N))
+
+
+def _scratch(G, floats, dtype):
+    return (np.zeros((G, floats + SLACK), dtype=dtype), np.empty((G, MR * 16), dtype=dtype),
+            np.empty((G, MR), dtype=np.int64))
+
+
+def _forward(x, w, b, stride, padding):
+    N, C, H, W = x.shape
+    K, _, R, S = w.shape
+    (sh, sw), (ph, pw) = stride, padding
+    P, Q = (H + 2 * ph - R) // sh + 1, (W + 2 * pw - S) // sw + 1
+    wp, widths, offsets = _pack_weights(w)
+    bias = np.zeros(K, dtype=x.dtype) if b is None else b
+    y = np.empty((N, K, P, Q), dtype=x.dtype)
+    G = _groups(N)
+    xp, tb, ao = _scratch(G, (H + 2 * ph) * (W + 2 * pw) * C, x.dtype)
+    _forward_kernel(x, wp, widths, offsets, bias, y, R, S, sh, sw, ph, pw, xp, tb, ao)
+    return y
+
+
+def forward(x, w, b, stride, padding):
+    """y (N, K, P, Q) of checked arguments (see :mod:`hpcnn.kernels.conv`)."""
+    if x.dtype != np.float32:
+        from hpcnn.kernels import pipelined
+
+        return pipelined.forward(x, w, b, stride, padding, schedule="chunked")
+    with profile.region("gemm"):
+        return _forward(x, w, b, stride, padding)
+
+
+def _wgrad_images(C, Hp, Wp, K, PQ, itemsize):
+    per = (Hp * Wp * C + K * PQ) * itemsize
+    return max(1, WGRAD_CHUNK_BYTES // per)
+
+
+def backward(dy, x, w, stride, padding, input_grad=True):
+    """(dx, dw, db) of checked arguments; dx is None without ``input_grad``."""
+    from hpcnn.kernels import pipelined
+
+    if x.dtype != np.float32:
+        return pipelined.backward(dy, x, w, stride, padding, input_grad, schedule="chunked")
+    N, C, H, W = x.shape
+    K, _, R, S = w.shape
+    (sh, sw), (ph, pw) = stride, padding
+    P, Q = dy.shape[2], dy.shape[3]
+    Hp, Wp = H + 2 * ph, W + 2 * pw
+    G = _groups(N)
+    nimg = min(_wgrad_images(C, Hp, Wp, K, P * Q, x.itemsize), -(-N // G))
+    dwp = np.zeros((G, K, R * S * C), dtype=x.dtype)
+    db = np.zeros((G, K), dtype=np.float64)
+    xp, tb, ao = _scratch(G, nimg * Hp * Wp * C, x.dtype)
+    with profile.region("gemm"):
+        _wgrad_kernel(dy, x, R, S, sh, sw, ph, pw, nimg, xp, tb, ao, dwp, db)
+    dw_rsc = dwp[0]
+    for g in range(1, G):  # the groups' partials, always in group order
+        dw_rsc = dw_rsc + dwp[g]
+    dw = np.ascontiguousarray(dw_rsc.reshape(K, R, S, C).transpose(0, 3, 1, 2))
+    db = db.sum(axis=0).astype(x.dtype)
+    if not input_grad:
+        return None, dw, db
+    if applies(x.shape, w.shape, stride, padding):
+        wflip = np.ascontiguousarray(w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
+        with profile.region("gemm"):
+            dx = _forward(dy, wflip, None, (1, 1), (R - 1 - ph, S - 1 - pw))
+    else:
+        dx = pipelined.backward(dy, x, w, stride, padding, True, schedule="chunked")[0]
+    return dx, dw, db
+
+
+def workspace_bytes(x_shape, w_shape, stride, padding, itemsize=4, threads=None,
+                    backward=False):
+    """(total, lowering) scratch bytes of one pass; "direct" lowers nothing."""
+    N, C, H, W = x_shape
+    K, _, R, S = w_shape
+    (sh, sw), (ph, pw) = stride, padding
+    P, Q = (H + 2 * ph - R) // sh + 1, (W + 2 * pw - S) // sw + 1
+    Hp, Wp = H + 2 * ph, W + 2 * pw
+    G = max(1, min(threads or numba.get_num_threads(), N))
+    panels = R * S * C * int(_panels(K).sum())
+    if not backward:
+        return (G * (Hp * Wp * C + SLACK + MR * 16) + panels) * itemsize, 0
+    nimg = min(_wgrad_images(C, Hp, Wp, K, P * Q, itemsize), -(-N // G))
+    total = G * (nimg * Hp * Wp * C + SLACK + MR * 16 + K * R * S * C) * itemsize + G * K * 8
+    if applies(x_shape, w_shape, stride, padding):  # the data gradient: a forward of dy
+        dyp = (P + 2 * (R - 1 - ph)) * (Q + 2 * (S - 1 - pw)) * K
+        total += (G * (dyp + SLACK + MR * 16) + R * S * K * int(_panels(C).sum())) * itemsize
+    return total, 0
