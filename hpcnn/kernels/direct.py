@@ -27,7 +27,7 @@ import numpy as np
 from hpcnn import profile
 from hpcnn.kernels import nhwc
 from hpcnn.kernels._fma import MR, tile6x8, tile6x16
-from hpcnn.kernels._jit import njit, pnjit, prange
+from hpcnn.kernels._jit import pnjit, prange
 
 WGRAD_CHUNK_BYTES = 512 << 10
 """Packed images plus their dy, at most, per weight-gradient chunk of one thread (half an L2)."""
