@@ -70,17 +70,20 @@ def _pack_weights(w):
 
 
 @pnjit
-def _forward_kernel(x, wp, widths, offsets, bias, y, R, S, sh, sw, ph, pw, xp, tb, ao):
+def _forward_kernel(x, wp, widths, offsets, bias, y, R, S, sh, sw, ph, pw, xp, yt, tb, ao):
     """y (N, K, P, Q) = conv(x, w) + bias, wp/widths/offsets from :func:`_pack_weights`.
-    Scratch per group g: xp[g] (Hp*Wp*C + SLACK floats), tb[g] (6*16), ao[g] (6)."""
+    Scratch per group g: xp[g] (Hp*Wp*C + SLACK floats), yt[g] (P*Q, panel widths summed: the
+    image's output, pixel-major), tb[g] (6*16), ao[g] (6)."""
     N, C, H, W = x.shape
     K, P, Q = y.shape[1], y.shape[2], y.shape[3]
     G = xp.shape[0]
     Hp, row, SC, PQ = H + 2 * ph, (W + 2 * pw) * C, S * C, P * Q
+    Kp = yt.shape[2]
     yv = y.reshape(N, K, PQ)
     for g in prange(G):
         img = xp[g][:Hp * row].reshape(1, Hp, row)
-        buf, aof, t = xp[g], ao[g], tb[g]
+        buf, aof, t, out = xp[g], ao[g], tb[g], yt[g]
+        outf = out.reshape(-1)
         for n in range(g * N // G, (g + 1) * N // G):
             nhwc.pack_x(x, n, n + 1, ph, pw, img)
             for p0 in range(0, PQ, MR):
@@ -92,17 +95,28 @@ def _forward_kernel(x, wp, widths, offsets, bias, y, R, S, sh, sw, ph, pw, xp, t
                 k0 = 0
                 for pi in range(widths.shape[0]):
                     width = widths[pi]
-                    if width == 16:
-                        tile6x16(buf, 0, aof, row, 1, wp, offsets[pi], SC * 16, 16, R, SC, t, 0)
+                    if m == MR:  # straight into the image's pixel-major output
+                        dst, o0, ldo = outf, p0 * Kp + k0, Kp
                     else:
-                        tile6x8(buf, 0, aof, row, 1, wp, offsets[pi], SC * 8, 8, R, SC, t, 0)
-                    kn = min(width, K - k0)
-                    for v in range(kn):
-                        out = yv[n, k0 + v]
-                        bv = bias[k0 + v]
+                        dst, o0, ldo = t, 0, width
+                    if width == 16:
+                        tile6x16(buf, 0, aof, row, 1, wp, offsets[pi], SC * 16, 16, R, SC, dst,
+                                 o0, ldo, 0)
+                    else:
+                        tile6x8(buf, 0, aof, row, 1, wp, offsets[pi], SC * 8, 8, R, SC, dst, o0,
+                                ldo, 0)
+                    if m < MR:
                         for i in range(m):
-                            out[p0 + i] = t[i * width + v] + bv
+                            out[p0 + i, k0:k0 + width] = t[i * width:(i + 1) * width]
                     k0 += width
+            # to NCHW with the bias, 16 pixels (a cache line of y) at a time
+            for p0 in range(0, PQ, 16):
+                p1 = min(p0 + 16, PQ)
+                for k in range(K):
+                    dk = yv[n, k]
+                    bv = bias[k]
+                    for p in range(p0, p1):
+                        dk[p] = out[p, k] + bv
 
 
 @pnjit
@@ -113,10 +127,11 @@ def _wgrad_kernel(dy, x, R, S, sh, sw, ph, pw, nimg, xp, tb, ao, dwp, db):
     K, P, Q = dy.shape[1], dy.shape[2], dy.shape[3]
     G = xp.shape[0]
     Hp, row, SC, PQ = H + 2 * ph, (W + 2 * pw) * C, S * C, P * Q
-    isz = Hp * row
+    isz, RSC = Hp * row, R * SC
     dyv = dy.reshape(N, K, PQ)
     for g in prange(G):
-        buf, aof, t = xp[g], ao[g], tb[g]
+        buf, aof, t, dwg = xp[g], ao[g], tb[g], dwp[g]
+        dwgf = dwg.reshape(-1)
         n_hi = (g + 1) * N // G
         for c0 in range(g * N // G, n_hi, nimg):
             c1 = min(c0 + nimg, n_hi)
@@ -130,20 +145,27 @@ def _wgrad_kernel(dy, x, R, S, sh, sw, ph, pw, nimg, xp, tb, ao, dwp, db):
                         m = min(MR, K - k0)
                         for i in range(MR):
                             aof[i] = (k0 + min(i, m - 1)) * PQ
+                        full = m == MR and nj == width
+                        if full:  # accumulate straight into the group's dW
+                            dst, o0, ldo = dwgf, k0 * RSC + r * SC + j0, RSC
+                        else:
+                            dst, o0, ldo = t, 0, width
                         for n in range(c0, c1):
                             a0 = n * K * PQ
                             b0 = (n - c0) * isz + r * row + j0
+                            acc = 1 if full else n - c0
                             if width == 16:
-                                tile6x16(dy, a0, aof, Q, 1, buf, b0, sh * row, sw * C, P, Q, t,
-                                         n - c0)
+                                tile6x16(dy, a0, aof, Q, 1, buf, b0, sh * row, sw * C, P, Q, dst,
+                                         o0, ldo, acc)
                             else:
-                                tile6x8(dy, a0, aof, Q, 1, buf, b0, sh * row, sw * C, P, Q, t,
-                                        n - c0)
-                        for i in range(m):
-                            dst = dwp[g, k0 + i, r * SC + j0:r * SC + j0 + nj]
-                            src = t[i * width:i * width + nj]
-                            for v in range(nj):
-                                dst[v] += src[v]
+                                tile6x8(dy, a0, aof, Q, 1, buf, b0, sh * row, sw * C, P, Q, dst,
+                                        o0, ldo, acc)
+                        if not full:
+                            for i in range(m):
+                                d = dwg[k0 + i, r * SC + j0:r * SC + j0 + nj]
+                                src = t[i * width:i * width + nj]
+                                for v in range(nj):
+                                    d[v] += src[v]
 
 
 def _groups(N):
@@ -165,7 +187,8 @@ def _forward(x, w, b, stride, padding):
     y = np.empty((N, K, P, Q), dtype=x.dtype)
     G = _groups(N)
     xp, tb, ao = _scratch(G, (H + 2 * ph) * (W + 2 * pw) * C, x.dtype)
-    _forward_kernel(x, wp, widths, offsets, bias, y, R, S, sh, sw, ph, pw, xp, tb, ao)
+    yt = np.empty((G, P * Q, int(widths.sum())), dtype=x.dtype)
+    _forward_kernel(x, wp, widths, offsets, bias, y, R, S, sh, sw, ph, pw, xp, yt, tb, ao)
     return y
 
 
@@ -229,10 +252,12 @@ def workspace_bytes(x_shape, w_shape, stride, padding, itemsize=4, threads=None,
     G = max(1, min(threads or numba.get_num_threads(), N))
     panels = R * S * C * int(_panels(K).sum())
     if not backward:
-        return (G * (Hp * Wp * C + SLACK + MR * 16) + panels) * itemsize, 0
+        return (G * (Hp * Wp * C + SLACK + MR * 16 + P * Q * int(_panels(K).sum())) + panels) \
+            * itemsize, 0
     nimg = min(_wgrad_images(C, Hp, Wp, K, P * Q, itemsize), -(-N // G))
     total = G * (nimg * Hp * Wp * C + SLACK + MR * 16 + K * R * S * C) * itemsize + G * K * 8
     if applies(x_shape, w_shape, stride, padding):  # the data gradient: a forward of dy
         dyp = (P + 2 * (R - 1 - ph)) * (Q + 2 * (S - 1 - pw)) * K
-        total += (G * (dyp + SLACK + MR * 16) + R * S * K * int(_panels(C).sum())) * itemsize
+        cp = int(_panels(C).sum())
+        total += (G * (dyp + SLACK + MR * 16 + H * W * cp) + R * S * K * cp) * itemsize
     return total, 0
