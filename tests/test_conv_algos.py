@@ -153,7 +153,7 @@ DIRECT_CASES = [
 @pytest.mark.parametrize("case", DIRECT_CASES, ids=str)
 def test_direct_ragged_tiles(case, n_threads, threads, monkeypatch):
     """"direct" against the naive reference where its tiles, panels and weight-gradient chunks
-    are ragged; chunks of one image (tiny WGRAD_CHUNK_BYTES) and of the whole group."""
+    are ragged; weight-gradient bands of one output row and of the whole image."""
     from hpcnn.kernels import direct
 
     threads(n_threads)
@@ -164,7 +164,7 @@ def test_direct_ragged_tiles(case, n_threads, threads, monkeypatch):
     grads_ref = ref.conv2d_backward(dy, x, w, stride, padding)
     _close(direct.forward(x, w, b, stride, padding), y_ref, np.float32)
     for chunk in (1, 1 << 30):
-        monkeypatch.setattr(direct, "WGRAD_CHUNK_BYTES", chunk)
+        monkeypatch.setattr(direct, "BAND_PIXELS", chunk)
         for got, want in zip(direct.backward(dy, x, w, stride, padding), grads_ref, strict=True):
             _close(got, want, np.float32)
         dx, dw, db = direct.backward(dy, x, w, stride, padding, input_grad=False)

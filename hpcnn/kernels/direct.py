@@ -29,8 +29,9 @@ from hpcnn.kernels import nhwc
 from hpcnn.kernels._fma import MR, tile6x8, tile6x16
 from hpcnn.kernels._jit import pnjit, prange
 
-WGRAD_CHUNK_BYTES = 512 << 10
-"""Packed images plus their dy, at most, per weight-gradient chunk of one thread (half an L2)."""
+BAND_PIXELS = 256
+"""Output pixels per band of the weight gradient, about (whole output rows, at least one): the
+band's 16-float window rows, 16 KiB, stay in L1 across the output-channel tiles."""
 SLACK = 32  # floats after a packed buffer: the 16-wide B reads of the weight gradient overrun
 
 
@@ -120,52 +121,53 @@ def _forward_kernel(x, wp, widths, offsets, bias, y, R, S, sh, sw, ph, pw, xp, y
 
 
 @pnjit
-def _wgrad_kernel(dy, x, R, S, sh, sw, ph, pw, nimg, xp, tb, ao, dwp, db):
+def _wgrad_kernel(dy, x, R, S, sh, sw, ph, pw, band, xp, tb, ao, dwp, db):
     """dwp[g] (K, R*S*C) += group g's weight gradient (window order), db[g] (float64) its dy
-    sums; images in chunks of ``nimg``, packed into xp[g] (nimg*Hp*Wp*C + SLACK floats)."""
+    sums. One image at a time is packed into xp[g] (Hp*Wp*C + SLACK floats); its output rows are
+    taken ``band`` at a time, so that the window rows a tile reads for one kernel row (16 floats
+    per pixel) stay in L1 while the tiles of all output channels read them."""
     N, C, H, W = x.shape
     K, P, Q = dy.shape[1], dy.shape[2], dy.shape[3]
     G = xp.shape[0]
     Hp, row, SC, PQ = H + 2 * ph, (W + 2 * pw) * C, S * C, P * Q
-    isz, RSC = Hp * row, R * SC
+    RSC = R * SC
     dyv = dy.reshape(N, K, PQ)
     for g in prange(G):
         buf, aof, t, dwg = xp[g], ao[g], tb[g], dwp[g]
+        img = buf[:Hp * row].reshape(1, Hp, row)
         dwgf = dwg.reshape(-1)
-        n_hi = (g + 1) * N // G
-        for c0 in range(g * N // G, n_hi, nimg):
-            c1 = min(c0 + nimg, n_hi)
-            nhwc.pack_x(x, c0, c1, ph, pw, buf[:(c1 - c0) * isz].reshape(c1 - c0, Hp, row))
-            nhwc.sum_dy(dyv, c0, c1, 0, P, Q, db[g])
-            for r in range(R):
-                for j0 in range(0, SC, 16):
-                    width = 16 if SC - j0 > 8 else 8
-                    nj = min(width, SC - j0)
-                    for k0 in range(0, K, MR):
-                        m = min(MR, K - k0)
-                        for i in range(MR):
-                            aof[i] = (k0 + min(i, m - 1)) * PQ
-                        full = m == MR and nj == width
-                        if full:  # accumulate straight into the group's dW
-                            dst, o0, ldo = dwgf, k0 * RSC + r * SC + j0, RSC
-                        else:
-                            dst, o0, ldo = t, 0, width
-                        for n in range(c0, c1):
-                            a0 = n * K * PQ
-                            b0 = (n - c0) * isz + r * row + j0
-                            acc = 1 if full else n - c0
-                            if width == 16:
-                                tile6x16(dy, a0, aof, Q, 1, buf, b0, sh * row, sw * C, P, Q, dst,
-                                         o0, ldo, acc)
+        for n in range(g * N // G, (g + 1) * N // G):
+            nhwc.pack_x(x, n, n + 1, ph, pw, img)
+            nhwc.sum_dy(dyv, n, n + 1, 0, P, Q, db[g])
+            for ob0 in range(0, P, band):
+                nb = min(band, P - ob0)
+                for r in range(R):
+                    for j0 in range(0, SC, 16):
+                        width = 16 if SC - j0 > 8 else 8
+                        nj = min(width, SC - j0)
+                        b0 = (ob0 * sh + r) * row + j0
+                        for k0 in range(0, K, MR):
+                            m = min(MR, K - k0)
+                            for i in range(MR):
+                                aof[i] = (k0 + min(i, m - 1)) * PQ
+                            full = m == MR and nj == width
+                            if full:  # accumulate straight into the group's dW
+                                dst, o0, ldo, acc = dwgf, k0 * RSC + r * SC + j0, RSC, 1
                             else:
-                                tile6x8(dy, a0, aof, Q, 1, buf, b0, sh * row, sw * C, P, Q, dst,
-                                        o0, ldo, acc)
-                        if not full:
-                            for i in range(m):
-                                d = dwg[k0 + i, r * SC + j0:r * SC + j0 + nj]
-                                src = t[i * width:i * width + nj]
-                                for v in range(nj):
-                                    d[v] += src[v]
+                                dst, o0, ldo, acc = t, 0, width, 0
+                            a0 = n * K * PQ + ob0 * Q
+                            if width == 16:
+                                tile6x16(dy, a0, aof, Q, 1, buf, b0, sh * row, sw * C, nb, Q,
+                                         dst, o0, ldo, acc)
+                            else:
+                                tile6x8(dy, a0, aof, Q, 1, buf, b0, sh * row, sw * C, nb, Q,
+                                        dst, o0, ldo, acc)
+                            if not full:
+                                for i in range(m):
+                                    d = dwg[k0 + i, r * SC + j0:r * SC + j0 + nj]
+                                    src = t[i * width:i * width + nj]
+                                    for v in range(nj):
+                                        d[v] += src[v]
 
 
 def _groups(N):
@@ -202,11 +204,6 @@ def forward(x, w, b, stride, padding):
         return _forward(x, w, b, stride, padding)
 
 
-def _wgrad_images(C, Hp, Wp, K, PQ, itemsize):
-    per = (Hp * Wp * C + K * PQ) * itemsize
-    return max(1, WGRAD_CHUNK_BYTES // per)
-
-
 def backward(dy, x, w, stride, padding, input_grad=True):
     """(dx, dw, db) of checked arguments; dx is None without ``input_grad``."""
     from hpcnn.kernels import pipelined
@@ -219,12 +216,12 @@ def backward(dy, x, w, stride, padding, input_grad=True):
     P, Q = dy.shape[2], dy.shape[3]
     Hp, Wp = H + 2 * ph, W + 2 * pw
     G = _groups(N)
-    nimg = min(_wgrad_images(C, Hp, Wp, K, P * Q, x.itemsize), -(-N // G))
+    band = max(1, BAND_PIXELS // Q)
     dwp = np.zeros((G, K, R * S * C), dtype=x.dtype)
     db = np.zeros((G, K), dtype=np.float64)
-    xp, tb, ao = _scratch(G, nimg * Hp * Wp * C, x.dtype)
+    xp, tb, ao = _scratch(G, Hp * Wp * C, x.dtype)
     with profile.region("gemm"):
-        _wgrad_kernel(dy, x, R, S, sh, sw, ph, pw, nimg, xp, tb, ao, dwp, db)
+        _wgrad_kernel(dy, x, R, S, sh, sw, ph, pw, band, xp, tb, ao, dwp, db)
     dw_rsc = dwp[0]
     for g in range(1, G):  # the groups' partials, always in group order
         dw_rsc = dw_rsc + dwp[g]
@@ -254,8 +251,7 @@ def workspace_bytes(x_shape, w_shape, stride, padding, itemsize=4, threads=None,
     if not backward:
         return (G * (Hp * Wp * C + SLACK + MR * 16 + P * Q * int(_panels(K).sum())) + panels) \
             * itemsize, 0
-    nimg = min(_wgrad_images(C, Hp, Wp, K, P * Q, itemsize), -(-N // G))
-    total = G * (nimg * Hp * Wp * C + SLACK + MR * 16 + K * R * S * C) * itemsize + G * K * 8
+    total = G * (Hp * Wp * C + SLACK + MR * 16 + K * R * S * C) * itemsize + G * K * 8
     if applies(x_shape, w_shape, stride, padding):  # the data gradient: a forward of dy
         dyp = (P + 2 * (R - 1 - ph)) * (Q + 2 * (S - 1 - pw)) * K
         cp = int(_panels(C).sum())
