@@ -16,7 +16,9 @@ acc)`` computes, for i < MR and n < 8*NV,
     out.flat[o0 + i*ldo + n] (+)= sum over t < nseg, j < L of
         A.flat[a0 + aoffs[i] + t*a_step + j*a_inc] * B.flat[b0 + t*b_step + j*b_inc + n]
 
-(``+=`` when ``acc`` is non-zero). A, B and out are float32 arrays of which only the data pointer
+(``+=`` when ``acc`` is non-zero). ``tile{MR}x{8*NV}_3(A, a0, aoffs, a_step2, a_step, a_inc, B, b0,
+b_step2, b_step, b_inc, nseg2, nseg, L, out, o0, ldo, acc)`` adds an outer loop u < nseg2, with
+``u*a_step2`` and ``u*b_step2`` added to the offsets. A, B and out are float32 arrays of which only the data pointer
 is used (the caller keeps every address in bounds; B may be read up to 8*NV - 1 elements past
 the last ``j*b_inc``); aoffs is an int64 array of MR element offsets.
 """
@@ -36,62 +38,82 @@ def _data(context, builder, ty, val):
     return context.make_array(ty)(context, builder, val).data
 
 
-def _make_tile(MR, NV):
-    def typer(typingctx, A, a0, aoffs, a_step, a_inc, B, b0, b_step, b_inc, nseg, L, out, o0, ldo,
-              acc):
-        arrays = (A, aoffs, B, out)
-        if not all(isinstance(a, types.Array) for a in arrays):
+# argument names, in order, of the two variants: two nested loops (segments t, steps j), or
+# three (an outer loop u of nseg2 over blocks of segments)
+_ARGS = {2: ("A", "a0", "aoffs", "a_step", "a_inc", "B", "b0", "b_step", "b_inc", "nseg", "L",
+             "out", "o0", "ldo", "acc"),
+         3: ("A", "a0", "aoffs", "a_step2", "a_step", "a_inc", "B", "b0", "b_step2", "b_step",
+             "b_inc", "nseg2", "nseg", "L", "out", "o0", "ldo", "acc")}
+_ARRAYS = ("A", "aoffs", "B", "out")
+
+
+def _make_tile(MR, NV, levels=2):
+    names = _ARGS[levels]
+
+    def typer(typingctx, *args):
+        ty = dict(zip(names, args))
+        if not all(isinstance(ty[a], types.Array) for a in _ARRAYS):
             return None
-        if A.dtype != types.float32 or B.dtype != types.float32 or out.dtype != types.float32:
+        if any(ty[a].dtype != types.float32 for a in ("A", "B", "out")):
             return None
-        if aoffs.dtype != types.int64:
+        if ty["aoffs"].dtype != types.int64:
             return None
-        sig = types.void(A, a0, aoffs, a_step, a_inc, B, b0, b_step, b_inc, nseg, L, out, o0, ldo,
-                         acc)
+        if not all(isinstance(ty[a], types.Integer) for a in names if a not in _ARRAYS):
+            return None
+        sig = types.void(*args)
 
         def codegen(context, builder, sig, args):
-            ints = {}
-            for name, idx in (("a0", 1), ("a_step", 3), ("a_inc", 4), ("b0", 6), ("b_step", 7),
-                              ("b_inc", 8), ("nseg", 9), ("L", 10), ("o0", 12), ("ldo", 13),
-                              ("acc", 14)):
-                ints[name] = context.cast(builder, args[idx], sig.args[idx], types.int64)
-            pA = _data(context, builder, sig.args[0], args[0])
-            pO = _data(context, builder, sig.args[2], args[2])
-            pB = _data(context, builder, sig.args[5], args[5])
-            pC = _data(context, builder, sig.args[11], args[11])
+            val = {}
+            for name, t, v in zip(names, sig.args, args):
+                if name in _ARRAYS:
+                    val[name] = _data(context, builder, t, v)
+                else:
+                    val[name] = context.cast(builder, v, t, types.int64)
             zero = ir.Constant(_V8, [0.0] * 8)
             accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(NV)]
                     for _ in range(MR)]
-            abase = [builder.add(ints["a0"], builder.load(builder.gep(pO, [ir.Constant(_I64, i)])))
+            abase = [builder.add(val["a0"], builder.load(builder.gep(val["aoffs"],
+                                                                     [ir.Constant(_I64, i)])))
                      for i in range(MR)]
             splat = ir.Constant(ir.VectorType(_I32, 8), [0] * 8)
             undef = ir.Constant(_V8, ir.Undefined)
             fma = cgutils.get_or_insert_function(
                 builder.module, ir.FunctionType(_V8, [_V8, _V8, _V8]), "llvm.fma.v8f32")
-            with cgutils.for_range(builder, ints["nseg"]) as seg:
-                ta = builder.mul(seg.index, ints["a_step"])
-                tb = builder.add(ints["b0"], builder.mul(seg.index, ints["b_step"]))
-                with cgutils.for_range(builder, ints["L"]) as step:
-                    ja = builder.add(ta, builder.mul(step.index, ints["a_inc"]))
-                    jb = builder.add(tb, builder.mul(step.index, ints["b_inc"]))
-                    bs = []
-                    for v in range(NV):
-                        p = builder.gep(pB, [builder.add(jb, ir.Constant(_I64, 8 * v))])
-                        bs.append(builder.load(builder.bitcast(p, _V8.as_pointer()), align=4))
-                    for i in range(MR):
-                        a = builder.load(builder.gep(pA, [builder.add(abase[i], ja)]))
-                        av = builder.shuffle_vector(
-                            builder.insert_element(undef, a, ir.Constant(_I32, 0)), undef, splat)
-                        for v in range(NV):
-                            s = builder.call(fma, [av, bs[v], builder.load(accs[i][v])])
-                            builder.store(s, accs[i][v])
-            keep = builder.icmp_signed("!=", ints["acc"], ir.Constant(_I64, 0))
-            for i in range(MR):
+
+            def step(ja, jb):  # one j: NV loads of B, MR broadcasts of A, MR*NV FMAs
+                bs = []
                 for v in range(NV):
-                    o = builder.add(builder.add(ints["o0"], builder.mul(ir.Constant(_I64, i),
-                                                                        ints["ldo"])),
-                                    ir.Constant(_I64, 8 * v))
-                    p = builder.gep(pC, [o])
+                    p = builder.gep(val["B"], [builder.add(jb, ir.Constant(_I64, 8 * v))])
+                    bs.append(builder.load(builder.bitcast(p, _V8.as_pointer()), align=4))
+                for i in range(MR):
+                    a = builder.load(builder.gep(val["A"], [builder.add(abase[i], ja)]))
+                    av = builder.shuffle_vector(
+                        builder.insert_element(undef, a, ir.Constant(_I32, 0)), undef, splat)
+                    for v in range(NV):
+                        s = builder.call(fma, [av, bs[v], builder.load(accs[i][v])])
+                        builder.store(s, accs[i][v])
+
+            # loops outermost first: (count, A stride, B stride)
+            loops = [(val["nseg"], val["a_step"], val["b_step"]), (val["L"], val["a_inc"],
+                                                                     val["b_inc"])]
+            if levels == 3:
+                loops.insert(0, (val["nseg2"], val["a_step2"], val["b_step2"]))
+
+            def nest(k, ja, jb):
+                if k == len(loops):
+                    step(ja, jb)
+                    return
+                count, sa, sb = loops[k]
+                with cgutils.for_range(builder, count) as loop:
+                    nest(k + 1, builder.add(ja, builder.mul(loop.index, sa)),
+                         builder.add(jb, builder.mul(loop.index, sb)))
+
+            nest(0, ir.Constant(_I64, 0), val["b0"])
+            keep = builder.icmp_signed("!=", val["acc"], ir.Constant(_I64, 0))
+            for i in range(MR):
+                row = builder.add(val["o0"], builder.mul(ir.Constant(_I64, i), val["ldo"]))
+                for v in range(NV):
+                    p = builder.gep(val["out"], [builder.add(row, ir.Constant(_I64, 8 * v))])
                     p = builder.bitcast(p, _V8.as_pointer())
                     r = builder.load(accs[i][v])
                     r = builder.select(keep, builder.fadd(r, builder.load(p, align=4)), r)
@@ -100,12 +122,19 @@ def _make_tile(MR, NV):
 
         return sig, codegen
 
-    typer.__name__ = f"tile{MR}x{8 * NV}"
-    typer.__doc__ = f"The {MR} x {8 * NV} FMA tile (see the module docstring)."
-    return intrinsic(typer)
+    # Numba's intrinsic wants named parameters (no *args): a thin wrapper with this variant's
+    params = ", ".join(names)
+    scope = {"typer": typer}
+    exec(f"def tile(typingctx, {params}):\n    return typer(typingctx, {params})\n", scope)
+    tile = scope["tile"]
+    tile.__name__ = f"tile{MR}x{8 * NV}" + ("" if levels == 2 else "_3")
+    tile.__doc__ = f"The {MR} x {8 * NV} FMA tile, {levels} loops (see the module docstring)."
+    return intrinsic(tile)
 
 
 MR = 6
 """Rows (output pixels, or output channels in the weight gradient) of a tile."""
 tile6x16 = _make_tile(MR, 2)
 tile6x8 = _make_tile(MR, 1)
+tile6x16_3 = _make_tile(MR, 2, levels=3)
+tile6x8_3 = _make_tile(MR, 1, levels=3)

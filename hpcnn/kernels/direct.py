@@ -32,6 +32,9 @@ from hpcnn.kernels._jit import pnjit, prange
 BAND_PIXELS = 256
 """Output pixels per band of the weight gradient, about (whole output rows, at least one): the
 band's 16-float window rows, 16 KiB, stay in L1 across the output-channel tiles."""
+BLOCK = 96
+"""Output pixels per forward block (a multiple of the tile's 6 and of 16): the block's output
+stays in L1 until it is moved to NCHW."""
 SLACK = 32  # floats after a packed buffer: the 16-wide B reads of the weight gradient overrun
 
 
@@ -73,8 +76,9 @@ def _pack_weights(w):
 @pnjit
 def _forward_kernel(x, wp, widths, offsets, bias, y, R, S, sh, sw, ph, pw, xp, yt, tb, ao):
     """y (N, K, P, Q) = conv(x, w) + bias, wp/widths/offsets from :func:`_pack_weights`.
-    Scratch per group g: xp[g] (Hp*Wp*C + SLACK floats), yt[g] (P*Q, panel widths summed: the
-    image's output, pixel-major), tb[g] (6*16), ao[g] (6)."""
+    Scratch per group g: xp[g] (Hp*Wp*C + SLACK floats), yt[g] (BLOCK, panel widths summed: the
+    output of a block of pixels, pixel-major), tb[g] (6*16), ao[g] (BLOCK: the block's window
+    offsets)."""
     N, C, H, W = x.shape
     K, P, Q = y.shape[1], y.shape[2], y.shape[3]
     G = xp.shape[0]
@@ -87,37 +91,40 @@ def _forward_kernel(x, wp, widths, offsets, bias, y, R, S, sh, sw, ph, pw, xp, y
         outf = out.reshape(-1)
         for n in range(g * N // G, (g + 1) * N // G):
             nhwc.pack_x(x, n, n + 1, ph, pw, img)
-            for p0 in range(0, PQ, MR):
-                m = min(MR, PQ - p0)
-                for i in range(MR):
-                    p = p0 + min(i, m - 1)
-                    oh = p // Q
-                    aof[i] = oh * sh * row + (p - oh * Q) * sw * C
+            for q0 in range(0, PQ, BLOCK):
+                q1 = min(q0 + BLOCK, PQ)
+                for p in range(q0, q1 + (-(q1 - q0)) % MR):  # the block's tiles' window offsets
+                    pc = min(p, q1 - 1)  # a ragged last tile repeats its last pixel
+                    oh = pc // Q
+                    aof[p - q0] = oh * sh * row + (pc - oh * Q) * sw * C
                 k0 = 0
-                for pi in range(widths.shape[0]):
+                for pi in range(widths.shape[0]):  # one panel of weights for all the block's tiles
                     width = widths[pi]
-                    if m == MR:  # straight into the image's pixel-major output
-                        dst, o0, ldo = outf, p0 * Kp + k0, Kp
-                    else:
-                        dst, o0, ldo = t, 0, width
-                    if width == 16:
-                        tile6x16(buf, 0, aof, row, 1, wp, offsets[pi], SC * 16, 16, R, SC, dst,
-                                 o0, ldo, 0)
-                    else:
-                        tile6x8(buf, 0, aof, row, 1, wp, offsets[pi], SC * 8, 8, R, SC, dst, o0,
-                                ldo, 0)
-                    if m < MR:
-                        for i in range(m):
-                            out[p0 + i, k0:k0 + width] = t[i * width:(i + 1) * width]
+                    for p0 in range(q0, q1, MR):
+                        m = min(MR, q1 - p0)
+                        ofs = aof[p0 - q0:]
+                        if m == MR:  # straight into the block's pixel-major output
+                            dst, o0, ldo = outf, (p0 - q0) * Kp + k0, Kp
+                        else:
+                            dst, o0, ldo = t, 0, width
+                        if width == 16:
+                            tile6x16(buf, 0, ofs, row, 1, wp, offsets[pi], SC * 16, 16, R, SC,
+                                     dst, o0, ldo, 0)
+                        else:
+                            tile6x8(buf, 0, ofs, row, 1, wp, offsets[pi], SC * 8, 8, R, SC, dst,
+                                    o0, ldo, 0)
+                        if m < MR:
+                            for i in range(m):
+                                out[p0 - q0 + i, k0:k0 + width] = t[i * width:(i + 1) * width]
                     k0 += width
-            # to NCHW with the bias, 16 pixels (a cache line of y) at a time
-            for p0 in range(0, PQ, 16):
-                p1 = min(p0 + 16, PQ)
-                for k in range(K):
-                    dk = yv[n, k]
-                    bv = bias[k]
-                    for p in range(p0, p1):
-                        dk[p] = out[p, k] + bv
+                # to NCHW with the bias, 16 pixels (a cache line of y) at a time
+                for p0 in range(q0, q1, 16):
+                    p1 = min(p0 + 16, q1)
+                    for k in range(K):
+                        dk = yv[n, k]
+                        bv = bias[k]
+                        for p in range(p0, p1):
+                            dk[p] = out[p - q0, k] + bv
 
 
 @pnjit
@@ -188,8 +195,9 @@ def _forward(x, w, b, stride, padding):
     bias = np.zeros(K, dtype=x.dtype) if b is None else b
     y = np.empty((N, K, P, Q), dtype=x.dtype)
     G = _groups(N)
-    xp, tb, ao = _scratch(G, (H + 2 * ph) * (W + 2 * pw) * C, x.dtype)
-    yt = np.empty((G, P * Q, int(widths.sum())), dtype=x.dtype)
+    xp, tb, _ = _scratch(G, (H + 2 * ph) * (W + 2 * pw) * C, x.dtype)
+    ao = np.empty((G, BLOCK), dtype=np.int64)
+    yt = np.empty((G, BLOCK, int(widths.sum())), dtype=x.dtype)
     _forward_kernel(x, wp, widths, offsets, bias, y, R, S, sh, sw, ph, pw, xp, yt, tb, ao)
     return y
 
@@ -249,11 +257,11 @@ def workspace_bytes(x_shape, w_shape, stride, padding, itemsize=4, threads=None,
     G = max(1, min(threads or numba.get_num_threads(), N))
     panels = R * S * C * int(_panels(K).sum())
     if not backward:
-        return (G * (Hp * Wp * C + SLACK + MR * 16 + P * Q * int(_panels(K).sum())) + panels) \
+        return (G * (Hp * Wp * C + SLACK + MR * 16 + BLOCK * int(_panels(K).sum())) + panels) \
             * itemsize, 0
     total = G * (Hp * Wp * C + SLACK + MR * 16 + K * R * S * C) * itemsize + G * K * 8
     if applies(x_shape, w_shape, stride, padding):  # the data gradient: a forward of dy
         dyp = (P + 2 * (R - 1 - ph)) * (Q + 2 * (S - 1 - pw)) * K
         cp = int(_panels(C).sum())
-        total += (G * (dyp + SLACK + MR * 16 + H * W * cp) + R * S * K * cp) * itemsize
+        total += (G * (dyp + SLACK + MR * 16 + BLOCK * cp) + R * S * K * cp) * itemsize
     return total, 0
