@@ -16,10 +16,10 @@ acc)`` computes, for i < MR and n < 8*NV,
     out.flat[o0 + i*ldo + n] (+)= sum over t < nseg, j < L of
         A.flat[a0 + aoffs[i] + t*a_step + j*a_inc] * B.flat[b0 + t*b_step + j*b_inc + n]
 
-(``+=`` when ``acc`` is non-zero). ``tile{MR}x{8*NV}_3(A, a0, aoffs, a_step2, a_step, a_inc, B, b0,
-b_step2, b_step, b_inc, nseg2, nseg, L, out, o0, ldo, acc)`` adds an outer loop u < nseg2, with
-``u*a_step2`` and ``u*b_step2`` added to the offsets. A, B and out are float32 arrays of which only the data pointer
-is used (the caller keeps every address in bounds; B may be read up to 8*NV - 1 elements past
+(``+=`` when ``acc`` is non-zero). ``tile{MR}x{8*NV}_3(A, a0, aoffs, a_step2, a_step, a_inc,
+B, b0, b_step2, b_step, b_inc, nseg2, nseg, L, out, o0, ldo, acc)`` adds an outer loop
+u < nseg2, with ``u*a_step2`` and ``u*b_step2`` added to the offsets. A, B and out are float32
+arrays of which only the data pointer is used (the caller keeps every address in bounds; B may be read up to 8*NV - 1 elements past
 the last ``j*b_inc``); aoffs is an int64 array of MR element offsets.
 """
 
