@@ -19,8 +19,9 @@ acc)`` computes, for i < MR and n < 8*NV,
 (``+=`` when ``acc`` is non-zero). ``tile{MR}x{8*NV}_3(A, a0, aoffs, a_step2, a_step, a_inc,
 B, b0, b_step2, b_step, b_inc, nseg2, nseg, L, out, o0, ldo, acc)`` adds an outer loop
 u < nseg2, with ``u*a_step2`` and ``u*b_step2`` added to the offsets. A, B and out are float32
-arrays of which only the data pointer is used (the caller keeps every address in bounds; B may be read up to 8*NV - 1 elements past
-the last ``j*b_inc``); aoffs is an int64 array of MR element offsets.
+arrays of which only the data pointer is used (the caller keeps every address in bounds; B
+may be read up to 8*NV - 1 elements past the last ``j*b_inc``); aoffs is an int64 array of MR
+element offsets.
 """
 
 from llvmlite import ir
