@@ -139,3 +139,56 @@ tile6x16 = _make_tile(MR, 2)
 tile6x8 = _make_tile(MR, 1)
 tile6x16_3 = _make_tile(MR, 2, levels=3)
 tile6x8_3 = _make_tile(MR, 1, levels=3)
+
+
+def _transpose8_typer(typingctx, src, s0, lds, bias, b0, dst, d0, ldd):
+    arrays = (src, bias, dst)
+    if not all(isinstance(a, types.Array) and a.dtype == types.float32 for a in arrays):
+        return None
+    sig = types.void(src, s0, lds, bias, b0, dst, d0, ldd)
+
+    def codegen(context, builder, sig, args):
+        ps, pb, pd = (_data(context, builder, sig.args[i], args[i]) for i in (0, 3, 5))
+        s0, lds, b0, d0, ldd = (context.cast(builder, args[i], sig.args[i], types.int64)
+                                for i in (1, 2, 4, 6, 7))
+
+        def vptr(base, off):
+            return builder.bitcast(builder.gep(base, [off]), _V8.as_pointer())
+
+        def shuf(a, b, mask):
+            return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(_I32, 8), mask))
+
+        rows = [builder.load(vptr(ps, builder.add(s0, builder.mul(ir.Constant(_I64, i), lds))),
+                             align=4) for i in range(8)]
+        lo, hi = [0, 8, 1, 9, 4, 12, 5, 13], [2, 10, 3, 11, 6, 14, 7, 15]
+        t = []
+        for i in range(0, 8, 2):
+            t += [shuf(rows[i], rows[i + 1], lo), shuf(rows[i], rows[i + 1], hi)]
+        lo2, hi2 = [0, 1, 8, 9, 4, 5, 12, 13], [2, 3, 10, 11, 6, 7, 14, 15]
+        u = []
+        for i in (0, 4):  # (t0, t2) and (t1, t3), then (t4, t6) and (t5, t7)
+            u += [shuf(t[i], t[i + 2], lo2), shuf(t[i], t[i + 2], hi2),
+                  shuf(t[i + 1], t[i + 3], lo2), shuf(t[i + 1], t[i + 3], hi2)]
+        lo3, hi3 = [0, 1, 2, 3, 8, 9, 10, 11], [4, 5, 6, 7, 12, 13, 14, 15]
+        cols = [None] * 8
+        for j in range(4):
+            cols[j] = shuf(u[j], u[j + 4], lo3)
+            cols[j + 4] = shuf(u[j], u[j + 4], hi3)
+        undef = ir.Constant(_V8, ir.Undefined)
+        splat = ir.Constant(ir.VectorType(_I32, 8), [0] * 8)
+        for j in range(8):
+            bj = builder.load(builder.gep(pb, [builder.add(b0, ir.Constant(_I64, j))]))
+            bv = builder.shuffle_vector(builder.insert_element(undef, bj, ir.Constant(_I32, 0)),
+                                        undef, splat)
+            off = builder.add(d0, builder.mul(ir.Constant(_I64, j), ldd))
+            builder.store(builder.fadd(cols[j], bv), vptr(pd, off), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+_transpose8_typer.__name__ = "transpose8"
+transpose8 = intrinsic(_transpose8_typer)
+"""``transpose8(src, s0, lds, bias, b0, dst, d0, ldd)``: dst.flat[d0 + j*ldd + i] =
+src.flat[s0 + i*lds + j] + bias.flat[b0 + j] for i, j < 8 (an 8x8 block moved from pixel-major
+to channel-major with the bias, in registers; float32 arrays)."""

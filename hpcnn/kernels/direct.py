@@ -26,7 +26,7 @@ import numpy as np
 
 from hpcnn import profile
 from hpcnn.kernels import nhwc
-from hpcnn.kernels._fma import MR, tile6x8, tile6x16
+from hpcnn.kernels._fma import MR, tile6x8, tile6x16, transpose8
 from hpcnn.kernels._jit import pnjit, prange
 
 BAND_PIXELS = 256
@@ -85,6 +85,7 @@ def _forward_kernel(x, wp, widths, offsets, bias, y, R, S, sh, sw, ph, pw, xp, y
     Hp, row, SC, PQ = H + 2 * ph, (W + 2 * pw) * C, S * C, P * Q
     Kp = yt.shape[2]
     yv = y.reshape(N, K, PQ)
+    yf = y.reshape(-1)
     for g in prange(G):
         img = xp[g][:Hp * row].reshape(1, Hp, row)
         buf, aof, t, out = xp[g], ao[g], tb[g], yt[g]
@@ -117,10 +118,15 @@ def _forward_kernel(x, wp, widths, offsets, bias, y, R, S, sh, sw, ph, pw, xp, y
                             for i in range(m):
                                 out[p0 - q0 + i, k0:k0 + width] = t[i * width:(i + 1) * width]
                     k0 += width
-                # to NCHW with the bias, 16 pixels (a cache line of y) at a time
-                for p0 in range(q0, q1, 16):
-                    p1 = min(p0 + 16, q1)
-                    for k in range(K):
+                # to NCHW with the bias: 8x8 blocks transposed in registers, the rest one by one
+                k8 = K - K % 8
+                for p0 in range(q0, q1, 8):
+                    p1 = min(p0 + 8, q1)
+                    if p1 - p0 == 8:
+                        for k0 in range(0, k8, 8):
+                            transpose8(outf, (p0 - q0) * Kp + k0, Kp, bias, k0, yf,
+                                       (n * K + k0) * PQ + p0, PQ)
+                    for k in range(k8 if p1 - p0 == 8 else 0, K):
                         dk = yv[n, k]
                         bv = bias[k]
                         for p in range(p0, p1):
