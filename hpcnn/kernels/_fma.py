@@ -137,6 +137,8 @@ MR = 6
 """Rows (output pixels, or output channels in the weight gradient) of a tile."""
 tile6x16 = _make_tile(MR, 2)
 tile6x8 = _make_tile(MR, 1)
+tile4x16 = _make_tile(4, 2)  # for a rest of 4 rows or fewer
+tile4x8 = _make_tile(4, 1)
 tile6x16_3 = _make_tile(MR, 2, levels=3)
 tile6x8_3 = _make_tile(MR, 1, levels=3)
 

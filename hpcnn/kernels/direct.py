@@ -26,7 +26,7 @@ import numpy as np
 
 from hpcnn import profile
 from hpcnn.kernels import nhwc
-from hpcnn.kernels._fma import MR, tile6x8, tile6x16, transpose8
+from hpcnn.kernels._fma import MR, tile4x8, tile4x16, tile6x8, tile6x16, transpose8
 from hpcnn.kernels._jit import pnjit, prange
 
 BAND_PIXELS = 256
@@ -163,13 +163,21 @@ def _wgrad_kernel(dy, x, R, S, sh, sw, ph, pw, band, xp, tb, ao, dwp, db):
                             m = min(MR, K - k0)
                             for i in range(MR):
                                 aof[i] = (k0 + min(i, m - 1)) * PQ
-                            full = m == MR and nj == width
+                            rows = 4 if m <= 4 else MR  # a 4-row tile for a short rest
+                            full = m == rows and nj == width
                             if full:  # accumulate straight into the group's dW
                                 dst, o0, ldo, acc = dwgf, k0 * RSC + r * SC + j0, RSC, 1
                             else:
                                 dst, o0, ldo, acc = t, 0, width, 0
                             a0 = n * K * PQ + ob0 * Q
-                            if width == 16:
+                            if rows == 4:
+                                if width == 16:
+                                    tile4x16(dy, a0, aof, Q, 1, buf, b0, sh * row, sw * C, nb, Q,
+                                             dst, o0, ldo, acc)
+                                else:
+                                    tile4x8(dy, a0, aof, Q, 1, buf, b0, sh * row, sw * C, nb, Q,
+                                            dst, o0, ldo, acc)
+                            elif width == 16:
                                 tile6x16(dy, a0, aof, Q, 1, buf, b0, sh * row, sw * C, nb, Q,
                                          dst, o0, ldo, acc)
                             else:
