@@ -173,6 +173,34 @@ def test_direct_ragged_tiles(case, n_threads, threads, monkeypatch):
         _close(db, grads_ref[2], np.float32)
 
 
+@pytest.mark.parametrize("case", DIRECT_CASES[:4], ids=str)
+def test_direct_gradients_by_finite_differences(case):
+    """"direct" is float32 only (float64 runs "chunked"), so the finite differences are taken in
+    float32: y is linear in x, in w and in b, so L(t + v) - L(t - v) = 2 <dL/dt, v> holds up to
+    rounding for any direction v, with no truncation error, and L = sum(y * G) is summed in
+    float64."""
+    from hpcnn.kernels import direct
+
+    x, w, b, stride, padding = _inputs(case, np.float32, seed=7)
+    stride, padding = ref.pair(stride), ref.pair(padding)
+    rng = np.random.default_rng(8)
+    G = rng.standard_normal(direct.forward(x, w, b, stride, padding).shape).astype(np.float32)
+    dx, dw, db = direct.backward(G, x, w, stride, padding)
+
+    def loss(x_, w_, b_):
+        return float(np.sum(direct.forward(x_, w_, b_, stride, padding).astype(np.float64) * G))
+
+    for name, grad in (("x", dx), ("w", dw), ("b", db)):
+        v = rng.standard_normal(grad.shape).astype(np.float32)
+        args = {"x": x, "w": w, "b": b}
+        plus = dict(args, **{name: args[name] + v})
+        minus = dict(args, **{name: args[name] - v})
+        numeric = (loss(plus["x"], plus["w"], plus["b"])
+                   - loss(minus["x"], minus["w"], minus["b"])) / 2
+        analytic = float(np.sum(grad.astype(np.float64) * v))
+        assert abs(numeric - analytic) <= 1e-4 * (abs(analytic) + np.abs(grad).sum()), name
+
+
 def test_chunk_size_from_environment(monkeypatch):
     monkeypatch.setenv("HPCNN_CONV_CHUNK", "1K")
     assert pipelined.chunk_bytes() == 1024
@@ -445,6 +473,39 @@ def test_autotune_foreign_entries_are_kept_and_retuned(tmp_path, monkeypatch, fr
 def test_set_choices_validates():
     with pytest.raises(ValueError, match="bad entry"):
         autotune.set_choices({"k": {"forward": "nope"}})
+
+
+def test_autotune_second_fastest_gets_more_rounds(monkeypatch, fresh_autotune):
+    """The two fastest always get the extra rounds, however far apart a noisy first pass put
+    them: a candidate that timed 1.5x slower there, and faster in every round after, wins."""
+    script = {"lowering": [1.0] * 5, "chunked": [1.5, 1.5, 0.8, 0.8, 0.8], "mec": [3.0]}
+    runs = {name: 0 for name in script}
+
+    def fake_time(run, reps):
+        name = run()
+        ts = script[name][runs[name]:runs[name] + reps]
+        runs[name] += reps
+        return list(ts), f"result of {name}"
+
+    monkeypatch.setattr(autotune, "candidates", lambda *a, **k: list(script))
+    monkeypatch.setattr(autotune, "_time", fake_time)
+    monkeypatch.setattr(autotune, "REPEATS", 2)
+    monkeypatch.setattr(autotune, "CLOSE_ROUNDS", 3)
+    best, _ = autotune.tune("forward", lambda name: name, (1, 1, 4, 4), (1, 1, 3, 3),
+                            (1, 1), (1, 1), np.float32)
+    assert best == "chunked"
+    assert runs == {"lowering": 5, "chunked": 5, "mec": 1}
+
+
+def test_direct_is_a_candidate_per_direction():
+    """At stride 2 "direct" runs its own forward and weight gradient, not its data gradient."""
+    args = ((2, 3, 9, 9), (4, 3, 3, 3), (2, 2), (1, 1))
+    assert "direct" in autotune.candidates(*args, direction="forward")
+    assert "direct" in autotune.candidates(*args, direction="wgrad")
+    assert "direct" not in autotune.candidates(*args, direction="backward")
+    assert "direct" not in autotune.candidates(*args)
+    assert "direct" in autotune.candidates((2, 3, 9, 9), (4, 3, 3, 3), (1, 1), (1, 1),
+                                           direction="backward")
 
 
 @pytest.mark.parametrize("chunked_times, winner", [

@@ -16,9 +16,7 @@ acc)`` computes, for i < MR and n < 8*NV,
     out.flat[o0 + i*ldo + n] (+)= sum over t < nseg, j < L of
         A.flat[a0 + aoffs[i] + t*a_step + j*a_inc] * B.flat[b0 + t*b_step + j*b_inc + n]
 
-(``+=`` when ``acc`` is non-zero). ``tile{MR}x{8*NV}_3(A, a0, aoffs, a_step2, a_step, a_inc,
-B, b0, b_step2, b_step, b_inc, nseg2, nseg, L, out, o0, ldo, acc)`` adds an outer loop
-u < nseg2, with ``u*a_step2`` and ``u*b_step2`` added to the offsets. A, B and out are float32
+(``+=`` when ``acc`` is non-zero). A, B and out are float32
 arrays of which only the data pointer is used (the caller keeps every address in bounds; B
 may be read up to 8*NV - 1 elements past the last ``j*b_inc``); aoffs is an int64 array of MR
 element offsets.
@@ -39,17 +37,13 @@ def _data(context, builder, ty, val):
     return context.make_array(ty)(context, builder, val).data
 
 
-# argument names, in order, of the two variants: two nested loops (segments t, steps j), or
-# three (an outer loop u of nseg2 over blocks of segments)
-_ARGS = {2: ("A", "a0", "aoffs", "a_step", "a_inc", "B", "b0", "b_step", "b_inc", "nseg", "L",
-             "out", "o0", "ldo", "acc"),
-         3: ("A", "a0", "aoffs", "a_step2", "a_step", "a_inc", "B", "b0", "b_step2", "b_step",
-             "b_inc", "nseg2", "nseg", "L", "out", "o0", "ldo", "acc")}
+_ARGS = ("A", "a0", "aoffs", "a_step", "a_inc", "B", "b0", "b_step", "b_inc", "nseg", "L", "out",
+         "o0", "ldo", "acc")
 _ARRAYS = ("A", "aoffs", "B", "out")
 
 
-def _make_tile(MR, NV, levels=2):
-    names = _ARGS[levels]
+def _make_tile(MR, NV):
+    names = _ARGS
 
     def typer(typingctx, *args):
         ty = dict(zip(names, args))
@@ -97,8 +91,6 @@ def _make_tile(MR, NV, levels=2):
             # loops outermost first: (count, A stride, B stride)
             loops = [(val["nseg"], val["a_step"], val["b_step"]), (val["L"], val["a_inc"],
                                                                      val["b_inc"])]
-            if levels == 3:
-                loops.insert(0, (val["nseg2"], val["a_step2"], val["b_step2"]))
 
             def nest(k, ja, jb):
                 if k == len(loops):
@@ -128,8 +120,8 @@ def _make_tile(MR, NV, levels=2):
     scope = {"typer": typer}
     exec(f"def tile(typingctx, {params}):\n    return typer(typingctx, {params})\n", scope)
     tile = scope["tile"]
-    tile.__name__ = f"tile{MR}x{8 * NV}" + ("" if levels == 2 else "_3")
-    tile.__doc__ = f"The {MR} x {8 * NV} FMA tile, {levels} loops (see the module docstring)."
+    tile.__name__ = f"tile{MR}x{8 * NV}"
+    tile.__doc__ = f"The {MR} x {8 * NV} FMA tile (see the module docstring)."
     return intrinsic(tile)
 
 
@@ -139,8 +131,6 @@ tile6x16 = _make_tile(MR, 2)
 tile6x8 = _make_tile(MR, 1)
 tile4x16 = _make_tile(4, 2)  # for a rest of 4 rows or fewer
 tile4x8 = _make_tile(4, 1)
-tile6x16_3 = _make_tile(MR, 2, levels=3)
-tile6x8_3 = _make_tile(MR, 1, levels=3)
 
 
 def _transpose8_typer(typingctx, src, s0, lds, bias, b0, dst, d0, ldd):

@@ -6,15 +6,15 @@ On the first forward (or backward) call for a key
 
 every candidate strategy of :data:`hpcnn.kernels.conv.ALGOS` runs on the call's own arrays: an
 untimed warm-up on the first image only (it loads or compiles the kernels), one timed run, and
-two more for the candidates within 2x of the best so far; candidates within 10% of the best
-(by their fastest run) then run three more alternating rounds, and the one with the smallest
-median over all its rounds wins. Forward,
+two more for the candidates within 2x of the best so far; the two fastest, and any other within
+10% of the best (by their fastest runs), then run three more alternating rounds, and the one
+with the smallest median over all its rounds wins. Forward,
 backward and "wgrad" (backward without the data gradient, as in a network's first layer) are
 tuned separately, each on first use. The winner's result of its last run is what
 the call returns, so "auto" gives exactly what the chosen strategy gives, from the first call
 on. Later calls cost one dict lookup.
-The candidates skip strategies that would only run another one's code on this shape
-(``conv.APPLIES``), and "pipelined" at one thread (it is "chunked" there).
+The candidates skip strategies that would only run another one's code on this shape and in
+this direction (``conv.APPLIES``), and "pipelined" at one thread (it is "chunked" there).
 
 Environment (read at every call, so tests can switch them):
 
@@ -54,6 +54,7 @@ WARMUP_LIMIT = 2.0  # a candidate slower than this multiple of the best so far s
 REPEATS = 3
 CLOSE = 1.10  # candidates within this factor of the best get CLOSE_ROUNDS more runs each
 CLOSE_ROUNDS = 3
+FINALISTS = 2  # ... and so do the fastest FINALISTS, however far apart
 DEFAULT_CACHE = None
 """The cache file used when HPCNN_AUTOTUNE_CACHE is unset (``hpcnn.train`` sets one in the user
 cache for the length of a run; an empty HPCNN_AUTOTUNE_CACHE means no file)."""
@@ -256,8 +257,9 @@ def _save(path, key):
 # choosing
 
 
-def candidates(x_shape, w_shape, stride, padding, threads=None):
-    """The strategies "auto" times for this shape, in a fixed order."""
+def candidates(x_shape, w_shape, stride, padding, threads=None, direction=None):
+    """The strategies "auto" times for this shape and direction (None: those that apply in
+    every direction), in a fixed order."""
     from hpcnn.kernels.conv import ALGOS, APPLIES
 
     threads = numba.get_num_threads() if threads is None else threads
@@ -266,7 +268,7 @@ def candidates(x_shape, w_shape, stride, padding, threads=None):
         if name == "pipelined" and threads < 2:
             continue
         applies = APPLIES.get(name)
-        if applies is not None and not applies(x_shape, w_shape, stride, padding):
+        if applies is not None and not applies(x_shape, w_shape, stride, padding, direction):
             continue
         out.append(name)
     return out
@@ -286,7 +288,7 @@ def lookup(direction, x_shape, w_shape, stride, padding, dtype):
         entry = _file["entries"].get(key, {})
         name = entry.get(direction)
         timed = entry.get(f"{direction}_ms")
-        now = candidates(x_shape, w_shape, stride, padding)
+        now = candidates(x_shape, w_shape, stride, padding, direction=direction)
         if timed is not None and set(now) - set(timed):
             return None  # tuned before a candidate existed (an older hpcnn): tune again
         if name is not None:
@@ -313,7 +315,7 @@ def tune(direction, run, x_shape, w_shape, stride, padding, dtype, warmup=None):
     """
     key = make_key(x_shape, w_shape, stride, padding, dtype)
     times, samples, outs, best = {}, {}, {}, None
-    for name in candidates(x_shape, w_shape, stride, padding):
+    for name in candidates(x_shape, w_shape, stride, padding, direction=direction):
         (warmup or run)(name)
         samples[name], outs[name] = _time(lambda name=name: run(name), 1)
         if best is None or samples[name][0] < WARMUP_LIMIT * times[best]:
@@ -325,7 +327,8 @@ def tune(direction, run, x_shape, w_shape, stride, padding, dtype, warmup=None):
     # a close finish is decided by more rounds, alternating, and by each candidate's median
     # over all its rounds: neither a slow spell of a noisy machine nor one lucky round can hand
     # the win to a strategy that is slower most of the time
-    close = [n for n in times if times[n] <= CLOSE * times[best]]
+    ranked = sorted(times, key=times.__getitem__)
+    close = [n for i, n in enumerate(ranked) if i < FINALISTS or times[n] <= CLOSE * times[best]]
     if len(close) > 1:
         for _ in range(CLOSE_ROUNDS):
             for name in close:

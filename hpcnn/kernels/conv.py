@@ -153,8 +153,9 @@ if pipelined.AVAILABLE:
 
 APPLIES = {"mec": mec.mec_applies, "gemm1x1": mec.gemm1x1_applies, "direct": direct.applies,
            **{name: partial(winograd.applies, name) for name in winograd.TILE}}
-"""name -> predicate(x_shape, w_shape, stride, padding): False where the strategy would only run
-another one's code (there it is still correct, but the autotuner does not time it)."""
+"""name -> predicate(x_shape, w_shape, stride, padding, direction=None): False where the strategy
+would only run another one's code in that direction ("forward", "backward" or "wgrad"; None: in
+any of them), where it is still correct, but the autotuner does not time it."""
 
 
 def resolve_algo(algo, x_shape, w_shape, stride, padding, fn, dtype=np.float32,

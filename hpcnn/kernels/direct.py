@@ -38,9 +38,12 @@ stays in L1 until it is moved to NCHW."""
 SLACK = 32  # floats after a packed buffer: the 16-wide B reads of the weight gradient overrun
 
 
-def applies(x_shape, w_shape, stride, padding):
-    """True when all of "direct" runs its own kernels (the data gradient needs stride 1 and
-    padding at most R-1, S-1; elsewhere it comes from "chunked")."""
+def applies(x_shape, w_shape, stride, padding, direction=None):
+    """True when "direct" runs its own kernels in ``direction`` ("forward", "backward", "wgrad";
+    None: all three): the forward and the weight gradient always do; the data gradient needs
+    stride 1 and padding at most R-1, S-1 (elsewhere it comes from "chunked")."""
+    if direction in ("forward", "wgrad"):
+        return True
     R, S = w_shape[2:]
     return tuple(stride) == (1, 1) and padding[0] <= R - 1 and padding[1] <= S - 1
 

@@ -183,12 +183,12 @@ def _g11_backward(gemm, dy, x, w, dx, gstart, dwp, db):
 # Python side
 
 
-def mec_applies(x_shape, w_shape, stride, padding):
+def mec_applies(x_shape, w_shape, stride, padding, direction=None):
     """True when "mec" runs its own kernels (stride 1 in height), not the chunked fallback."""
     return stride[0] == 1
 
 
-def gemm1x1_applies(x_shape, w_shape, stride, padding):
+def gemm1x1_applies(x_shape, w_shape, stride, padding, direction=None):
     """True for a 1x1, stride-1, unpadded convolution (else "gemm1x1" runs "chunked")."""
     return tuple(w_shape[2:]) == (1, 1) and tuple(stride) == (1, 1) and tuple(padding) == (0, 0)
 

@@ -66,8 +66,8 @@ def tile_size(algo, w_shape):
     return TILE.get(algo, {}).get(R, 0) if R == S else 0
 
 
-def applies(algo, x_shape, w_shape, stride, padding):
-    """True where ``algo`` runs Winograd (else it runs "chunked")."""
+def applies(algo, x_shape, w_shape, stride, padding, direction=None):
+    """True where ``algo`` runs Winograd (else it runs "chunked"), in every direction."""
     r = w_shape[2]
     return (tile_size(algo, w_shape) > 0 and tuple(stride) == (1, 1)
             and max(padding) <= r - 1 and x_shape[2] + 2 * padding[0] >= r
