@@ -16,8 +16,8 @@ In that layout one kernel row of an output pixel's window is S*C contiguous floa
   rows. Each thread adds its tiles into a dW of its own; the groups' partials are summed in
   group order, so the result depends on the thread count only.
 
-Ragged edges: a tile with fewer than 6 pixels or channels repeats its last one and drops the
-repeats; an output-channel count that is not a multiple of 16 ends with a panel of 8 or 16 whose
+Ragged edges: a tile with fewer than 6 pixels or channels (a tile of 4 rows where 4 or fewer
+are left) repeats its last one and drops the repeats; an output-channel count that is not a multiple of 16 ends with a panel of 8 or 16 whose
 extra columns are zero weights, dropped likewise.
 """
 
@@ -77,11 +77,10 @@ def _pack_weights(w):
 
 
 @pnjit
-def _forward_kernel(x, wp, widths, offsets, bias, y, R, S, sh, sw, ph, pw, xp, yt, tb, ao):
+def _forward_kernel(x, wp, widths, offsets, bias, y, R, S, sh, sw, ph, pw, xp, yt, ao):
     """y (N, K, P, Q) = conv(x, w) + bias, wp/widths/offsets from :func:`_pack_weights`.
     Scratch per group g: xp[g] (Hp*Wp*C + SLACK floats), yt[g] (BLOCK, panel widths summed: the
-    output of a block of pixels, pixel-major), tb[g] (6*16), ao[g] (BLOCK: the block's window
-    offsets)."""
+    output of a block of pixels, pixel-major), ao[g] (BLOCK: the block's window offsets)."""
     N, C, H, W = x.shape
     K, P, Q = y.shape[1], y.shape[2], y.shape[3]
     G = xp.shape[0]
@@ -91,7 +90,7 @@ def _forward_kernel(x, wp, widths, offsets, bias, y, R, S, sh, sw, ph, pw, xp, y
     yf = y.reshape(-1)
     for g in prange(G):
         img = xp[g][:Hp * row].reshape(1, Hp, row)
-        buf, aof, t, out = xp[g], ao[g], tb[g], yt[g]
+        buf, aof, out = xp[g], ao[g], yt[g]
         outf = out.reshape(-1)
         for n in range(g * N // G, (g + 1) * N // G):
             nhwc.pack_x(x, n, n + 1, ph, pw, img)
@@ -105,21 +104,22 @@ def _forward_kernel(x, wp, widths, offsets, bias, y, R, S, sh, sw, ph, pw, xp, y
                 for pi in range(widths.shape[0]):  # one panel of weights for all the block's tiles
                     width = widths[pi]
                     for p0 in range(q0, q1, MR):
-                        m = min(MR, q1 - p0)
-                        ofs = aof[p0 - q0:]
-                        if m == MR:  # straight into the block's pixel-major output
-                            dst, o0, ldo = outf, (p0 - q0) * Kp + k0, Kp
-                        else:
-                            dst, o0, ldo = t, 0, width
-                        if width == 16:
+                        # straight into the block's pixel-major output; a ragged last tile's
+                        # repeated rows land in rows past the block's end, never read
+                        ofs, o0 = aof[p0 - q0:], (p0 - q0) * Kp + k0
+                        if q1 - p0 <= 4:  # a 4-row tile for a short rest
+                            if width == 16:
+                                tile4x16(buf, 0, ofs, row, 1, wp, offsets[pi], SC * 16, 16, R, SC,
+                                         outf, o0, Kp, 0)
+                            else:
+                                tile4x8(buf, 0, ofs, row, 1, wp, offsets[pi], SC * 8, 8, R, SC,
+                                        outf, o0, Kp, 0)
+                        elif width == 16:
                             tile6x16(buf, 0, ofs, row, 1, wp, offsets[pi], SC * 16, 16, R, SC,
-                                     dst, o0, ldo, 0)
+                                     outf, o0, Kp, 0)
                         else:
-                            tile6x8(buf, 0, ofs, row, 1, wp, offsets[pi], SC * 8, 8, R, SC, dst,
-                                    o0, ldo, 0)
-                        if m < MR:
-                            for i in range(m):
-                                out[p0 - q0 + i, k0:k0 + width] = t[i * width:(i + 1) * width]
+                            tile6x8(buf, 0, ofs, row, 1, wp, offsets[pi], SC * 8, 8, R, SC, outf,
+                                    o0, Kp, 0)
                     k0 += width
                 # to NCHW with the bias: 8x8 blocks transposed in registers, the rest one by one
                 k8 = K - K % 8
@@ -212,10 +212,10 @@ def _forward(x, w, b, stride, padding):
     bias = np.zeros(K, dtype=x.dtype) if b is None else b
     y = np.empty((N, K, P, Q), dtype=x.dtype)
     G = _groups(N)
-    xp, tb, _ = _scratch(G, (H + 2 * ph) * (W + 2 * pw) * C, x.dtype)
+    xp = np.zeros((G, (H + 2 * ph) * (W + 2 * pw) * C + SLACK), dtype=x.dtype)
     ao = np.empty((G, BLOCK), dtype=np.int64)
     yt = np.empty((G, BLOCK, int(widths.sum())), dtype=x.dtype)
-    _forward_kernel(x, wp, widths, offsets, bias, y, R, S, sh, sw, ph, pw, xp, yt, tb, ao)
+    _forward_kernel(x, wp, widths, offsets, bias, y, R, S, sh, sw, ph, pw, xp, yt, ao)
     return y
 
 
@@ -274,11 +274,11 @@ def workspace_bytes(x_shape, w_shape, stride, padding, itemsize=4, threads=None,
     G = max(1, min(threads or numba.get_num_threads(), N))
     panels = R * S * C * int(_panels(K).sum())
     if not backward:
-        return (G * (Hp * Wp * C + SLACK + MR * 16 + BLOCK * int(_panels(K).sum())) + panels) \
+        return (G * (Hp * Wp * C + SLACK + BLOCK * (1 + int(_panels(K).sum()))) + panels) \
             * itemsize, 0
     total = G * (Hp * Wp * C + SLACK + MR * 16 + K * R * S * C) * itemsize + G * K * 8
     if applies(x_shape, w_shape, stride, padding):  # the data gradient: a forward of dy
         dyp = (P + 2 * (R - 1 - ph)) * (Q + 2 * (S - 1 - pw)) * K
         cp = int(_panels(C).sum())
-        total += (G * (dyp + SLACK + MR * 16 + BLOCK * cp) + R * S * K * cp) * itemsize
+        total += (G * (dyp + SLACK + BLOCK * (1 + cp)) + R * S * K * cp) * itemsize
     return total, 0
