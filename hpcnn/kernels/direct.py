@@ -17,8 +17,9 @@ In that layout one kernel row of an output pixel's window is S*C contiguous floa
   group order, so the result depends on the thread count only.
 
 Ragged edges: a tile with fewer than 6 pixels or channels (a tile of 4 rows where 4 or fewer
-are left) repeats its last one and drops the repeats; an output-channel count that is not a multiple of 16 ends with a panel of 8 or 16 whose
-extra columns are zero weights, dropped likewise.
+are left) repeats its last one and drops the repeats; an output-channel count that is not a
+multiple of 16 ends with a panel of 8 or 16 whose extra columns are zero weights, dropped
+likewise.
 """
 
 import numba
