@@ -475,10 +475,9 @@ def test_set_choices_validates():
         autotune.set_choices({"k": {"forward": "nope"}})
 
 
-def test_autotune_second_fastest_gets_more_rounds(monkeypatch, fresh_autotune):
-    """The two fastest always get the extra rounds, however far apart a noisy first pass put
-    them: a candidate that timed 1.5x slower there, and faster in every round after, wins."""
-    script = {"lowering": [1.0] * 5, "chunked": [1.5, 1.5, 0.8, 0.8, 0.8], "mec": [3.0]}
+def _scripted_tune(monkeypatch, script, repeats=2, close_rounds=3):
+    """autotune.tune on fake timings: candidate -> the times its runs take, in order. Returns
+    (winner, its result, runs per candidate)."""
     runs = {name: 0 for name in script}
 
     def fake_time(run, reps):
@@ -489,10 +488,18 @@ def test_autotune_second_fastest_gets_more_rounds(monkeypatch, fresh_autotune):
 
     monkeypatch.setattr(autotune, "candidates", lambda *a, **k: list(script))
     monkeypatch.setattr(autotune, "_time", fake_time)
-    monkeypatch.setattr(autotune, "REPEATS", 2)
-    monkeypatch.setattr(autotune, "CLOSE_ROUNDS", 3)
-    best, _ = autotune.tune("forward", lambda name: name, (1, 1, 4, 4), (1, 1, 3, 3),
-                            (1, 1), (1, 1), np.float32)
+    monkeypatch.setattr(autotune, "REPEATS", repeats)
+    monkeypatch.setattr(autotune, "CLOSE_ROUNDS", close_rounds)
+    best, result = autotune.tune("forward", lambda name: name, (1, 1, 4, 4), (1, 1, 3, 3),
+                                 (1, 1), (1, 1), np.float32)
+    return best, result, runs
+
+
+def test_autotune_second_fastest_gets_more_rounds(monkeypatch, fresh_autotune):
+    """The two fastest always get the extra rounds, however far apart a noisy first pass put
+    them: a candidate that timed 1.5x slower there, and faster in every round after, wins."""
+    script = {"lowering": [1.0] * 5, "chunked": [1.5, 1.5, 0.8, 0.8, 0.8], "mec": [3.0]}
+    best, _, runs = _scripted_tune(monkeypatch, script)
     assert best == "chunked"
     assert runs == {"lowering": 5, "chunked": 5, "mec": 1}
 
@@ -518,20 +525,7 @@ def test_autotune_close_finish_is_decided_by_more_rounds(chunked_times, winner, 
     with the smallest median over all its runs wins, with its own result; a distant one is not
     run again."""
     script = {"lowering": [1.00] * 5, "chunked": chunked_times, "mec": [3.0]}
-    runs = {name: 0 for name in script}
-
-    def fake_time(run, reps):
-        name = run()
-        ts = script[name][runs[name]:runs[name] + reps]
-        runs[name] += reps
-        return list(ts), f"result of {name}"
-
-    monkeypatch.setattr(autotune, "candidates", lambda *a, **k: list(script))
-    monkeypatch.setattr(autotune, "_time", fake_time)
-    monkeypatch.setattr(autotune, "REPEATS", 2)
-    monkeypatch.setattr(autotune, "CLOSE_ROUNDS", 3)
-    best, result = autotune.tune("forward", lambda name: name, (1, 1, 4, 4), (1, 1, 3, 3),
-                                 (1, 1), (1, 1), np.float32)
+    best, result, runs = _scripted_tune(monkeypatch, script)
     assert (best, result) == (winner, f"result of {winner}")
     assert runs == {"lowering": 5, "chunked": 5, "mec": 1}
     times = autotune.timings()[autotune.make_key((1, 1, 4, 4), (1, 1, 3, 3), (1, 1), (1, 1),
