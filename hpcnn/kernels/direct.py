@@ -201,11 +201,6 @@ def _groups(N):
     return max(1, min(numba.get_num_threads(), N))
 
 
-def _scratch(G, floats, dtype):
-    return (np.zeros((G, floats + SLACK), dtype=dtype), np.empty((G, MR * 16), dtype=dtype),
-            np.empty((G, MR), dtype=np.int64))
-
-
 def _forward(x, w, b, stride, padding):
     N, C, H, W = x.shape
     K, _, R, S = w.shape
@@ -247,7 +242,9 @@ def backward(dy, x, w, stride, padding, input_grad=True):
     band = max(1, BAND_PIXELS // Q)
     dwp = np.zeros((G, K, R * S * C), dtype=x.dtype)
     db = np.zeros((G, K), dtype=np.float64)
-    xp, tb, ao = _scratch(G, Hp * Wp * C, x.dtype)
+    xp = np.zeros((G, Hp * Wp * C + SLACK), dtype=x.dtype)
+    tb = np.empty((G, MR * 16), dtype=x.dtype)  # a ragged tile's result
+    ao = np.empty((G, MR), dtype=np.int64)
     with profile.region("gemm"):
         _wgrad_kernel(dy, x, R, S, sh, sw, ph, pw, band, xp, tb, ao, dwp, db)
     dw_rsc = dwp[0]
@@ -275,10 +272,9 @@ def workspace_bytes(x_shape, w_shape, stride, padding, itemsize=4, threads=None,
     P, Q = (H + 2 * ph - R) // sh + 1, (W + 2 * pw - S) // sw + 1
     Hp, Wp = H + 2 * ph, W + 2 * pw
     G = max(1, min(threads or numba.get_num_threads(), N))
-    panels = R * S * C * int(_panels(K).sum())
+    kp = int(_panels(K).sum())
     if not backward:
-        return (G * (Hp * Wp * C + SLACK + BLOCK * (1 + int(_panels(K).sum()))) + panels) \
-            * itemsize, 0
+        return (G * (Hp * Wp * C + SLACK + BLOCK * (1 + kp)) + R * S * C * kp) * itemsize, 0
     total = G * (Hp * Wp * C + SLACK + MR * 16 + K * R * S * C) * itemsize + G * K * 8
     if applies(x_shape, w_shape, stride, padding):  # the data gradient: a forward of dy
         dyp = (P + 2 * (R - 1 - ph)) * (Q + 2 * (S - 1 - pw)) * K
