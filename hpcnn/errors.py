@@ -5,7 +5,11 @@ class HpcnnError(Exception):
     """Base class for errors caused by the user's input (bad option, missing or corrupt file).
 
     The command-line entry points catch it, print ``error: <message>`` on stderr and exit with 2.
+    The message is always one line (:func:`one_line`), whatever text it quotes.
     """
+
+    def __str__(self):
+        return one_line(super().__str__())
 
 
 class UsageError(HpcnnError):
@@ -14,3 +18,22 @@ class UsageError(HpcnnError):
 
 class DataError(HpcnnError):
     """A dataset file is missing, truncated, corrupt or fails its checksum. The message names it."""
+
+
+class RankLocalError(HpcnnError):
+    """An error on this rank only, in the middle of a run (one rank's read of a store chunk
+    failed its checksum), while the other ranks may be waiting in a collective.
+
+    It is not shared by ``agree`` first, so an entry point must not just return: under MPI it
+    prints the one ``error: rank R: ...`` line and ends the whole job with exit status 2.
+    """
+
+
+def one_line(text) -> str:
+    """``text`` (an exception or a string) as one line: line breaks and runs of white space
+    become one space (HDF5's and the OS's messages may hold several lines); an exception with
+    an empty message gives its type's name."""
+    s = " ".join(str(text).split())
+    if not s and isinstance(text, BaseException):
+        return type(text).__name__
+    return s

@@ -4,20 +4,25 @@
 ``python -m hpcnn.train --dataset h5:cifar10.h5`` trains from it. Layout::
 
     /train/images  uint8 (N, C, H, W), chunks of a few samples (~32 KiB), Fletcher-32 checksums
-    /train/labels  uint8 (N,)
+    /train/labels  uint8 (N,), Fletcher-32 checksums
     /test/images, /test/labels   the same for the test split
     /mean          float32 (C, H, W), the train split's per-pixel mean after /255 (subtracted
-                   when attrs subtract_mean is true: cifar10, as the in-memory loader does)
+                   when attrs subtract_mean is true: cifar10, as the in-memory loader does),
+                   Fletcher-32 checksums
     attrs          format = "hpcnn-store", version, dataset, classes (JSON), sources (JSON: path,
                    bytes and MD5 of every original file), content_md5 (JSON: MD5 of each
                    dataset's bytes at prepare time), prepared (time)
 
-Loading opens the file and checks its structure and labels (a few hundred KiB); images stay on
-disk. :class:`StoreImages` reads rows on demand and normalises them exactly as
+Every byte that training reads is verified. Opening checks the structure before reading any
+data: each dataset is where it should be (no soft or external links, no external or virtual
+storage), has the right dtype and shape, carries Fletcher-32 checksums and has all its chunks
+written (an unwritten chunk would read as zeros). Then it reads the labels and the mean image
+(a few hundred KiB), checks them against the MD5s recorded at prepare time and checks the labels'
+range. Images stay on disk. :class:`StoreImages` reads rows on demand and normalises them exactly as
 :func:`hpcnn.data.load_dataset` does (``uint8 / 255`` in float32, minus the mean image when the
 dataset subtracts it), so training from the store gives the same numbers as from the original
 files. Each chunk carries a Fletcher-32 checksum that HDF5 verifies on every read, so a corrupted
-chunk fails with an error instead of training on garbage.
+chunk fails with an error (:class:`StoreReadError`) instead of training on garbage.
 """
 
 from __future__ import annotations
@@ -31,21 +36,23 @@ from pathlib import Path
 import numpy as np
 
 from hpcnn.data import idx, registry
-from hpcnn.errors import DataError, UsageError
+from hpcnn.errors import DataError, RankLocalError, UsageError, one_line
 
 FORMAT = "hpcnn-store"
-VERSION = 1
+VERSION = 2  # 2: labels and mean image carry checksums too, and their MD5 is checked on open
 CHUNK_BYTES = 32 * 1024  # per chunk: small, so a random sample costs one small read
+MAX_CHUNK_BYTES = 64 << 20  # a chunk is read (and decompressed) whole: refuse bigger ones
+MAX_CLASSES = 256  # labels are uint8
 PREFIX = "h5:"
 SPLITS = ("train", "test")
 
 
-class StoreReadError(RuntimeError):
+class StoreReadError(DataError, RankLocalError):
     """A read from an opened store failed (a chunk fails its checksum, the file went away).
 
-    Not a :class:`hpcnn.errors.DataError` on purpose: it happens on one rank in the middle of
-    training, where ``python -m hpcnn.train`` must end the whole job (MPI Abort, naming the rank
-    and the file) rather than exit that rank alone and leave the others in a collective.
+    A :class:`hpcnn.errors.DataError` (one line, exit status 2) that happens on one rank in the
+    middle of training (:class:`hpcnn.errors.RankLocalError`): ``python -m hpcnn.train`` ends the
+    whole job with it rather than exit that rank alone and leave the others in a collective.
     """
 
 
@@ -58,7 +65,8 @@ def _md5_file(path: Path) -> str:
 
 
 def _md5_array(a) -> str:
-    """MD5 of an array's bytes (an h5py dataset is read in blocks of rows)."""
+    """MD5 of an array's bytes in C order (an h5py dataset is read in blocks of rows; the
+    blocking does not change the digest)."""
     h = hashlib.md5(usedforsecurity=False)
     step = max(1, (8 << 20) // max(1, int(np.prod(a.shape[1:], dtype=np.int64))))
     for lo in range(0, len(a), step):
@@ -121,10 +129,12 @@ def prepare_store(dataset: str, out, data_dir=None, verify_md5: bool = True, log
                 x, y = arrays[split]
                 f.create_dataset(f"{split}/images", data=x, chunks=(min(rows, len(x)), *sample),
                                  fletcher32=True)
-                f.create_dataset(f"{split}/labels", data=y.astype(np.uint8))
+                f.create_dataset(f"{split}/labels", data=y.astype(np.uint8), fletcher32=True)
                 content[f"{split}/images"] = _md5_array(x)
                 content[f"{split}/labels"] = _md5_array(y.astype(np.uint8))
-            f.create_dataset("mean", data=mean_image(arrays["train"][0]))
+            mean = mean_image(arrays["train"][0])
+            f.create_dataset("mean", data=mean, fletcher32=True)
+            content["mean"] = _md5_array(mean)
             f.attrs.update(format=FORMAT, version=VERSION, dataset=name,
                            classes=json.dumps(classes), subtract_mean=subtract,
                            sources=json.dumps(sources), content_md5=json.dumps(content),
@@ -181,9 +191,9 @@ class StoreImages:
     def __getitem__(self, key) -> np.ndarray:
         try:
             raw = self._read(key)
-        except (OSError, ValueError) as e:
+        except Exception as e:  # h5py raises OSError, ValueError, RuntimeError, ...
             raise StoreReadError(f"{self.path}: cannot read {self._d.name} (corrupt store? "
-                            f"{str(e).splitlines()[0]})") from None
+                                 f"{one_line(e)})") from None
         x = registry.scale_images(raw)
         if self._mean is not None:
             x -= self._mean
@@ -210,8 +220,121 @@ class StoreDataset:
         self.file.close()
 
 
+def _refuse_links(path, group) -> None:
+    """DataError when ``group`` or a group below holds a soft or external link."""
+    import h5py
+
+    for name in group:
+        link = group.get(name, getlink=True)
+        if isinstance(link, (h5py.SoftLink, h5py.ExternalLink)):
+            kind = "an external" if isinstance(link, h5py.ExternalLink) else "a soft"
+            raise DataError(f"{path}: {group.name.rstrip('/')}/{name} is {kind} link; a store "
+                            f"holds its data itself (re-create it with `python -m hpcnn.data "
+                            f"prepare`)")
+        obj = group.get(name)
+        if isinstance(obj, h5py.Group):
+            _refuse_links(path, obj)
+
+
+def _checked(path, f, key, dtype, ndim) -> "h5py.Dataset":  # noqa: F821
+    """``f[key]`` after checking, without reading data, that it is a checksummed ``dtype``
+    dataset of ``ndim`` dimensions stored in this file with every chunk written."""
+    import h5py
+
+    d = f.get(key)
+    where = f"{path}: /{key}"
+    if not isinstance(d, h5py.Dataset):
+        raise DataError(f"{where} is missing or not a dataset")
+    if d.external or d.is_virtual:
+        raise DataError(f"{where} keeps its data outside the store (HDF5 external or virtual "
+                        f"storage); refused")
+    if d.dtype != np.dtype(dtype) or d.ndim != ndim or min(d.shape, default=1) < 1:
+        raise DataError(f"{where} is {d.dtype} {d.shape}, expected {np.dtype(dtype).name} with "
+                        f"{ndim} non-empty dimension{'s' * (ndim > 1)}")
+    if not d.fletcher32 or d.chunks is None:
+        raise DataError(f"{where} has no Fletcher-32 checksums, so its reads cannot be "
+                        f"verified (re-create the store with `python -m hpcnn.data prepare`)")
+    chunk_bytes = int(np.prod(d.chunks, dtype=np.int64)) * d.dtype.itemsize
+    if chunk_bytes > MAX_CHUNK_BYTES:
+        raise DataError(f"{where} has chunks of {chunk_bytes} bytes, more than the "
+                        f"{MAX_CHUNK_BYTES} allowed")
+    want = int(np.prod([-(-n // c) for n, c in zip(d.shape, d.chunks)], dtype=np.int64))
+    if d.id.get_num_chunks() != want:
+        raise DataError(f"{where}: {d.id.get_num_chunks()} of its {want} chunks are written; "
+                        f"the rest would read as zeros (truncated store?)")
+    return d
+
+
+def _json_attr(path, f, name, kind):
+    try:
+        value = json.loads(f.attrs[name])
+    except KeyError:
+        raise DataError(f"{path}: attribute {name} is missing") from None
+    except (TypeError, ValueError) as e:
+        raise DataError(f"{path}: attribute {name} is not JSON ({one_line(e)})") from None
+    if not isinstance(value, kind):
+        raise DataError(f"{path}: attribute {name} is not a JSON {kind.__name__}")
+    return value
+
+
+def _read_verified(path, d, md5) -> np.ndarray:
+    """All of a small dataset, checked against the MD5 recorded at prepare time."""
+    a = d[...]
+    if _md5_array(a) != md5.get(d.name.lstrip("/")):
+        raise DataError(f"{path}: {d.name} does not match the MD5 recorded at prepare time "
+                        f"(edited or corrupt store)")
+    return a
+
+
+def _open_checked(path, f):
+    """The parts of an opened store, every check of :func:`open_store` done."""
+    if f.attrs.get("format") != FORMAT:
+        raise DataError(f"{path}: not an hpcnn dataset store (no format={FORMAT} attribute)")
+    version = f.attrs.get("version")
+    if version != VERSION:
+        raise DataError(f"{path}: store version {version}, this hpcnn reads version {VERSION} "
+                        f"(re-create it with `python -m hpcnn.data prepare`)")
+    _refuse_links(path, f)
+    classes = _json_attr(path, f, "classes", list)
+    if not 2 <= len(classes) <= MAX_CLASSES or not all(isinstance(c, str) for c in classes):
+        raise DataError(f"{path}: attribute classes must list 2 to {MAX_CLASSES} names")
+    md5 = _json_attr(path, f, "content_md5", dict)
+    subtract = f.attrs.get("subtract_mean")
+    if not isinstance(subtract, (bool, np.bool_)):
+        raise DataError(f"{path}: attribute subtract_mean is missing or not a boolean")
+    name = str(f.attrs.get("dataset", "?"))
+    parts = {split: (_checked(path, f, f"{split}/images", np.uint8, 4),
+                     _checked(path, f, f"{split}/labels", np.uint8, 1)) for split in SPLITS}
+    sample = parts["train"][0].shape[1:]
+    m = _checked(path, f, "mean", np.float32, 3)
+    for split, (d, labels) in parts.items():
+        if d.shape[1:] != sample or labels.shape != d.shape[:1]:
+            raise DataError(f"{path}: /{split} has images {d.shape} and labels {labels.shape}, "
+                            f"expected (N, {', '.join(map(str, sample))}) and (N,)")
+        if d.chunks[1:] != sample:
+            raise DataError(f"{path}: /{split}/images chunks {d.chunks} do not hold whole "
+                            f"images")
+    if m.shape != sample:
+        raise DataError(f"{path}: /mean is {m.shape}, the images are {sample}")
+    mean = _read_verified(path, m, md5)
+    if not np.isfinite(mean).all():
+        raise DataError(f"{path}: /mean holds values that are not finite")
+    out = {}
+    for split, (d, labels) in parts.items():
+        y = _read_verified(path, labels, md5)
+        bad = np.flatnonzero(y >= len(classes))
+        if bad.size:
+            raise DataError(f"{path}: /{split}/labels: label {y[bad[0]]} at index {bad[0]} is "
+                            f"out of range 0-{len(classes) - 1}")
+        out[split] = (StoreImages(path, d, mean if subtract else None), y.astype(np.int64))
+    return out, classes, name, mean if subtract else None
+
+
 def open_store(path) -> StoreDataset:
-    """Open and check a store; :class:`DataError` naming the file when it is not a valid one."""
+    """Open and check a store; :class:`DataError` naming the file when it is not a valid one.
+
+    Nothing of the file is trusted before it is checked: see the module docstring.
+    """
     import h5py
 
     path = Path(path)
@@ -220,38 +343,22 @@ def open_store(path) -> StoreDataset:
                         f"prepare --dataset DS --out {path}`)")
     try:
         f = h5py.File(path, "r")
-    except OSError as e:
+    except Exception as e:  # OSError mostly; h5py may raise others on a crafted file
         raise DataError(f"{path}: not a readable HDF5 file (truncated or corrupt: "
-                        f"{str(e).splitlines()[0]})") from None
+                        f"{one_line(e)})") from None
     try:
-        if f.attrs.get("format") != FORMAT:
-            raise DataError(f"{path}: not an hpcnn dataset store (no format={FORMAT} attribute)")
-        classes = json.loads(f.attrs["classes"])
-        name = str(f.attrs["dataset"])
-        mean = f["mean"][...] if bool(f.attrs["subtract_mean"]) else None
-        parts = {}
-        for split in SPLITS:
-            d, labels = f[f"{split}/images"], f[f"{split}/labels"][...]
-            if d.dtype != np.uint8 or d.ndim != 4 or labels.shape != (d.shape[0],):
-                raise DataError(f"{path}: /{split} has images {d.dtype} {d.shape} and labels "
-                                f"{labels.shape}, expected uint8 (N, C, H, W) and (N,)")
-            bad = np.flatnonzero(labels >= len(classes))
-            if bad.size:
-                raise DataError(f"{path}: /{split}/labels: label {labels[bad[0]]} at index "
-                                f"{bad[0]} is out of range 0-{len(classes) - 1}")
-            parts[split] = (StoreImages(path, d, mean), labels.astype(np.int64))
-        if parts["train"][0].shape[1:] != parts["test"][0].shape[1:]:
-            raise DataError(f"{path}: train and test images differ in shape")
+        parts, classes, name, mean = _open_checked(path, f)
     except DataError:
         f.close()
         raise
-    except (OSError, KeyError, ValueError, TypeError) as e:
+    except Exception as e:  # h5py: OSError, KeyError, ValueError, TypeError, RuntimeError
         f.close()
         raise DataError(f"{path}: corrupt or incomplete store ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0] if str(e) else ''})") from None
+                        f"{one_line(e)})") from None
     (xt, yt), (xs, ys) = parts["train"], parts["test"]
-    source = (f"{name} from HDF5 store {path} (prepared {f.attrs.get('prepared', '?')}; "
-              f"images read on demand, chunk checksums verified on read)")
+    source = (f"{name} from HDF5 store {path} (prepared {one_line(f.attrs.get('prepared', '?'))}"
+              f"; labels and mean MD5-verified, images read on demand, chunk checksums verified "
+              f"on read)")
     return StoreDataset(path, f, xt, yt, xs, ys, classes, source, mean, name)
 
 
@@ -275,8 +382,8 @@ def describe_store(path, print_classes_and_pixels) -> int:
     for key, want in json.loads(f.attrs["content_md5"]).items():
         try:
             got = _md5_array(f[key])
-        except (OSError, KeyError) as e:
-            got = f"unreadable ({str(e).splitlines()[0]})"
+        except Exception as e:  # h5py: OSError, KeyError, TypeError, ...
+            got = f"unreadable ({one_line(e)})"
         good = got == want
         ok &= good
         print(f"  {'ok ' if good else 'BAD'} /{key}: MD5 {got}"
