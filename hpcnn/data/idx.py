@@ -6,6 +6,11 @@ the file and what is wrong. The format (all integers big-endian)::
     bytes 0-3   magic: 0x00 0x00 <type 0x08 = ubyte> <ndim>  (images 2051, labels 2049)
     ndim x 4    one uint32 size per dimension (images: N, rows, cols; labels: N)
     rest        N * prod(sizes[1:]) unsigned bytes in C order
+
+Reading is bounded in time and memory whatever the file holds: a file, or the data a ``.gz``
+declares in its IDX header, may not exceed :data:`MAX_BYTES` (the largest official file is
+47 MB), and a ``.gz`` is decompressed as a stream that stops as soon as it holds more than its
+header declares, so a small "decompression bomb" costs a few milliseconds, not gigabytes.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ IMAGES_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions
 LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension
 _KINDS = {"images": (IMAGES_MAGIC, 3), "labels": (LABELS_MAGIC, 1)}
 _GZIP_MAGIC = b"\x1f\x8b"
+MAX_BYTES = 64 << 20  # per IDX file: above the 47,040,016 bytes of MNIST's train images
+_STEP = 1 << 20  # decompressed bytes produced per round
 
 
 class Checksum(NamedTuple):
@@ -37,20 +44,76 @@ def md5_hex(data: bytes) -> str:
     return hashlib.md5(data, usedforsecurity=False).hexdigest()
 
 
-def read_payload(path: str | Path) -> tuple[bytes, bytes]:
-    """``(stored, payload)``: the file's bytes, and the IDX bytes (gunzipped if it is ``.gz``)."""
+def read_payload(path: str | Path, kind: str | None = None) -> tuple[bytes, bytes]:
+    """``(stored, payload)``: the file's bytes, and the IDX bytes (gunzipped if it is ``.gz``).
+
+    ``kind`` ("images" or "labels"), when given, lets a ``.gz`` stop decompressing as soon as
+    it yields more than its IDX header declares. Nothing above :data:`MAX_BYTES` is read.
+    """
     path = Path(path)
     try:
-        stored = path.read_bytes()
+        with open(path, "rb") as f:
+            stored = f.read(MAX_BYTES + 1)
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except OSError as e:
         raise DataError(f"{path}: cannot read: {e.strerror or e}") from None
+    if len(stored) > MAX_BYTES:
+        raise DataError(f"{path}: more than {MAX_BYTES} bytes, larger than any IDX file hpcnn "
+                        f"reads (the largest official one is 47,040,016 bytes)")
     if path.suffix != ".gz":
         return stored, stored
+    return stored, gunzip_bounded(path, stored, kind)
+
+
+def _declared_size(head: bytes, kind: str) -> int | None:
+    """The payload size an IDX header declares, or None when the header is not a valid one of
+    ``kind`` (:func:`parse_idx` then says what is wrong)."""
+    magic, ndim = _KINDS[kind]
+    if int.from_bytes(head[:4], "big") != magic:
+        return None
+    dims = np.frombuffer(head, dtype=">u4", count=ndim, offset=4).astype(np.int64)
+    if 0 in dims:
+        return None
+    return 4 + 4 * ndim + int(np.prod([int(d) for d in dims]))  # Python ints: no overflow
+
+
+def gunzip_bounded(path: str | Path, stored: bytes, kind: str | None = None) -> bytes:
+    """Decompress gzip ``stored`` as a stream, at most :data:`MAX_BYTES` and, with ``kind``, no
+    more than the IDX header inside declares; DataError naming ``path`` otherwise."""
+    where = f"{path} (decompressed)"
+    header = 4 + 4 * _KINDS[kind][1] if kind else None
+    limit = MAX_BYTES
+    out = bytearray()
+    d = zlib.decompressobj(16 + zlib.MAX_WBITS)  # gzip framing
+    pending = stored
     try:
-        return stored, gzip.decompress(stored)
-    except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError
+        while True:
+            chunk = d.decompress(pending, min(_STEP, limit + 1 - len(out)))  # >= 1: see below
+            pending = d.unconsumed_tail
+            out += chunk
+            if header is not None and len(out) >= header:
+                declared = _declared_size(bytes(out[:header]), kind)
+                header = None
+                if declared is None:
+                    return bytes(out)  # parse_idx names the header's fault
+                if declared > MAX_BYTES:
+                    raise DataError(f"{where}: header declares {declared} bytes, more than the "
+                                    f"{MAX_BYTES} of any IDX file hpcnn reads")
+                limit = declared
+            if len(out) > limit:
+                what = "its header declares" if limit < MAX_BYTES else "hpcnn reads"
+                raise DataError(f"{where}: holds more than the {limit} bytes {what}; "
+                                f"decompression stopped there")
+            if d.eof:
+                rest = d.unused_data
+                if not rest.strip(b"\0"):
+                    return bytes(out)
+                d, pending = zlib.decompressobj(16 + zlib.MAX_WBITS), rest  # next gzip member
+            elif not chunk and not pending:
+                raise DataError(f"{path}: not a valid gzip file (compressed data ends early, "
+                                f"after {len(out)} bytes)")
+    except zlib.error as e:
         raise DataError(f"{path}: not a valid gzip file ({e})") from None
 
 
@@ -128,7 +191,7 @@ def read_idx_images(
     ``md5``: the official checksums to verify against (None skips the check). ``shape``: the
     required (rows, cols), e.g. (28, 28); None accepts any.
     """
-    stored, payload = read_payload(path)
+    stored, payload = read_payload(path, "images")
     x = parse_idx(path, payload, "images")
     if shape is not None and x.shape[1:] != tuple(shape):
         raise DataError(
@@ -143,7 +206,7 @@ def read_idx_labels(
     path: str | Path, *, md5: Checksum | None = None, num_classes: int = 10
 ) -> np.ndarray:
     """Read an IDX labels file. Returns int64 labels of shape (N,), each in 0..num_classes-1."""
-    stored, payload = read_payload(path)
+    stored, payload = read_payload(path, "labels")
     y = parse_idx(path, payload, "labels")
     bad = np.flatnonzero(y >= num_classes)
     if bad.size:
