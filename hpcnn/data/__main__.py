@@ -11,14 +11,23 @@ Errors print one line, ``error: ...``, on stderr and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 
 import numpy as np
 
+from hpcnn.argtypes import positive_float
 from hpcnn.data import download as dl
 from hpcnn.data import registry, store
-from hpcnn.errors import DataError, HpcnnError, UsageError
+from hpcnn.errors import HpcnnError, UsageError, one_line
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises UsageError (one line, exit 2 from main) instead of printing usage."""
+
+    def error(self, message):
+        raise UsageError(message)
 
 
 def channel_stats(x: np.ndarray, chunk: int = 4096) -> np.ndarray:
@@ -68,10 +77,7 @@ def print_classes_and_pixels(ds) -> None:
 
 def describe(args: argparse.Namespace) -> int:
     if args.dataset.startswith(store.PREFIX):
-        try:
-            return store.describe_store(args.dataset[len(store.PREFIX):], print_classes_and_pixels)
-        except store.StoreReadError as e:
-            raise DataError(str(e)) from None
+        return store.describe_store(args.dataset[len(store.PREFIX):], print_classes_and_pixels)
     t0 = time.perf_counter()
     kwargs = {}
     if args.shape:
@@ -105,7 +111,8 @@ def prepare(args: argparse.Namespace) -> int:
 
 def download(args: argparse.Namespace) -> int:
     dest = dl.download_dataset(
-        args.dataset, args.dir, mirror=args.mirror, timeout=args.timeout, log=print
+        args.dataset, args.dir, mirror=args.mirror, timeout=args.timeout,
+        max_time=args.max_time, log=print
     )
     print(f"{registry.canonical_name(args.dataset)}: files ready in {dest}")
     return 0
@@ -122,7 +129,7 @@ def _shape(text: str) -> tuple[int, int, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="python -m hpcnn.data",
         description="Download and inspect hpcnn's datasets: " + ", ".join(registry.DATASETS) + ".",
         epilog=(
@@ -136,7 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("dataset", help="mnist, fashion-mnist or cifar10")
     d.add_argument("--dir", help=f"destination (default: ${registry.ENV_VAR}/<dataset> or cache)")
     d.add_argument("--mirror", help="base URL (http, https or file://) or local folder")
-    d.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default 60)")
+    d.add_argument("--timeout", type=positive_float, default=60.0,
+                   help="seconds for each network operation: connect, each read (default 60)")
+    d.add_argument("--max-time", type=positive_float, default=dl.MAX_TIME,
+                   help=f"seconds for each file's whole transfer (default {dl.MAX_TIME:g})")
     d.set_defaults(func=download)
 
     s = sub.add_parser(
@@ -166,12 +176,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _terminate(signum, frame):
+    raise SystemExit(128 + signum)  # unwinds, so temporary files are removed on the way
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         return args.func(args)
     except HpcnnError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # e.g. piped into head: stop quietly
         sys.stderr.close()
@@ -179,4 +193,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _terminate)
     sys.exit(main())
