@@ -52,6 +52,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser():
+    from hpcnn import argtypes as at  # every number bounded and finite
+
     p = _Parser(prog="python -m hpcnn.train", description=__doc__.split("\n\n")[0],
                 formatter_class=_HelpFormatter)
     p.add_argument("--net", default="lenet5", help="lenet5, mlp or cifar10_quick")
@@ -78,12 +80,13 @@ def build_parser():
     p.add_argument("--warmup-epochs", type=nonneg_float, default=0.0,
                    help="ramp the learning rate linearly, step by step, from the reference to "
                         "the scaled rate over this many epochs (with --lr-scaling linear)")
-    p.add_argument("--momentum", type=float, default=None,
+    p.add_argument("--momentum", type=at.finite_float, default=None,
                    help="SGD momentum (default: the net's reference)")
-    p.add_argument("--weight-decay", type=float, default=None,
+    p.add_argument("--weight-decay", type=nonneg_float, default=None,
                    help="L2 weight decay (default: the net's reference)")
-    p.add_argument("--seed", type=int, default=0, help="weights, data order and synthetic data")
-    p.add_argument("--threads", type=positive_int, default=None,
+    p.add_argument("--seed", type=at.seed_int, default=0,
+                   help="weights, data order and synthetic data (0 to 2**32 - 1)")
+    p.add_argument("--threads", type=at.thread_count, default=None,
                    help="Numba and BLAS threads per rank (default: cores / ranks on the node)")
     p.add_argument("--metrics", default=None, help="write one JSON object per epoch here")
     p.add_argument("--max-steps", type=positive_int, default=None,
@@ -92,15 +95,15 @@ def build_parser():
                    help="end with a table of where the time went, per op kind and per layer")
     p.add_argument("--trace", default=None, metavar="FILE",
                    help="write a Chrome trace-event JSON timeline of every rank (Perfetto)")
-    p.add_argument("--hidden", type=positive_int, default=300, help="hidden width of mlp")
+    p.add_argument("--hidden", type=at.width, default=300, help="hidden width of mlp")
     p.add_argument("--algo", default="auto", help="convolution strategy (hpcnn.kernels)")
     p.add_argument("--synthetic-train", type=positive_int, default=10000,
                    help="synthetic training images")
     p.add_argument("--synthetic-test", type=positive_int, default=2000,
                    help="synthetic test images")
-    p.add_argument("--synthetic-shape", type=shape_arg, default=None,
+    p.add_argument("--synthetic-shape", type=at.image_shape, default=None,
                    help="C,H,W of synthetic images (default: the net's reference input)")
-    p.add_argument("--log-interval", type=float, default=2.0,
+    p.add_argument("--log-interval", type=positive_float, default=2.0,
                    help="seconds between progress lines")
     g = p.add_argument_group("synchronisation between ranks")
     g.add_argument("--sync", default="grad", choices=SYNC_CHOICES,
@@ -157,6 +160,16 @@ def validate(args):
         raise UsageError(f"--weight-decay must be >= 0, got {args.weight_decay}")
     if args.log_interval <= 0:
         raise UsageError(f"--log-interval must be positive, got {args.log_interval}")
+    if args.dataset == "synthetic" or args.fallback_synthetic:
+        c, h, w = args.synthetic_shape or NETS[args.net][2]
+        gib = 4 * (args.synthetic_train + args.synthetic_test) * c * h * w / 2**30
+        if gib > 4:
+            raise UsageError(f"synthetic data of {args.synthetic_train} + {args.synthetic_test} "
+                             f"images of {c}x{h}x{w} would take {gib:.3g} GiB of float32 per "
+                             f"rank, more than the 4 GiB allowed")
+    from hpcnn.kernels import autotune
+
+    autotune.mode()  # a bad HPCNN_AUTOTUNE is a UsageError here, before any work
     validate_sync(args)
     control.validate(args)
 

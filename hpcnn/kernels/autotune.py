@@ -20,12 +20,14 @@ Environment (read at every call, so tests can switch them):
 
 ``HPCNN_AUTOTUNE``
     unset, ``on`` or ``auto``: tune. ``off``: always "lowering". The name of a strategy: always
-    that one (for tests and for reproducing a run).
+    that one (for tests and for reproducing a run). Anything else is a
+    :class:`hpcnn.errors.UsageError` (one line, exit status 2).
 ``HPCNN_AUTOTUNE_CACHE``
     path of a JSON file of choices. Choices found there for this key are used without timing
     (so a run with the same file makes the same choices: bitwise the same results); new choices
-    are merged in and written back atomically. A file that cannot be parsed, or is not such a
-    file, is never overwritten: "auto" warns once and keeps its choices in memory. Entries for
+    are merged in and written back atomically. A file that cannot be parsed (not UTF-8, not
+    JSON, nested too deep, larger than 16 MiB), or is not such a file, never stops a run and is
+    never overwritten: "auto" warns once, ignores it and keeps its choices in memory. Entries for
     another CPU model or thread count do not match the key and are left alone; an entry naming
     an unknown strategy is ignored (warned once) and retuned, and so is an entry whose timings
     lack a candidate of today (it was tuned by an hpcnn without that strategy).
@@ -46,6 +48,8 @@ import warnings
 import numba
 import numpy as np
 
+from hpcnn.errors import UsageError
+
 FORMAT = "hpcnn-autotune"
 VERSION = 1
 DIRECTIONS = ("forward", "backward", "wgrad")
@@ -55,6 +59,7 @@ REPEATS = 3
 CLOSE = 1.10  # candidates within this factor of the best get CLOSE_ROUNDS more runs each
 CLOSE_ROUNDS = 3
 FINALISTS = 2  # ... and so do the fastest FINALISTS, however far apart
+MAX_CACHE_BYTES = 16 << 20  # a cache file larger than this is not read
 DEFAULT_CACHE = None
 """The cache file used when HPCNN_AUTOTUNE_CACHE is unset (``hpcnn.train`` sets one in the user
 cache for the length of a run; an empty HPCNN_AUTOTUNE_CACHE means no file)."""
@@ -62,6 +67,11 @@ cache for the length of a run; an empty HPCNN_AUTOTUNE_CACHE means no file)."""
 
 class AutotuneWarning(UserWarning):
     """A cache file could not be used (the tuner then keeps its choices in memory)."""
+
+
+class AutotuneModeError(UsageError, ValueError):
+    """HPCNN_AUTOTUNE has a value that is not a mode: one line and exit status 2 from the
+    command-line tools (a ValueError too, as it was before)."""
 
 
 _lock = threading.Lock()
@@ -115,7 +125,7 @@ def mode():
     if v in ALGOS:
         return v
     valid = ", ".join(["on", "off", *ALGOS])
-    raise ValueError(f"HPCNN_AUTOTUNE={v!r} is not one of {valid}")
+    raise AutotuneModeError(f"HPCNN_AUTOTUNE={v!r} is not one of {valid}")
 
 
 def reset():
@@ -187,8 +197,8 @@ def _load(path):
     """Read the cache file at ``path`` into _file (caller holds the lock)."""
     _file.update(path=path, writable=True, entries={})
     try:
-        with open(path) as f:
-            text = f.read()
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CACHE_BYTES + 1)
     except FileNotFoundError:
         return
     except OSError as e:
@@ -196,13 +206,16 @@ def _load(path):
         _warn_once(f"autotune cache {path} cannot be read ({e}); tuning in memory only")
         return
     try:
-        data = json.loads(text)
+        if len(raw) > MAX_CACHE_BYTES:
+            raise ValueError(f"larger than {MAX_CACHE_BYTES} bytes")
+        data = json.loads(raw.decode("utf-8"))  # UnicodeDecodeError is a ValueError
         if (not isinstance(data, dict) or data.get("format") != FORMAT
                 or not isinstance(data.get("entries"), dict)):
             raise ValueError("not an hpcnn autotune cache")
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:  # RecursionError: JSON nested too deep
+        why = " ".join(str(e).split()) or type(e).__name__
         _file["writable"] = False  # never clobber a file we do not understand
-        _warn_once(f"autotune cache {path} is unusable ({e}); tuning in memory only, the file "
+        _warn_once(f"autotune cache {path} is unusable ({why}); tuning in memory only, the file "
                    "is left as it is (delete it to start a new one)")
         return
     _file["entries"] = _valid_entries(data, path)
@@ -231,9 +244,9 @@ def _save(path, key):
             data = json.load(f)
         if isinstance(data, dict) and data.get("format") == FORMAT:
             entries = data.get("entries") if isinstance(data.get("entries"), dict) else {}
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         pass
-    entry = dict(entries.get(key) or {})
+    entry = dict(entries[key]) if isinstance(entries.get(key), dict) else {}
     entry.update(_choices[key])
     for d, t in _times.get(key, {}).items():
         entry[f"{d}_ms"] = {name: round(s * 1e3, 4) for name, s in t.items()}
