@@ -1,19 +1,28 @@
-"""Checkpoint files: one HDF5 file per checkpoint, written atomically, verified on load.
+"""Checkpoint files: one HDF5 file per checkpoint, written atomically, verified before use.
 
-A checkpoint holds everything a run needs to continue exactly where it stopped::
+Format 2 holds full-shape named arrays, so any strategy at any rank count loads any checkpoint
+(each rank takes its slice)::
 
-    /params      float32 (R, P)  the flat parameter buffer (R = 1, or one row per rank when the
-                                 ranks' parameters differ, as between averages of --sync average)
-    /momentum    float32 (R, P)  the SGD momentum buffers, flattened in the same layout
-    attrs        format = "hpcnn-checkpoint", version, meta (JSON: step, epoch, position in the
-                 epoch, net and parameter shapes, configuration, ranks, parallel mode, LR schedule,
-                 RNG states, early-stopping state), checksum (SHA-256 of the datasets and meta)
+    /param/<name>     float32  the parameter, full shape (with a leading axis of one row per rank
+                               where ranks legitimately differ, as between averages of
+                               --sync average: meta "rows" > 1)
+    /momentum/<name>  float32  its SGD momentum, same shape
+    attrs             format = "hpcnn-checkpoint", version = 2, meta (JSON: step, epoch, position
+                      in the epoch, net, input shape, the arrays' full shapes, rows,
+                      configuration, ranks, strategy, LR schedule, RNG states, early-stopping
+                      state), checksum (SHA-256 of the datasets and meta)
 
-Writing is atomic: a temporary file in the same folder is written, flushed and fsynced, then
-renamed over the final name, and the folder is fsynced. A crash at any point leaves either the
-old set of checkpoints or the old set plus the complete new one, never a half-written
-``ckpt-*.h5``. Loading recomputes the checksum, so a truncated or corrupted file is refused with a
-:class:`hpcnn.errors.DataError` naming it.
+Format 1 (flat ``/params`` and ``/momentum`` rows of the whole model in layer order, with the
+parameter names and shapes in its meta) is read and converted to format-2 names.
+
+Writing goes through :func:`hpcnn.atomic.atomic_path`: a crash at any point leaves either the old
+set of checkpoints or the old set plus the complete new one, never a half-written ``ckpt-*.h5``.
+
+Reading trusts nothing: before any array is read, the file's layout is checked (only groups and
+datasets reached by hard links, no external or virtual storage, float32 datasets whose names and
+shapes are the ones the caller expects, and nothing else), the metadata's types and ranges are
+checked, and only then is the data read and the checksum compared. Every failure is one
+:class:`hpcnn.errors.DataError` line naming the file.
 
 Test hook: ``HPCNN_TEST_CKPT_PAUSE=STEP`` makes the writer of the checkpoint of step STEP print
 ``test hook: paused before renaming <tmp>`` on stderr and sleep, between the fsync of the
@@ -24,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import sys
@@ -32,11 +42,14 @@ from pathlib import Path
 
 import numpy as np
 
+from hpcnn.atomic import atomic_path, temporary_name
 from hpcnn.errors import DataError, UsageError
 
 FORMAT = "hpcnn-checkpoint"
-VERSION = 1
+VERSION = 2
 BEST = "best.h5"
+MAX_ROWS = 1 << 16  # per-rank rows a checkpoint may hold
+MAX_META_BYTES = 16 << 20
 _NAME = re.compile(r"^ckpt-(\d+)\.h5$")
 _TMP_PREFIX = ".ckpt-"
 _TMP_SUFFIX = ".h5.tmp"
@@ -45,6 +58,11 @@ PAUSE_ENV = "HPCNN_TEST_CKPT_PAUSE"
 
 def checkpoint_name(step: int) -> str:
     return f"ckpt-{step:09d}.h5"
+
+
+def checkpoint_step(path) -> int | None:
+    m = _NAME.match(Path(path).name)
+    return int(m.group(1)) if m else None
 
 
 def _checksum(arrays: dict[str, np.ndarray], meta_json: str) -> str:
@@ -57,28 +75,22 @@ def _checksum(arrays: dict[str, np.ndarray], meta_json: str) -> str:
     return h.hexdigest()
 
 
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return  # not supported here (some file systems); the rename is still atomic
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+def _one_line(e) -> str:
+    text = " ".join(str(e).split())
+    return text or type(e).__name__
 
 
-def _pause_hook(step, tmp: Path) -> None:
-    want = os.environ.get(PAUSE_ENV)
-    if want and step is not None and want.strip() == str(step):
-        print(f"test hook: paused before renaming {tmp}", file=sys.stderr, flush=True)
-        time.sleep(600)
+def _pause_hook(step):
+    def hook(tmp):
+        want = os.environ.get(PAUSE_ENV)
+        if want and step is not None and want.strip() == str(step):
+            print(f"test hook: paused before renaming {tmp}", file=sys.stderr, flush=True)
+            time.sleep(600)
+    return hook
 
 
 def write_checkpoint(path: str | Path, arrays: dict[str, np.ndarray], meta: dict) -> Path:
-    """Write ``arrays`` and ``meta`` to ``path`` atomically (temp file, fsync, rename, dir fsync).
+    """Write named ``arrays`` and ``meta`` to ``path`` atomically.
 
     Raises :class:`UsageError` naming the folder when it cannot be written.
     """
@@ -88,65 +100,198 @@ def write_checkpoint(path: str | Path, arrays: dict[str, np.ndarray], meta: dict
     meta_json = json.dumps(meta, sort_keys=True)
     tmp = path.parent / f"{_TMP_PREFIX}{path.stem}-{os.getpid()}{_TMP_SUFFIX}"
     try:
-        with h5py.File(tmp, "w") as f:
-            for name, a in arrays.items():
-                f.create_dataset(name, data=np.ascontiguousarray(a))
-            f.attrs["format"] = FORMAT
-            f.attrs["version"] = VERSION
-            f.attrs["meta"] = meta_json
-            f.attrs["checksum"] = _checksum(arrays, meta_json)
-            f.flush()
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        _pause_hook(meta.get("step"), tmp)
-        os.replace(tmp, path)
+        with atomic_path(path, tmp, before_rename=_pause_hook(meta.get("step"))):
+            with h5py.File(tmp, "w") as f:
+                for name, a in arrays.items():
+                    f.create_dataset(name, data=np.ascontiguousarray(a, np.float32))
+                f.attrs["format"] = FORMAT
+                f.attrs["version"] = VERSION
+                f.attrs["meta"] = meta_json
+                f.attrs["checksum"] = _checksum(arrays, meta_json)
+                f.flush()
     except OSError as e:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        why = e.strerror or str(e)
-        raise UsageError(f"cannot write checkpoint {path}: {why}") from None
-    _fsync_dir(path.parent)
+        raise UsageError(f"cannot write checkpoint {path}: {e.strerror or _one_line(e)}") \
+            from None
     return path
 
 
-def read_checkpoint(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
-    """``(arrays, meta)`` of a checkpoint file; :class:`DataError` naming it when it is not one
-    (missing, not HDF5, truncated, another format, checksum mismatch)."""
+# reading --------------------------------------------------------------------------------------
+def _walk(group, prefix=""):
+    """Every dataset of ``group`` as (name, dataset); DataError on links that are not hard
+    links, external or virtual storage, and objects that are neither groups nor datasets."""
     import h5py
 
+    for key in group:
+        name = f"{prefix}{key}"
+        link = group.get(key, getlink=True)
+        if not isinstance(link, h5py.HardLink):
+            raise DataError(f"{type(link).__name__} {name!r} (only plain datasets are allowed)")
+        obj = group[key]
+        if isinstance(obj, h5py.Group):
+            yield from _walk(obj, name + "/")
+        elif isinstance(obj, h5py.Dataset):
+            if obj.external or obj.is_virtual:
+                raise DataError(f"dataset {name!r} has external storage")
+            yield name, obj
+        else:
+            raise DataError(f"object {name!r} is not a dataset")
+
+
+def _int(meta, key, lo, hi=2**62):
+    v = meta.get(key)
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise DataError(f"metadata {key!r} must be an integer in [{lo}, {hi}], got {v!r}")
+    return v
+
+
+def check_meta(meta: dict, version: int) -> None:
+    """Types and ranges of what resuming uses; DataError (without the path) otherwise."""
+    if not isinstance(meta, dict):
+        raise DataError("metadata is not a JSON object")
+    for key, lo in (("step", 0), ("epoch", 1), ("index", 0), ("loss_n", 0), ("ranks", 1),
+                    ("batch", 1), ("steps_per_epoch", 0)):
+        _int(meta, key, lo)
+    loss_sum = meta.get("loss_sum")
+    if isinstance(loss_sum, bool) or not isinstance(loss_sum, (int, float)) or \
+            not math.isfinite(loss_sum):
+        raise DataError(f"metadata 'loss_sum' must be a finite number, got {loss_sum!r}")
+    if version >= 2:
+        _int(meta, "rows", 1, MAX_ROWS)
+        shapes = meta.get("arrays")
+        if not isinstance(shapes, dict) or not all(
+                isinstance(s, list) and all(isinstance(d, int) and not isinstance(d, bool)
+                                            and 0 <= d < 2**40 for d in s)
+                for s in shapes.values()):
+            raise DataError("metadata 'arrays' must map names to shapes")
+    for key in ("rng", "early_stop", "config", "lr_schedule", "strategy_state"):
+        if key in meta and meta[key] is not None and not isinstance(meta[key], dict):
+            raise DataError(f"metadata {key!r} must be an object")
+    es = meta.get("early_stop") or {}
+    for key in ("best",):
+        v = es.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            raise DataError(f"metadata early_stop.{key} must be a number, got {v!r}")
+    for key in ("best_epoch", "bad", "patience"):
+        v = es.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+            raise DataError(f"metadata early_stop.{key} must be a non-negative integer, "
+                            f"got {v!r}")
+
+
+def _v1_names(meta, expected):
+    """Format 1: the flat rows' (name, offset, size, shape) from its meta."""
+    params = meta.get("params")
+    if not isinstance(params, list):
+        raise DataError("format-1 metadata has no parameter list")
+    out, off = [], 0
+    for item in params:
+        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)
+                and isinstance(item[1], list)
+                and all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**40
+                        for d in item[1])):
+            raise DataError("format-1 metadata has a malformed parameter entry")
+        n = math.prod(item[1])
+        out.append((item[0], off, n, tuple(item[1])))
+        off += n
+    return out, off
+
+
+def _expect_matches(meta, version, expected, mismatch):
+    """Raise DataError(``mismatch(meta)``) unless the file holds exactly ``expected`` arrays."""
+    if expected is None:
+        return
+    if version >= 2:
+        got = {k: tuple(v) for k, v in meta["arrays"].items()}
+    else:
+        got = {}
+        for name, _, _, shape in _v1_names(meta, expected)[0]:
+            got[f"param/{name}"] = got[f"momentum/{name}"] = shape
+    if got != {k: tuple(v) for k, v in expected.items()}:
+        raise DataError(mismatch(meta) if mismatch else
+                        "holds other parameters than this run's model")
+
+
+def read_checkpoint(path: str | Path, expected: dict | None = None, mismatch=None,
+                    ) -> tuple[dict[str, np.ndarray], dict]:
+    """``(arrays, meta)`` of a checkpoint file, arrays by format-2 name.
+
+    ``expected`` ({name: full shape}) is checked against the file before any data is read;
+    ``mismatch(meta)`` words the error when it differs. :class:`DataError` naming the file when
+    it is not a valid checkpoint (missing, not HDF5, truncated, another format, hostile layout or
+    metadata, checksum mismatch).
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: checkpoint not found")
     try:
-        with h5py.File(path, "r") as f:
-            if f.attrs.get("format") != FORMAT:
-                raise DataError(f"{path}: not an hpcnn checkpoint (no format={FORMAT} attribute)")
-            if int(f.attrs.get("version", -1)) != VERSION:
-                raise DataError(f"{path}: checkpoint version {f.attrs.get('version')} is not "
-                                f"{VERSION}")
-            meta_json = str(f.attrs["meta"])
-            stored = str(f.attrs["checksum"])
-            arrays = {name: f[name][...] for name in f.keys()}
-    except DataError:
-        raise
-    except (OSError, KeyError, ValueError, RuntimeError) as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        return _read(path, expected, mismatch)
+    except DataError as e:
+        raise DataError(f"{path}: {e}") from None
+    except (OSError, KeyError, ValueError, RuntimeError, TypeError) as e:
         raise DataError(f"{path}: unreadable checkpoint (truncated or corrupt HDF5: "
-                        f"{first})") from None
+                        f"{_one_line(e)})") from None
+
+
+def _read(path, expected, mismatch):
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        if f.attrs.get("format") != FORMAT:
+            raise DataError(f"not an hpcnn checkpoint (no format={FORMAT} attribute)")
+        version = f.attrs.get("version")
+        if not isinstance(version, (int, np.integer)) or int(version) not in (1, VERSION):
+            raise DataError(f"checkpoint version {version!r} is not 1 or {VERSION}")
+        version = int(version)
+        meta_json, stored = f.attrs.get("meta"), f.attrs.get("checksum")
+        if not isinstance(meta_json, str) or not isinstance(stored, str):
+            raise DataError("checkpoint without meta or checksum attributes")
+        if len(meta_json) > MAX_META_BYTES:
+            raise DataError(f"metadata of {len(meta_json)} bytes (limit {MAX_META_BYTES})")
+        try:
+            meta = json.loads(meta_json)
+        except ValueError:
+            raise DataError("corrupt checkpoint metadata") from None
+        check_meta(meta, version)
+        _expect_matches(meta, version, expected, mismatch)
+        datasets = dict(_walk(f))
+        if version >= 2:
+            rows = meta["rows"]
+            want = {k: (tuple(v) if rows == 1 else (rows, *v)) for k, v in meta["arrays"].items()}
+        else:
+            total = _v1_names(meta, expected)[1]
+            rows = datasets["params"].shape[0] if "params" in datasets and \
+                datasets["params"].ndim == 2 else 0
+            if not 1 <= rows <= MAX_ROWS:
+                raise DataError("format-1 /params is missing or misshapen")
+            want = {"params": (rows, total), "momentum": (rows, total)}
+        if set(datasets) != set(want):
+            raise DataError(f"holds datasets {sorted(datasets)}, expected {sorted(want)}")
+        for name, ds in datasets.items():
+            if ds.dtype != np.float32 or tuple(ds.shape) != want[name]:
+                raise DataError(f"dataset {name!r} is {ds.dtype} {tuple(ds.shape)}, expected "
+                                f"float32 {want[name]}")
+        arrays = {name: ds[...] for name, ds in datasets.items()}
     if _checksum(arrays, meta_json) != stored:
-        raise DataError(f"{path}: checksum mismatch, the checkpoint is corrupt")
-    try:
-        meta = json.loads(meta_json)
-    except ValueError:
-        raise DataError(f"{path}: corrupt checkpoint metadata") from None
+        raise DataError("checksum mismatch, the checkpoint is corrupt")
+    if version == 1:
+        arrays, meta = _from_v1(arrays, meta, rows)
     return arrays, meta
 
 
+def _from_v1(arrays, meta, rows):
+    names, _ = _v1_names(meta, None)
+    out, shapes = {}, {}
+    for name, off, n, shape in names:
+        for kind, src in (("param", "params"), ("momentum", "momentum")):
+            a = arrays[src][:, off:off + n].reshape((rows, *shape))
+            out[f"{kind}/{name}"] = a[0] if rows == 1 else a
+            shapes[f"{kind}/{name}"] = list(shape)
+    meta = dict(meta, rows=rows, arrays=shapes, format_version=1,
+                strategy_state={"since_average": meta.get("since_average", 0)})
+    return out, meta
+
+
+# the folder ---------------------------------------------------------------------------------
 def list_checkpoints(directory: str | Path) -> list[Path]:
     """The ``ckpt-<step>.h5`` files of ``directory``, newest (highest step) first."""
     directory = Path(directory)
@@ -154,16 +299,18 @@ def list_checkpoints(directory: str | Path) -> list[Path]:
         return []
     found = []
     for p in directory.iterdir():
-        m = _NAME.match(p.name)
-        if m and p.is_file():
-            found.append((int(m.group(1)), p))
+        step = checkpoint_step(p)
+        if step is not None and p.is_file():
+            found.append((step, p))
     return [p for _, p in sorted(found, reverse=True)]
 
 
-def prune(directory: str | Path, keep: int) -> list[Path]:
-    """Delete all but the ``keep`` newest checkpoints; returns the deleted paths."""
+def prune(directory: str | Path, keep: int, upto_step: int) -> list[Path]:
+    """Delete all but the ``keep`` newest checkpoints of steps up to ``upto_step`` (the one just
+    written); checkpoints of higher steps are never this run's to delete. Returns the deleted."""
     gone = []
-    for p in list_checkpoints(directory)[keep:]:
+    mine = [p for p in list_checkpoints(directory) if checkpoint_step(p) <= upto_step]
+    for p in mine[keep:]:
         try:
             p.unlink()
             gone.append(p)
@@ -187,7 +334,8 @@ def check_writable(directory: str | Path) -> None:
     directory = Path(directory)
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        probe = directory / f"{_TMP_PREFIX}probe-{os.getpid()}{_TMP_SUFFIX}"
+        probe = temporary_name(directory / "probe", prefix=_TMP_PREFIX)
+        probe = probe.with_name(probe.name.replace(".tmp", _TMP_SUFFIX))
         with open(probe, "wb") as f:
             f.write(b"x")
         probe.unlink()
@@ -196,14 +344,15 @@ def check_writable(directory: str | Path) -> None:
                          f"{e.strerror or e}") from None
 
 
-def newest_valid(directory: str | Path, warn) -> tuple[Path, dict, dict] | None:
+def newest_valid(directory: str | Path, warn, expected=None, mismatch=None,
+                 ) -> tuple[Path, dict, dict] | None:
     """The newest checkpoint of ``directory`` that loads, as ``(path, arrays, meta)``, or None.
 
     Each newer one that fails to load is reported through ``warn(message)`` and skipped.
     """
     for p in list_checkpoints(directory):
         try:
-            arrays, meta = read_checkpoint(p)
+            arrays, meta = read_checkpoint(p, expected, mismatch)
         except DataError as e:
             warn(f"warning: skipping {e}")
             continue

@@ -42,7 +42,7 @@ import threading
 import time
 
 KINDS = ("data", "conv", "lowering", "gemm", "col2im", "layout", "pooling", "activation",
-         "loss", "optimizer", "allreduce_wait")
+         "loss", "optimizer", "allreduce_wait", "comm_wait")
 """Op kinds used by hpcnn: "conv" is a convolution layer's own time outside its lowering, GEMM,
 col2im and layout (transposes, bias) phases; Linear layers record as "gemm"; any other string
 works too."""

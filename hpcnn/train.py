@@ -23,10 +23,14 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass, field
+
+import numpy as np
 
 from hpcnn import control, profile
 from hpcnn.argtypes import nonneg_float, positive_float, positive_int
 from hpcnn.errors import DataError, HpcnnError, UsageError
+from hpcnn.parallel.runtime import reduce_timing
 
 DATASET_CHOICES = ("mnist", "fashion-mnist", "cifar10", "synthetic")
 SYNC_CHOICES = ("grad", "average")
@@ -105,7 +109,15 @@ def build_parser():
                    help="C,H,W of synthetic images (default: the net's reference input)")
     p.add_argument("--log-interval", type=positive_float, default=2.0,
                    help="seconds between progress lines")
-    g = p.add_argument_group("synchronisation between ranks")
+    g = p.add_argument_group("parallelism and synchronisation between ranks")
+    g.add_argument("--parallel", default="data", choices=("data", "hybrid"),
+                   help="data: every rank holds the whole model; hybrid: convolutions "
+                        "data-parallel, fully connected layers split over ranks (Krizhevsky)")
+    g.add_argument("--grid", default=None, metavar="DxM",
+                   help="hybrid: D data groups x M ranks splitting the head (default 1xN)")
+    g.add_argument("--hybrid-scheme", default=None, choices=("a", "b", "c"),
+                   help="hybrid: how features reach the head: a all-gather, b broadcast "
+                        "rounds, c all-to-all rounds (default a)")
     g.add_argument("--sync", default="grad", choices=SYNC_CHOICES,
                    help="grad: average gradients every step; average: step locally and average "
                         "parameters every --average-every steps")
@@ -189,6 +201,24 @@ def validate_sync(args):
     if args.warmup_epochs > 0 and args.lr_scaling == "none":
         raise UsageError("--warmup-epochs ramps up to the scaled learning rate: "
                          "use it with --lr-scaling linear")
+    validate_parallel(args)
+
+
+def validate_parallel(args):
+    """--parallel, --grid and --hybrid-scheme agree with each other and with --sync and --net."""
+    from hpcnn.parallel.factory import parse_grid
+
+    if args.parallel == "data":
+        for flag, given in (("--grid", args.grid is not None),
+                            ("--hybrid-scheme", args.hybrid_scheme is not None)):
+            if given:
+                raise UsageError(f"{flag} needs --parallel hybrid")
+        return
+    if args.sync != "grad":
+        raise UsageError("--parallel hybrid sums gradients every step: --sync average is a "
+                         "data-parallel option")
+    if args.grid is not None:
+        parse_grid(args.grid)
 
 
 def scaled_lr(ref_lr, global_batch, ref_batch, scaling):
@@ -276,61 +306,55 @@ def fmt_time(s):
     return f"{s // 60}:{s % 60:02d}"
 
 
-def evaluate(model, x, y, comm, batch=500):
-    """Accuracy on (x, y), each rank scoring its contiguous shard; counts are summed."""
-    import numpy as np
+TIMING_KEYS = ("compute_s", "allreduce_wait_s", "data_s")
+EVAL_BATCH = 500
 
-    size, rank = (comm.Get_size(), comm.Get_rank()) if comm is not None else (1, 0)
-    n = len(x)
+
+def eval_pieces(n, size, rank, batch=EVAL_BATCH):
+    """This rank's test examples ``[lo, hi)`` cut into pieces, the same number on every rank.
+
+    Hybrid evaluation is collective (every rank of a data group runs each piece's head together),
+    so the count of pieces must not depend on the rank: it follows from the smallest shard.
+    """
     lo, hi = n * rank // size, n * (rank + 1) // size
+    pieces = max(1, -(-(n // size) // batch))
+    cuts = np.linspace(lo, hi, pieces + 1).round().astype(int)
+    return [(int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:])]
+
+
+def evaluate(strategy, x, y, comm, batch=EVAL_BATCH):
+    """Accuracy on (x, y), each rank scoring its contiguous shard; counts are summed."""
+    size, rank = (comm.Get_size(), comm.Get_rank()) if comm is not None else (1, 0)
+    strategy.prepare_eval()
     correct = 0
-    for i in range(lo, hi, batch):
-        logits = model.forward(x[i:min(i + batch, hi)], train=False)
-        correct += int((np.argmax(logits, axis=1) == y[i:min(i + batch, hi)]).sum())
+    for a, b in eval_pieces(len(x), size, rank, batch):
+        correct += int((strategy.predict(x[a:b]) == y[a:b]).sum())
     if size > 1:
         correct = comm.allreduce(correct)
-    return correct / n
+    return correct / len(x)
 
 
-def train_step(model, dp, opt, x, y, lr):
-    """One synchronous SGD step on this rank's slice (x, y) of the global batch; returns its loss.
-
-    ``dp`` is a :class:`hpcnn.parallel.DataParallel` (gradient reductions start during backward
-    and finish in ``sync_grads``) or a :class:`hpcnn.parallel.ParamAveraging`.
-    """
-    from hpcnn.kernels import softmax_cross_entropy
-
-    model.zero_grad()
-    logits = model.forward(x)
-    with profile.region("loss"):
-        loss, dlogits = softmax_cross_entropy(logits, y)
-    dp.backward(dlogits)
-    dp.sync_grads()
-    with profile.region("optimizer"):
-        opt.step(lr)
-    dp.after_step()
-    return loss
-
-
-TIMING_KEYS = ("compute_s", "allreduce_wait_s", "data_s")
+def eval_batch_sizes(n, size, batch=EVAL_BATCH):
+    """The distinct batch sizes :func:`evaluate` uses on any of ``size`` ranks."""
+    return sorted({b - a for rank in range(size) for a, b in eval_pieces(n, size, rank, batch)})
 
 
 def warm_kernel_cache(comm, model, x, y, eval_batches=()):
     """Rank 0 compiles (or loads) every kernel of a step and tunes the convolutions first; the
     others wait, then load the kernels and adopt rank 0's choices of convolution strategy.
 
-    Numba's on-disk cache is not safe to fill from many processes at once (numba issues #4807,
-    #10128), and a shared file system makes that every rank of the job. One forward and backward
-    on rank 0 fills it; gradients are zeroed after, parameters are untouched. ``algo="auto"``
-    times the strategies on first use: tuned on rank 0 alone (the timings undisturbed by the
-    other ranks) and shared, every rank computes with the same strategies. ``eval_batches``:
-    the test-batch sizes of any rank, tuned here too (a forward on zeros).
+    Call it on the whole (unsplit) model before a strategy takes it: the forward of a hybrid
+    strategy holds collectives, so no rank could run it alone. Numba's on-disk cache is not safe
+    to fill from many processes at once (numba issues #4807, #10128), and a shared file system
+    makes that every rank of the job. One forward and backward on rank 0 fills it; gradients are
+    zeroed after, parameters are untouched. ``algo="auto"`` times the strategies on first use:
+    tuned on rank 0 alone (the timings undisturbed by the other ranks) and shared, every rank
+    computes with the same strategies. ``eval_batches``: the test-batch sizes of any rank, tuned
+    here too (a forward of the feature stage on zeros).
     """
-    import numpy as np
-
     from hpcnn.kernels import _jit, autotune, softmax_cross_entropy
 
-    if comm.Get_size() == 1:
+    if comm is None or comm.Get_size() == 1:
         return
     auto = any(getattr(layer, "algo", None) == "auto" for layer in model.layers)
     if not (_jit.CACHE or auto):
@@ -340,22 +364,14 @@ def warm_kernel_cache(comm, model, x, y, eval_batches=()):
         model.backward(dlogits)
         model.zero_grad()
         for n in eval_batches if auto else ():
-            model.forward(np.zeros((n, *x.shape[1:]), dtype=x.dtype), train=False)
+            model.forward(np.zeros((n, *x.shape[1:]), dtype=x.dtype), train=False,
+                          upto=model.head_start)
     if auto:
         choices = comm.bcast(autotune.choices() if comm.Get_rank() == 0 else None)
         if comm.Get_rank() != 0:
             autotune.set_choices(choices)
     else:
         comm.Barrier()
-
-
-def eval_batch_sizes(n, size, batch=500):
-    """The distinct batch sizes :func:`evaluate` uses on any of ``size`` ranks."""
-    sizes = set()
-    for rank in range(size):
-        lo, hi = n * rank // size, n * (rank + 1) // size
-        sizes.update(min(batch, hi - i) for i in range(lo, hi, batch))
-    return sorted(sizes)
 
 
 def default_autotune_cache():
@@ -369,6 +385,78 @@ def default_autotune_cache():
     except OSError:
         return None  # autotune then keeps its choices in memory
     return path
+
+
+@dataclass
+class RunConfig:
+    """The run's resolved settings: options, the net's reference solver and the rank count."""
+
+    batch: int
+    per_rank: int
+    ref_lr: float
+    lr: float
+    policy: str
+    momentum: float
+    weight_decay: float
+    steps_per_epoch: int = 0
+    total_steps: int = 0
+    policy_args: dict = field(default_factory=dict)
+    warmup_steps: int = 0
+
+    @classmethod
+    def resolve(cls, args, solver, size):
+        if args.batch_per_rank is not None:
+            batch = args.batch_per_rank * size
+        else:
+            batch = args.batch_size or solver.batch_size
+        if batch < size or batch % size:
+            raise UsageError(f"global batch {batch} must be a multiple of the {size} ranks "
+                             f"(and at least {size})")
+        ref_lr = args.lr or solver.lr
+        return cls(batch=batch, per_rank=batch // size, ref_lr=ref_lr,
+                   lr=scaled_lr(ref_lr, batch, solver.batch_size, args.lr_scaling),
+                   policy=args.lr_policy or solver.lr_policy,
+                   momentum=solver.momentum if args.momentum is None else args.momentum,
+                   weight_decay=(solver.weight_decay if args.weight_decay is None
+                                 else args.weight_decay),
+                   policy_args=dict(solver.policy_args))
+
+    def fit(self, args, n_train):
+        """Steps, and the schedule's step-dependent arguments, for ``n_train`` images."""
+        if self.batch > n_train:
+            raise UsageError(f"global batch {self.batch} is larger than the {n_train} training "
+                             f"images")
+        self.steps_per_epoch = n_train // self.batch  # the last partial batch is dropped
+        self.total_steps = self.steps_per_epoch * args.epochs
+        if args.max_steps is not None:
+            self.total_steps = min(self.total_steps, args.max_steps)
+        if self.policy == "cosine":
+            self.policy_args["max_iter"] = self.total_steps
+        if self.policy == "step":
+            self.policy_args.setdefault("stepsize", max(1, self.total_steps // 3))
+        self.warmup_steps = int(round(args.warmup_epochs * self.steps_per_epoch))
+
+    def lr_at(self, step):
+        return lr_at(step, self.policy, self.lr, self.policy_args, self.ref_lr, self.warmup_steps)
+
+    def schedule(self):
+        """What checkpoints record of the learning-rate schedule."""
+        return dict(lr_at=self.lr_at, policy=self.policy, base_lr=self.lr, ref_lr=self.ref_lr,
+                    policy_args=self.policy_args, warmup_steps=self.warmup_steps)
+
+
+def make_strategy(args, comm, model, cfg):
+    """The parallel strategy the options ask for, with SGD over the parameters a rank holds."""
+    from functools import partial
+
+    from hpcnn.optim import SGD
+    from hpcnn.parallel import build_strategy
+
+    optimizer = partial(SGD, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return build_strategy(comm, model, optimizer, parallel=args.parallel, sync=args.sync,
+                          grid=args.grid, scheme=args.hybrid_scheme, bucket_mb=args.bucket_mb,
+                          overlap=not args.no_overlap, average_every=args.average_every,
+                          average_optimizer_state=args.average_optimizer_state)
 
 
 def run(args, comm, threads):
@@ -387,204 +475,232 @@ def run(args, comm, threads):
         autotune.DEFAULT_CACHE = previous
 
 
-def _run(args, comm, threads):
-    import numpy as np
+class Log:
+    """Rank 0's lines: the header, progress, epoch lines, the end."""
 
-    from hpcnn import __version__
-    from hpcnn.data.batches import EpochBatches
-    from hpcnn.nn import NETS, build_net
-    from hpcnn.optim import SGD
-    from hpcnn.parallel import (
-        DEFAULT_BUCKET_MB,
-        DataParallel,
-        ParamAveraging,
-        ProcessGrid,
-        agree,
-        reduce_timing,
-    )
+    def __init__(self, master, interval):
+        self.master, self.interval = master, interval
+        self.reset_window()
 
-    rank, size = comm.Get_rank(), comm.Get_size()
-    master = rank == 0
-
-    def say(msg):
-        if master:
+    def say(self, msg):
+        if self.master:
             print(msg, flush=True)
 
-    validate(args)
+    def reset_window(self):
+        self.win_loss, self.win_n, self.t_win, self.img_win = 0.0, 0, time.perf_counter(), 0
+
+    def progress(self, epoch, step, total, loss, images):
+        self.win_loss += loss
+        self.win_n += 1
+        self.img_win += images
+        now = time.perf_counter()
+        if now - self.t_win >= self.interval and self.master:
+            rate = self.img_win / (now - self.t_win)
+            eta = (total - step) * images / rate
+            print(f"epoch {epoch} step {step}/{total} loss {self.win_loss / self.win_n:.4f} "
+                  f"{rate:,.0f} img/s eta {fmt_time(eta)}", flush=True)
+            self.reset_window()
+
+    def header(self, args, ds, strategy, cfg, size, threads, solver):
+        from hpcnn import __version__
+
+        self.say(f"hpcnn {__version__} | net {args.net} ({strategy.num_params():,} parameters) "
+                 f"| dataset {ds.name} {'x'.join(map(str, ds.input_shape))}, "
+                 f"{len(ds.x_train)} train / {len(ds.x_test)} test")
+        self.say(f"source: {ds.source}")
+        lr_desc = f"lr {cfg.lr:g} {cfg.policy}"
+        if args.lr_scaling == "linear":
+            lr_desc += f" ({cfg.ref_lr:g} x {cfg.batch}/{solver.batch_size} linear scaling"
+            lr_desc += f", warm-up {args.warmup_epochs:g} epochs)" if cfg.warmup_steps else ")"
+        self.say(f"ranks {size} x threads {threads} | batch {cfg.batch} global ({cfg.per_rank} "
+                 f"per rank) | {lr_desc} | momentum {cfg.momentum:g} | weight decay "
+                 f"{cfg.weight_decay:g} | epochs {args.epochs} ({cfg.steps_per_epoch} steps "
+                 f"each) | seed {args.seed}")
+        if size > 1 or args.parallel != "data":
+            self.say(strategy.describe())
+        if cfg.batch > LARGE_BATCH:
+            self.say(f"warning: global batch {cfg.batch} is above {LARGE_BATCH}: Goyal et al. "
+                     f"(2017) saw accuracy fall beyond 8k images even with linear scaling and "
+                     f"warm-up")
+
+    def epoch_line(self, record, timing):
+        if not self.master:
+            return
+        c, w, d = (timing[k] for k in TIMING_KEYS)
+        kinds = ", ".join(f"{k} {v / 2**20:.2f}" for k, v in sorted(record["bytes_per_step"]
+                                                                    .items()) if v)
+        print(f"epoch {record['epoch']} done: train loss {record['train_loss']:.4f} | test "
+              f"accuracy {100 * record['test_accuracy']:.2f}% | "
+              f"{record['images_per_second']:,.0f} img/s | per step compute "
+              f"{1e3 * c['mean']:.1f} ms, comm wait {1e3 * w['mean']:.1f} ms (max "
+              f"{1e3 * w['max']:.1f}), data {1e3 * d['mean']:.1f} ms"
+              + (f", MiB sent {kinds}" if kinds else "")
+              + f" | elapsed {fmt_time(record['elapsed_s'])}", flush=True)
+
+
+@dataclass
+class EpochResult:
+    steps: int = 0  # steps taken in this epoch by this call
+    loss_sum: float = 0.0
+    loss_n: int = 0
+    t_data: float = 0.0
+    t_step: float = 0.0
+    stopped: bool = False
+
+
+def run_epoch(strategy, ctl, batches, log, cfg, epoch, step, first, loss_sum, loss_n, fault):
+    """Steps ``first ..`` of one epoch; returns an :class:`EpochResult` (sums include the
+    ``loss_sum``/``loss_n`` carried in from a resumed epoch)."""
+    res = EpochResult(loss_sum=loss_sum, loss_n=loss_n)
+    for i in range(first, cfg.steps_per_epoch):
+        if step >= cfg.total_steps:
+            break
+        fault(step)
+        ta = time.perf_counter()
+        with profile.region("data"):
+            x, y = next(batches)
+        tb = time.perf_counter()
+        loss = strategy.step(x, y, cfg.lr_at(step))
+        res.t_data += tb - ta
+        res.t_step += time.perf_counter() - tb
+        step += 1
+        res.steps += 1
+        res.loss_sum += loss
+        res.loss_n += 1
+        log.progress(epoch, step, cfg.total_steps, loss, cfg.batch)
+        if ctl.after_step(step, epoch, i + 1, loss, res.loss_sum, res.loss_n):
+            res.stopped = True  # a stop signal: checkpoint written
+            break
+    return res
+
+
+def _fault_hooks(rank):
+    """The test hooks of the module docstring: (step fault, data fault) callables."""
     fault_rank, fault_step = _env_int("HPCNN_FAULT_RANK"), _env_int("HPCNN_FAULT_STEP")
     fault_data_rank = _env_int("HPCNN_FAULT_DATA_RANK")
-    _, solver, net_shape = NETS[args.net]
-    if args.batch_per_rank is not None:
-        batch = args.batch_per_rank * size
-    else:
-        batch = args.batch_size or solver.batch_size
-    if batch < size or batch % size:
-        raise UsageError(f"global batch {batch} must be a multiple of the {size} ranks "
-                         f"(and at least {size})")
-    per_rank = batch // size
-    ref_lr = args.lr or solver.lr
-    lr = scaled_lr(ref_lr, batch, solver.batch_size, args.lr_scaling)
-    policy = args.lr_policy or solver.lr_policy
-    momentum = solver.momentum if args.momentum is None else args.momentum
-    wd = solver.weight_decay if args.weight_decay is None else args.weight_decay
 
-    grid = ProcessGrid(comm)  # (ranks, 1): pure data parallelism along the data axis
-    dcomm = grid.data_comm
-    metrics = agree(comm, Metrics, args.metrics if master else None)
-    agree(comm, _check_writable, args.trace if master else None, "trace file")
-    ctl = control.TrainingControl(args, comm, say)
+    def step_fault(step):
+        if fault_rank == rank and fault_step == step + 1:
+            raise RuntimeError(f"injected failure before step {step + 1} "
+                               f"(HPCNN_FAULT_RANK/HPCNN_FAULT_STEP test hook)")
 
-    def load(*a):
+    def data_fault():
         if fault_data_rank == rank:
             raise DataError("cannot read the dataset (HPCNN_FAULT_DATA_RANK test hook)")
+
+    return step_fault, data_fault
+
+
+def _setup(args, comm, log):
+    """Data, model, strategy and the resolved configuration, checked alike on every rank."""
+    from hpcnn.nn import NETS, build_net
+    from hpcnn.parallel import agree
+
+    rank, size = comm.Get_rank(), comm.Get_size()
+    _, solver, net_shape = NETS[args.net]
+    cfg = RunConfig.resolve(args, solver, size)
+    step_fault, data_fault = _fault_hooks(rank)
+
+    def load(*a):
+        data_fault()
         return load_data(*a)
 
     ds, why = agree(comm, load, args, net_shape)
     if why:
-        say(f"data: {why}")
-    n_train = len(ds.x_train)
-    if batch > n_train:
-        raise UsageError(f"global batch {batch} is larger than the {n_train} training images")
-
-    kwargs = {"hidden": args.hidden} if args.net == "mlp" else {"algo": args.algo}
+        log.say(f"data: {why}")
+    cfg.fit(args, len(ds.x_train))
+    kwargs = {"algo": args.algo}
+    if args.net == "mlp":
+        kwargs = {"hidden": args.hidden}
     model = build_net(args.net, ds.input_shape, ds.num_classes, seed=args.seed, **kwargs)
-    opt = SGD(model.params(), lr, momentum, wd)
-    if args.sync == "grad":
-        bucket_mb = args.bucket_mb or DEFAULT_BUCKET_MB
-        dp = DataParallel(dcomm, model, bucket_mb=bucket_mb, overlap=not args.no_overlap)
-        sync_desc = (f"sync grad ({len(dp.buckets)} bucket{'s' * (len(dp.buckets) > 1)} "
-                     f"<= {bucket_mb:g} MiB, {'no overlap' if args.no_overlap else 'overlap'})")
-    else:
-        every = args.average_every or 1
-        dp = ParamAveraging(dcomm, model, opt, every, args.average_optimizer_state)
-        sync_desc = (f"sync average every {every} step{'s' * (every > 1)}"
-                     f"{' (with momentum)' if args.average_optimizer_state else ''}")
+    warm_kernel_cache(comm, model, ds.x_train[:cfg.per_rank], ds.y_train[:cfg.per_rank],
+                      eval_batch_sizes(len(ds.x_test), size))
+    strategy = agree(comm, make_strategy, args, comm, model, cfg)
+    return ds, strategy, cfg, solver, step_fault
 
-    steps_per_epoch = n_train // batch  # the last partial batch is dropped on every rank alike
-    total_steps = steps_per_epoch * args.epochs
-    if args.max_steps is not None:
-        total_steps = min(total_steps, args.max_steps)
-    policy_args = dict(solver.policy_args)
-    if policy == "cosine":
-        policy_args["max_iter"] = total_steps
-    if policy == "step":
-        policy_args.setdefault("stepsize", max(1, total_steps // 3))
-    warmup_steps = int(round(args.warmup_epochs * steps_per_epoch))
 
-    def lr_of(step):
-        return lr_at(step, policy, lr, policy_args, ref_lr, warmup_steps)
+def _epoch_record(comm, strategy, res, epoch, step, acc, images_per_second, t0, lr):
+    """The metrics record of an epoch, and the per-step timing over ranks (rank 0)."""
+    n = max(1, res.loss_n)
+    t = strategy.timings()
+    wait = sum(v for k, v in t["wait_s"].items())
+    steps = max(1, t["steps"])
+    timing = reduce_timing(comm, {"compute_s": (res.t_step - wait) / steps,
+                                  "allreduce_wait_s": wait / steps,
+                                  "data_s": res.t_data / steps})
+    record = {"epoch": epoch, "step": step, "train_loss": res.loss_sum / n,
+              "test_accuracy": acc, "images_per_second": images_per_second,
+              "elapsed_s": time.perf_counter() - t0, "lr": lr,
+              "wait_s_per_step": {k: v / steps for k, v in t["wait_s"].items()},
+              "bytes_per_step": {k: v / steps for k, v in t["bytes"].items()}}
+    if timing is not None:
+        record["timing"] = dict(timing, per="step", steps=res.loss_n)
+    return record, timing
 
-    warm_kernel_cache(comm, model, ds.x_train[:per_rank], ds.y_train[:per_rank],
-                      eval_batch_sizes(len(ds.x_test), dcomm.Get_size()))
-    ctl.attach(model, opt, dp, batch=batch, steps_per_epoch=steps_per_epoch, n_train=n_train,
-               schedule=dict(lr_at=lr_of, policy=policy, base_lr=lr, ref_lr=ref_lr,
-                             policy_args=policy_args, warmup_steps=warmup_steps))
+
+def _run(args, comm, threads):
+    from hpcnn.data.batches import EpochBatches
+    from hpcnn.parallel import agree
+
+    rank, size = comm.Get_rank(), comm.Get_size()
+    log = Log(rank == 0, args.log_interval)
+    validate(args)
+    metrics = agree(comm, Metrics, args.metrics if rank == 0 else None)
+    agree(comm, _check_writable, args.trace if rank == 0 else None, "trace file")
+    ctl = control.TrainingControl(args, comm, log.say)
+    ds, strategy, cfg, solver, step_fault = _setup(args, comm, log)
+    ctl.attach(strategy, batch=cfg.batch, steps_per_epoch=cfg.steps_per_epoch,
+               n_train=len(ds.x_train), schedule=cfg.schedule())
     pos = ctl.resume()
+    log.header(args, ds, strategy, cfg, size, threads, solver)
 
-    say(f"hpcnn {__version__} | net {args.net} ({model.num_params():,} parameters) | "
-        f"dataset {ds.name} {'x'.join(map(str, ds.input_shape))}, {n_train} train / "
-        f"{len(ds.x_test)} test")
-    say(f"source: {ds.source}")
-    lr_desc = f"lr {lr:g} {policy}"
-    if args.lr_scaling == "linear":
-        lr_desc += f" ({ref_lr:g} x {batch}/{solver.batch_size} linear scaling"
-        lr_desc += f", warm-up {args.warmup_epochs:g} epochs)" if warmup_steps else ")"
-    say(f"ranks {size} x threads {threads} | batch {batch} global ({per_rank} per rank) | "
-        f"{lr_desc} | momentum {momentum:g} | weight decay {wd:g} | "
-        f"epochs {args.epochs} ({steps_per_epoch} steps each) | seed {args.seed}")
-    if size > 1:
-        say(sync_desc)
-    if batch > LARGE_BATCH:
-        say(f"warning: global batch {batch} is above {LARGE_BATCH}: Goyal et al. (2017) saw "
-            f"accuracy fall beyond 8k images even with linear scaling and warm-up")
-
-    step, t_train, images, last_loss, acc = pos.step, 0.0, 0, float("nan"), float("nan")
+    step, t_train, images, acc, record = pos.step, 0.0, 0, float("nan"), {}
     if args.profile or args.trace:
         profile.enable()
     t0 = time.perf_counter()
-    record = {}
+    in_memory = isinstance(ds.x_train, np.ndarray)  # else an h5: store, read ahead
     for epoch in range(pos.epoch, args.epochs + 1):
-        if step >= total_steps or ctl.stopped:
+        if step >= cfg.total_steps or ctl.stopped:
             break
         # One global shuffle per epoch, identical on every rank (seeded by seed and epoch).
-        order = np.random.default_rng([args.seed, epoch]).permutation(n_train)
-        first = 0 if epoch > pos.epoch else pos.index  # resuming mid-epoch
-        loss_sum, loss_n = (0.0, 0) if epoch > pos.epoch else (pos.loss_sum, pos.loss_n)
-        in_memory = isinstance(ds.x_train, np.ndarray)  # else an h5: store, read ahead
-        batches = EpochBatches(ds.x_train, ds.y_train, order, batch, per_rank, rank, first,
-                               steps_per_epoch, 0 if in_memory else args.prefetch)
-        win_loss, win_n, t_win, img_win = 0.0, 0, time.perf_counter(), 0
-        t_data = t_compute = t_wait = 0.0  # this rank's seconds in this epoch
+        order = np.random.default_rng([args.seed, epoch]).permutation(len(ds.x_train))
+        resumed = epoch == pos.epoch
+        first = pos.index if resumed else 0
+        batches = EpochBatches(ds.x_train, ds.y_train, order, cfg.batch, cfg.per_rank, rank,
+                               first, cfg.steps_per_epoch, 0 if in_memory else args.prefetch)
+        strategy.reset_timings()
+        log.reset_window()
         t_epoch = time.perf_counter()
-        for i in range(first, steps_per_epoch):
-            if step >= total_steps:
-                break
-            if fault_rank == rank and fault_step == step + 1:
-                raise RuntimeError(f"injected failure before step {step + 1} "
-                                   f"(HPCNN_FAULT_RANK/HPCNN_FAULT_STEP test hook)")
-            ta = time.perf_counter()
-            with profile.region("data"):
-                x, y = next(batches)
-            tb = time.perf_counter()
-            loss = train_step(model, dp, opt, x, y, lr_of(step))
-            tc = time.perf_counter()
-            t_data += tb - ta
-            t_wait += dp.last_wait_s
-            t_compute += (tc - tb) - dp.last_wait_s
-            step += 1
-            loss_sum += loss
-            loss_n += 1
-            win_loss += loss
-            win_n += 1
-            img_win += batch
-            now = time.perf_counter()
-            if now - t_win >= args.log_interval and master:
-                rate = img_win / (now - t_win)
-                eta = (total_steps - step) * batch / rate
-                print(f"epoch {epoch} step {step}/{total_steps} loss {win_loss / win_n:.4f} "
-                      f"{rate:,.0f} img/s eta {fmt_time(eta)}", flush=True)
-                win_loss, win_n, t_win, img_win = 0.0, 0, now, 0
-            if ctl.after_step(step, epoch, i + 1, loss, loss_sum, loss_n):
-                break  # a stop signal: checkpoint written
+        res = run_epoch(strategy, ctl, batches, log, cfg, epoch, step, first,
+                        pos.loss_sum if resumed else 0.0, pos.loss_n if resumed else 0,
+                        step_fault)
         batches.close()
-        if ctl.stopped:
+        step += res.steps
+        if res.stopped:
             break
         t_train += time.perf_counter() - t_epoch
-        images += loss_n * batch
-        n = max(1, loss_n)
-        timing = reduce_timing(comm, {"compute_s": t_compute / n, "allreduce_wait_s": t_wait / n,
-                                      "data_s": t_data / n})
+        images += res.steps * cfg.batch
         if size > 1:
-            loss_sum = comm.allreduce(loss_sum) / size
-        last_loss = loss_sum / n
-        dp.sync_params()  # parameter averaging: evaluate the average, not one rank's model
+            res.loss_sum = comm.allreduce(res.loss_sum) / size
         with profile.region("evaluate"):
-            acc = evaluate(model, ds.x_test, ds.y_test, dcomm)
-        record = {"epoch": epoch, "step": step, "train_loss": last_loss,
-                  "test_accuracy": acc, "images_per_second": images / t_train,
-                  "elapsed_s": time.perf_counter() - t0, "lr": lr_of(max(0, step - 1))}
-        if master:
-            record["timing"] = dict(timing, per="step", steps=loss_n)
+            acc = evaluate(strategy, ds.x_test, ds.y_test, comm)
+        record, timing = _epoch_record(comm, strategy, res, epoch, step, acc,
+                                       images / max(t_train, 1e-9), t0,
+                                       cfg.lr_at(max(0, step - 1)))
         metrics.write(record)
-        if master:
-            c, w, d = (timing[k] for k in TIMING_KEYS)
-            print(f"epoch {epoch} done: train loss {last_loss:.4f} | test accuracy "
-                  f"{100 * acc:.2f}% | {record['images_per_second']:,.0f} img/s | per step "
-                  f"compute {1e3 * c['mean']:.1f} ms, allreduce wait {1e3 * w['mean']:.1f} ms "
-                  f"(max {1e3 * w['max']:.1f}), data {1e3 * d['mean']:.1f} ms | "
-                  f"elapsed {fmt_time(record['elapsed_s'])}", flush=True)
+        log.epoch_line(record, timing)
         if ctl.after_epoch(epoch, step, acc):
             break  # early stopping
 
     summary = dict(record, step=step, summary=True, net=args.net, dataset=ds.name, ranks=size,
-                   threads=threads, batch_size=batch, batch_per_rank=per_rank, sync=args.sync,
+                   threads=threads, batch_size=cfg.batch, batch_per_rank=cfg.per_rank,
+                   sync=args.sync, parallel=args.parallel, strategy=strategy.describe(),
                    elapsed_s=time.perf_counter() - t0, **ctl.finish())
     metrics.write(summary)
     metrics.close()
-    grid.free()
-    say(f"finished: {step} steps | test accuracy {100 * acc:.2f}% | "
-        f"{summary.get('images_per_second', 0):,.0f} img/s | "
-        f"total {fmt_time(summary['elapsed_s'])}")
+    log.say(f"finished: {step} steps | test accuracy {100 * acc:.2f}% | "
+            f"{summary.get('images_per_second', 0):,.0f} img/s | "
+            f"total {fmt_time(summary['elapsed_s'])}")
     if profile.enabled():
         profile.disable()
         finish_profile(args, comm)

@@ -72,8 +72,14 @@ def test_resume_is_bitwise_exact(tmp_path, extra):
     assert second["step"] == 16
     (pa, ma), (pb, mb) = final_arrays(a), final_arrays(b)
     assert ma["step"] == mb["step"] == 16
-    np.testing.assert_array_equal(pa["params"], pb["params"])
-    np.testing.assert_array_equal(pa["momentum"], pb["momentum"])
+    assert_same_arrays(pa, pb)
+
+
+def assert_same_arrays(a, b):
+    """The same named arrays, bitwise (parameters and momentum)."""
+    assert sorted(a) == sorted(b) and any(k.startswith("momentum/") for k in a)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
 def test_checkpoint_content_and_keep(tmp_path):
@@ -82,7 +88,13 @@ def test_checkpoint_content_and_keep(tmp_path):
     names = [p.name for p in ckpt.list_checkpoints(tmp_path)]
     assert names == ["ckpt-000000008.h5", "ckpt-000000006.h5"]
     arrays, meta = ckpt.read_checkpoint(tmp_path / names[0])
-    assert arrays["params"].shape == arrays["momentum"].shape == (1, meta["num_params"])
+    assert sum(a.size for k, a in arrays.items() if k.startswith("param/")) == \
+        meta["num_params"]
+    for k, a in arrays.items():
+        kind, name = k.split("/")
+        assert arrays[f"momentum/{name}"].shape == arrays[f"param/{name}"].shape == \
+            tuple(meta["arrays"][k])
+    assert meta["rows"] == 1 and sorted(meta["arrays"]) == sorted(arrays)
     assert (meta["step"], meta["epoch"], meta["index"]) == (8, 2, 0)  # epoch 1 complete
     assert meta["net"] == "mlp" and meta["ranks"] == 1 and meta["sync"] == "grad"
     assert meta["config"]["seed"] == 3 and meta["lr_schedule"]["policy"] == "inv"
@@ -140,8 +152,7 @@ def test_kill_9_during_checkpoint_write_keeps_previous(tmp_path):
     resumed = train_inproc("--epochs", "2", "--checkpoint-dir", str(d), "--resume", "auto")
     assert resumed["step"] == 16 and not list(d.glob(".ckpt-*.tmp"))
     train_inproc("--epochs", "2", "--checkpoint-dir", str(tmp_path / "straight"))
-    np.testing.assert_array_equal(final_arrays(d)[0]["params"],
-                                  final_arrays(tmp_path / "straight")[0]["params"])
+    assert_same_arrays(final_arrays(d)[0], final_arrays(tmp_path / "straight")[0])
 
 
 # --- signals ---------------------------------------------------------------------------------
@@ -193,7 +204,7 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_last_checkpoint(tmp_pat
     kept = ckpt.list_checkpoints(tmp_path)
     assert kept
     arrays, _ = ckpt.read_checkpoint(kept[0])
-    assert np.isfinite(arrays["params"]).all()
+    assert all(np.isfinite(a).all() for a in arrays.values())
     assert Diverged.exit_status == 3
     assert main([*SMALL, "--epochs", "5", "--lr", "1e12"]) == 3
     err = capsys.readouterr().err.strip().splitlines()

@@ -107,34 +107,49 @@ def test_model_buckets_for_lenet5():
 
 
 # DataParallel / ParamAveraging on one rank ---------------------------------------------------
-def test_data_parallel_single_rank_is_plain_backward():
+def test_data_parallel_single_rank_is_plain_serial_training():
+    from functools import partial
+
     from mpi4py import MPI
 
     model = build_net("mlp", (1, 4, 4), 3, hidden=5)
-    dp = DataParallel(MPI.COMM_SELF, model, bucket_mb=1e-5)
+    ref = build_net("mlp", (1, 4, 4), 3, hidden=5)
+    dp = DataParallel(MPI.COMM_SELF, model, partial(SGD, lr=0.1), bucket_mb=1e-5)
     assert len(dp.buckets) > 1
-    model.flat_grads[:] = 1.0
-    dp.sync_grads()
-    assert (model.flat_grads == 1.0).all() and dp.last_wait_s == 0.0
+    x = np.random.default_rng(0).standard_normal((6, 1, 4, 4)).astype(np.float32)
+    y = np.arange(6) % 3
+    dp.step(x, y, 0.1)
+    from hpcnn.kernels import softmax_cross_entropy
+
+    ref.zero_grad()
+    _, d = softmax_cross_entropy(ref.forward(x), y)
+    ref.backward(d)
+    SGD(ref.params(), 0.1).step()
+    np.testing.assert_array_equal(model.flat_params, ref.flat_params)
+    assert dp.timings()["wait_s"] == {} and dp.timings()["steps"] == 1
     with pytest.raises(ValueError, match="bucket"):
-        DataParallel(None, model, bucket_mb=0)
+        DataParallel(None, model, partial(SGD, lr=0.1), bucket_mb=0)
 
 
 def test_param_averaging_flattens_momentum_in_place():
     model = build_net("mlp", (1, 4, 4), 3, hidden=5)
-    opt = SGD(model.params(), 0.1, momentum=0.9)
-    opt.momentum_buffers[1][...] = 7.0
-    pa = ParamAveraging(None, model, opt, every=2, average_optimizer_state=True)
+
+    def sgd(params):
+        opt = SGD(params, 0.1, momentum=0.9)
+        opt.momentum_buffers[1][...] = 7.0
+        return opt
+
+    pa = ParamAveraging(None, model, sgd, every=2, average_optimizer_state=True)
     flat = pa.flat_momentum
     assert flat.size == model.num_params()
     off, n = model.offsets[1]
     assert (flat[off:off + n] == 7.0).all()
-    for v in opt.momentum_buffers:
+    for v in pa.opt.momentum_buffers:
         assert np.shares_memory(v, flat)
-    pa.after_step()
-    assert pa._since == 1
-    pa.after_step()
-    assert pa._since == 0
+    pa.finish_step(0.0)
+    assert pa.since == 1
+    pa.finish_step(0.0)
+    assert pa.since == 0
 
 
 def test_grid_on_one_rank():
@@ -173,6 +188,13 @@ def test_linear_scaling_and_warmup():
     (["--warmup-epochs", "1"], "--lr-scaling linear"),
     (["--sync", "allgather"], "invalid choice"),
     (["--bucket-mb", "0"], "--bucket-mb"),
+    (["--grid", "2x1"], "--parallel hybrid"),
+    (["--hybrid-scheme", "b"], "--parallel hybrid"),
+    (["--parallel", "hybrid", "--sync", "average"], "data-parallel option"),
+    (["--parallel", "hybrid", "--grid", "2by2"], "DxM"),
+    (["--parallel", "hybrid", "--grid", "0x2"], "positive"),
+    (["--parallel", "hybrid", "--hybrid-scheme", "d"], "invalid choice"),
+    (["--parallel", "model"], "invalid choice"),
 ])
 def test_parallel_options_are_checked(argv, needle):
     with pytest.raises(UsageError, match=needle):

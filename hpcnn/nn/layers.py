@@ -20,10 +20,15 @@ def _pair(v):
 
 
 class Param:
-    """A trainable array with its gradient and Caffe's per-parameter multipliers.
+    """A trainable array with its gradient, its name and Caffe's per-parameter multipliers.
 
     ``data`` and ``grad`` may later be re-homed as views of one flat buffer
-    (:meth:`hpcnn.nn.Sequential.flatten`); code must always go through the attributes.
+    (:class:`hpcnn.parallel.flatbuf.FlatGroup`); code must always go through the attributes.
+
+    A parameter split across ranks (a model-parallel layer) holds rows ``start:start+count`` of
+    the full tensor along axis 0: ``shard = (start, count)`` (from
+    :func:`hpcnn.parallel.blockdist`), ``full_shape`` the whole tensor's shape. Unsplit, ``shard``
+    is None and ``full_shape == data.shape``.
     """
 
     def __init__(self, data, name, lr_mult=1.0, decay_mult=1.0):
@@ -32,9 +37,30 @@ class Param:
         self.name = name
         self.lr_mult = float(lr_mult)
         self.decay_mult = float(decay_mult)
+        self.full_shape = self.data.shape
+        self.shard = None
+
+    def take_rows(self, start, count):
+        """Keep rows ``start:start+count`` of this (full) parameter: this rank's slice."""
+        if self.shard is not None:
+            raise ValueError(f"{self.name} is already split ({self.shard})")
+        self.data = np.ascontiguousarray(self.data[start:start + count])
+        self.grad = np.zeros_like(self.data)
+        self.shard = (int(start), int(count))
+
+    def local_part(self, full):
+        """This rank's part of a full-shape array of this parameter (a view)."""
+        if tuple(full.shape) != tuple(self.full_shape):
+            raise ValueError(f"{self.name}: shape {tuple(full.shape)} != {self.full_shape}")
+        if self.shard is None:
+            return full
+        start, count = self.shard
+        return full[start:start + count]
 
     def __repr__(self):
-        return f"Param({self.name}, shape={self.data.shape})"
+        split = f", rows {self.shard[0]}:{sum(self.shard)} of {self.full_shape}" \
+            if self.shard else ""
+        return f"Param({self.name}, shape={self.data.shape}{split})"
 
 
 def _init(rng, shape, fan_in, init, std):

@@ -1,51 +1,74 @@
-"""Sequential model: a list of layers, with all parameters and gradients in two flat buffers.
+"""Sequential model: a list of layers, split into a feature stage and a head.
 
-Flat buffers make the optimizer one pass over memory and let data parallelism reduce gradients
-with a few large ``Allreduce`` calls on contiguous float32 memory (each layer's gradient is a view
-into ``flat_grads``, so nothing is copied in or out).
+The feature stage is the convolutions and pooling (everything up to and including the flatten),
+the head the fully connected layers after it. A data-parallel strategy treats them alike; the
+hybrid strategy runs the features data-parallel and splits the head over ranks.
+
+On construction every parameter and gradient moves into one flat buffer
+(:class:`hpcnn.parallel.flatbuf.FlatGroup`): the serial optimizer makes one pass over memory and
+data parallelism reduces gradients with a few large collectives. A strategy may regroup them.
 """
 
-import numpy as np
-
 from hpcnn import profile
+from hpcnn.parallel.flatbuf import FlatGroup, unique_params
 
 
 class Sequential:
-    def __init__(self, layers, input_shape, name="net"):
+    """Layers applied in order; ``head_start`` is the index of the first head layer (default:
+    after the last ``Flatten``, or 0 when there is none)."""
+
+    def __init__(self, layers, input_shape, name="net", head_start=None):
         self.layers = list(layers)
         self.input_shape = tuple(input_shape)
         self.name = name
-        self._flatten()
+        if head_start is None:
+            flat = [i for i, layer in enumerate(self.layers) if layer.kind == "layout"]
+            head_start = flat[-1] + 1 if flat else 0
+        if not 0 <= head_start <= len(self.layers):
+            raise ValueError(f"head_start {head_start} is outside 0..{len(self.layers)}")
+        self.head_start = int(head_start)
+        self.group = FlatGroup(self.params())
+
+    @property
+    def features(self):
+        """The feature-stage layers (convolutions, pooling, flatten)."""
+        return self.layers[:self.head_start]
+
+    @property
+    def head(self):
+        """The head layers (fully connected, with their activations)."""
+        return self.layers[self.head_start:]
 
     # parameters -------------------------------------------------------------------------------
     def params(self):
-        """All parameters, in layer order (the order every rank must agree on)."""
-        return [p for layer in self.layers for p in layer.params()]
+        """All parameters, in layer order (the order every rank must agree on), each once."""
+        return unique_params(p for layer in self.layers for p in layer.params())
 
     def named_params(self):
         return [(p.name, p) for p in self.params()]
 
     def num_params(self):
-        return int(self.flat_params.size)
+        """Parameters of the whole (unsplit) model."""
+        import math
 
-    def _flatten(self):
-        """Move every parameter and gradient into one flat float32 buffer; layers keep views."""
-        ps = self.params()
-        total = sum(p.data.size for p in ps)
-        self.flat_params = np.zeros(total, dtype=np.float32)
-        self.flat_grads = np.zeros(total, dtype=np.float32)
-        self.offsets = []
-        off = 0
-        for p in ps:
-            n = p.data.size
-            self.flat_params[off:off + n] = p.data.ravel()
-            p.data = self.flat_params[off:off + n].reshape(p.data.shape)
-            p.grad = self.flat_grads[off:off + n].reshape(p.data.shape)
-            self.offsets.append((off, n))
-            off += n
+        return sum(math.prod(p.full_shape) for p in self.params())
+
+    # the serial flat buffers (a strategy may regroup the parameters) -------------------------
+    @property
+    def flat_params(self):
+        return self.group.data
+
+    @property
+    def flat_grads(self):
+        return self.group.grad
+
+    @property
+    def offsets(self):
+        return self.group.offsets
 
     def zero_grad(self):
-        self.flat_grads.fill(0.0)
+        for p in self.params():
+            p.grad.fill(0.0)
 
     def state_dict(self):
         return {name: p.data.copy() for name, p in self.named_params()}
@@ -61,18 +84,20 @@ class Sequential:
             p.data[...] = state[name]
 
     # compute ----------------------------------------------------------------------------------
-    def forward(self, x, train=True):
+    def forward(self, x, train=True, upto=None):
+        """Run layers ``0 .. upto-1`` (default all) on ``x``."""
+        layers = self.layers if upto is None else self.layers[:upto]
         if profile.enabled():
-            for layer in self.layers:
+            for layer in layers:
                 with profile.region(layer.kind, f"{layer.name} fwd"):
                     x = layer.forward(x, train)
             return x
-        for layer in self.layers:
+        for layer in layers:
             x = layer.forward(x, train)
         return x
 
-    def backward(self, dy, on_layer_done=None, input_grad=False):
-        """Backpropagate ``dy`` through the layers in reverse order.
+    def backward(self, dy, on_layer_done=None, input_grad=False, upto=None):
+        """Backpropagate ``dy`` through layers ``upto-1 .. 0`` (default all) in reverse order.
 
         ``on_layer_done(i)`` is called as soon as layer ``i``'s gradients are final, so that a
         data-parallel wrapper can start reducing them while earlier layers still compute.
@@ -81,7 +106,8 @@ class Sequential:
         not require grad): for a first convolution, its data-gradient GEMM and col2im.
         """
         prof = profile.enabled()
-        for i in range(len(self.layers) - 1, -1, -1):
+        top = len(self.layers) if upto is None else upto
+        for i in range(top - 1, -1, -1):
             layer = self.layers[i]
             want = input_grad or i > 0
             if prof:

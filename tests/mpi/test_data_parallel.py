@@ -5,6 +5,7 @@ serial run itself (no communicator), so the comparison needs no second launch.
 """
 
 import functools
+from functools import partial
 
 import numpy as np
 import pytest
@@ -13,8 +14,7 @@ from hpcnn.data import load_dataset
 from hpcnn.errors import HpcnnError
 from hpcnn.nn import NETS, build_net
 from hpcnn.optim import SGD
-from hpcnn.parallel import DataParallel, ParamAveraging
-from hpcnn.train import train_step
+from hpcnn.parallel import DataParallel, Hybrid, ParamAveraging
 
 STEPS = 20
 
@@ -40,16 +40,16 @@ def run(net, comm, steps, batch, seed=1, mode="grad-overlap", plain=False):
     model = build_net(net, shape, 10, seed=seed, algo="lowering")
     size, rank = (comm.Get_size(), comm.Get_rank()) if comm is not None else (1, 0)
     momentum, wd = (0.0, 0.0) if plain else (solver.momentum, solver.weight_decay)
-    opt = SGD(model.params(), solver.lr, momentum, wd)
+    opt = partial(SGD, lr=solver.lr, momentum=momentum, weight_decay=wd)
     opts = MODES[mode][0]
     if mode.startswith("average"):
         dp = ParamAveraging(comm, model, opt, **opts)
     else:
-        dp = DataParallel(comm, model, **opts)
+        dp = DataParallel(comm, model, opt, **opts)
     per = batch // size
     for i in range(steps):
         sl = slice(i * batch + rank * per, i * batch + (rank + 1) * per)
-        train_step(model, dp, opt, ds.x_train[sl], ds.y_train[sl], solver.lr)
+        dp.step(ds.x_train[sl], ds.y_train[sl], solver.lr)
     return model.flat_params.copy(), dp
 
 
@@ -87,21 +87,22 @@ def test_overlap_launches_every_bucket_during_backward():
 
     comm = MPI.COMM_WORLD
     model = build_net("lenet5", (1, 28, 28), 10, seed=0)
-    dp = DataParallel(comm, model, bucket_mb=0.05)
+    dp = DataParallel(comm, model, partial(SGD, lr=0.1), bucket_mb=0.05)
     launched = []
-    real = dp._launch
+    real = dp.reducer._launch
 
     def spy(k):
         launched.append(k)
         real(k)
 
-    dp._launch = spy
+    dp.reducer._launch = spy
     x = np.random.default_rng(comm.Get_rank()).standard_normal((2, 1, 28, 28)).astype(np.float32)
-    y = model.forward(x)
-    dp.backward(np.ones_like(y))
-    assert launched == list(range(len(dp.buckets)))  # all started before sync_grads, in order
-    dp.sync_grads()
+    dp.forward_backward(x, np.arange(2))
+    assert launched == list(range(len(dp.buckets)))  # all started before finish_step, in order
+    assert dp.reducer.launched_in_backward == len(dp.buckets)
+    dp.finish_step(0.1)
     assert_same_on_every_rank(comm, model.flat_grads)
+    assert dp.timings()["bytes"]["allreduce"] == dp.bytes_per_step(2)["allreduce"]
 
 
 @pytest.mark.mpi(min_size=2)
@@ -114,12 +115,13 @@ def test_parameter_averaging_every_k_steps_with_momentum():
     ds = load_dataset("synthetic", synthetic_shape=shape, synthetic_train=64, synthetic_test=10,
                       seed=3)
     model = build_net("lenet5", shape, 10, seed=rank)  # differs: rank 0's is broadcast
-    opt = SGD(model.params(), solver.lr, solver.momentum, solver.weight_decay)
+    opt = partial(SGD, lr=solver.lr, momentum=solver.momentum,
+                  weight_decay=solver.weight_decay)
     pa = ParamAveraging(comm, model, opt, every=3, average_optimizer_state=True)
     per = 8 // size
     for i in range(1, 7):
         sl = slice(8 * i + rank * per, 8 * i + (rank + 1) * per)
-        train_step(model, pa, opt, ds.x_train[sl], ds.y_train[sl], solver.lr)
+        pa.step(ds.x_train[sl], ds.y_train[sl], solver.lr)
         p = model.flat_params.copy()
         gathered = np.empty((size, p.size), dtype=np.float32)
         comm.Allgather(p, gathered)
@@ -136,17 +138,17 @@ def test_parameters_broadcast_from_rank_0():
 
     comm = MPI.COMM_WORLD
     model = build_net("lenet5", (1, 28, 28), 10, seed=comm.Get_rank())  # differs per rank
-    DataParallel(comm, model)
+    DataParallel(comm, model, partial(SGD, lr=0.1))
     ref = build_net("lenet5", (1, 28, 28), 10, seed=0)
     np.testing.assert_array_equal(model.flat_params, ref.flat_params)
 
 
 @pytest.mark.mpi(min_size=2)
-@pytest.mark.parametrize("cls", [DataParallel, ParamAveraging])
+@pytest.mark.parametrize("cls", [DataParallel, ParamAveraging, Hybrid])
 def test_different_models_fail_on_every_rank(cls):
     from mpi4py import MPI
 
     comm = MPI.COMM_WORLD
     model = build_net("mlp", (1, 4, 4), 3, hidden=5 + comm.Get_rank())
     with pytest.raises(HpcnnError, match="the model differs between ranks"):
-        cls(comm, model)
+        cls(comm, model, partial(SGD, lr=0.1))
