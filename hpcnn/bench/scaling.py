@@ -61,53 +61,67 @@ def _batches(net_name, batch_per_rank, size, rank, seed, n_batches=4):
 
 
 def _worker_hpcnn(a):
+    from functools import partial
+
     import numpy as np
     from mpi4py import MPI
 
     from hpcnn.nn import build_net
     from hpcnn.optim import SGD
-    from hpcnn.parallel import DataParallel, ProcessGrid, reduce_timing
-    from hpcnn.train import train_step, warm_kernel_cache
+    from hpcnn.parallel import build_strategy, reduce_timing
+    from hpcnn.train import warm_kernel_cache
 
     comm = MPI.COMM_WORLD  # a worker is an entry point
-    grid = ProcessGrid(comm)
     size, rank = comm.Get_size(), comm.Get_rank()
     ds, idx, solver, shape = _batches(a.net, a.batch_per_rank, size, rank, a.seed)
     model = build_net(a.net, shape, 10, seed=a.seed)
-    opt = SGD(model.params(), solver.lr, solver.momentum, solver.weight_decay)
-    dp = DataParallel(grid.data_comm, model, bucket_mb=a.bucket_mb, overlap=not a.no_overlap,
-                      progress=not a.no_polls)
-    # as hpcnn.train does: rank 0 compiles and tunes the convolutions, every rank adopts its
-    # choices (tuned on each rank alone, the ranks can pick different strategies and then wait
-    # for the slowest at every allreduce)
+    # as hpcnn.train does: rank 0 compiles and tunes the convolutions on the whole model, every
+    # rank adopts its choices (tuned on each rank alone, the ranks can pick different strategies
+    # and then wait for the slowest at every collective)
     k0 = idx[0]
     warm_kernel_cache(comm, model, ds.x_train[k0], ds.y_train[k0])
-    t_data = t_comp = t_wait = 0.0
+    opt = partial(SGD, lr=solver.lr, momentum=solver.momentum, weight_decay=solver.weight_decay)
+    hybrid = a.parallel == "hybrid"
+    st = build_strategy(comm, model, opt, parallel=a.parallel,
+                        grid=(a.grid or f"1x{size}") if hybrid else None,
+                        scheme=a.scheme if hybrid else None, bucket_mb=a.bucket_mb,
+                        overlap=not a.no_overlap, progress=not a.no_polls)
+    t_data = t_step = 0.0
     comm.Barrier()
     t0 = MPI.Wtime()
     for i in range(a.warmup + a.steps):
         if i == a.warmup:
             comm.Barrier()
-            t_data = t_comp = t_wait = 0.0
+            t_data = t_step = 0.0
+            st.reset_timings()
             t0 = MPI.Wtime()
         ta = time.perf_counter()
         k = idx[i % len(idx)]
         x, y = ds.x_train[k], ds.y_train[k]
         tb = time.perf_counter()
-        train_step(model, dp, opt, x, y, solver.lr)
-        tc = time.perf_counter()
+        st.step(x, y, solver.lr)
         t_data += tb - ta
-        t_wait += dp.last_wait_s
-        t_comp += tc - tb - dp.last_wait_s
+        t_step += time.perf_counter() - tb
     elapsed = np.array([MPI.Wtime() - t0])
     slowest = np.zeros(1)
     comm.Reduce(elapsed, slowest, op=MPI.MAX, root=0)
     n = a.steps
-    timing = reduce_timing(comm, {"compute_s": t_comp / n, "allreduce_wait_s": t_wait / n,
+    t = st.timings()
+    wait = sum(t["wait_s"].values())
+    timing = reduce_timing(comm, {"compute_s": (t_step - wait) / n, "allreduce_wait_s": wait / n,
                                   "data_s": t_data / n, "step_s": elapsed[0] / n})
+    measured = {k: v / n for k, v in t["bytes"].items()}
+    analytic = st.bytes_per_step(a.batch_per_rank * size)
+    # bytes sent by the whole job per step: every rank's own (a hybrid rank's head differs)
+    job = np.array([sum(measured.values()), sum(analytic.values())], np.float64)
+    comm.Allreduce(MPI.IN_PLACE, job, op=MPI.SUM)
     if rank == 0:
         return {"images_per_second": n * a.batch_per_rank * size / slowest[0],
-                "buckets": len(dp.buckets), "timing": timing}
+                "buckets": len(getattr(st, "buckets", []) or []), "timing": timing,
+                "strategy": st.describe(), "bytes_per_step": measured,
+                "bytes_per_step_analytic": analytic, "job_bytes_per_step": float(job[0]),
+                "job_bytes_per_step_analytic": float(job[1]),
+                "wait_s_per_step": {k: v / n for k, v in t["wait_s"].items()}}
     return None
 
 
@@ -167,6 +181,9 @@ def worker_main(argv):
     p.add_argument("--bucket-mb", type=float, default=25.0)
     p.add_argument("--no-overlap", action="store_true")
     p.add_argument("--no-polls", action="store_true")
+    p.add_argument("--parallel", choices=["data", "hybrid"], default="data")
+    p.add_argument("--scheme", default="a")
+    p.add_argument("--grid", default=None)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     from hpcnn import threads
@@ -193,12 +210,14 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _spawn(a, ranks, impl, no_overlap=False, no_polls=False):
+def _spawn(a, ranks, impl, no_overlap=False, no_polls=False, scheme=None):
     cmd = [_mpiexec(), "-n", str(ranks), sys.executable, "-m", "hpcnn.bench", "_scaling_worker",
            "--impl", impl, "--net", a.net, "--batch-per-rank", str(a.batch_per_rank),
            "--steps", str(a.steps), "--warmup", str(a.warmup), "--threads", str(a.threads),
            "--bucket-mb", str(a.bucket_mb)]
     cmd += ["--no-overlap"] * no_overlap + ["--no-polls"] * no_polls
+    if scheme is not None:
+        cmd += ["--parallel", "hybrid", "--scheme", scheme, "--grid", f"1x{ranks}"]
     env = dict(os.environ)
     if impl == "torch":
         env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
@@ -237,6 +256,10 @@ def main(argv):
     p.add_argument("--no-torch", action="store_true", help="skip PyTorch even when installed")
     p.add_argument("--polls", choices=["on", "off", "both"], default="on",
                    help="Testall progress polls during backward (both: measure each)")
+    p.add_argument("--parallel", default="data",
+                   help="comma-separated modes: data, hybrid (hybrid: grid 1xR, every scheme "
+                        "of --schemes)")
+    p.add_argument("--schemes", default="a,b,c", help="hybrid schemes to measure")
     p.add_argument("--timeout", type=int, default=600, help="seconds per launch")
     p.add_argument("--json", default=None, help="write the results here")
     a = p.parse_args(argv)
@@ -245,18 +268,29 @@ def main(argv):
         return 2
     ranks = [int(r) for r in a.ranks.split(",")]
     torch_on = _have_torch() and not a.no_torch
+    modes = [m.strip() for m in a.parallel.split(",")]
+    schemes = [x.strip() for x in a.schemes.split(",")]
+    if not modes or any(m not in ("data", "hybrid") for m in modes) or \
+            any(x not in ("a", "b", "c") for x in schemes):
+        print(f"error: --parallel takes data and/or hybrid, --schemes a, b and/or c; got "
+              f"{a.parallel!r}, {a.schemes!r}", file=sys.stderr)
+        return 2
 
-    # configurations per rank count: name -> (impl, no_overlap, no_polls)
+    # configurations per rank count: name -> (impl, no_overlap, no_polls, hybrid scheme)
     def configs(r):
         c = {}
-        if a.polls in ("on", "both"):
-            c["overlap"] = ("hpcnn", False, False)
-        if a.polls in ("off", "both"):
-            c["overlap_no_polls"] = ("hpcnn", False, True)
-        if r > 1:
-            c["no_overlap"] = ("hpcnn", True, False)
-        if torch_on:
-            c["torch"] = ("torch", False, False)
+        if "data" in modes:
+            if a.polls in ("on", "both"):
+                c["overlap"] = ("hpcnn", False, False, None)
+            if a.polls in ("off", "both"):
+                c["overlap_no_polls"] = ("hpcnn", False, True, None)
+            if r > 1:
+                c["no_overlap"] = ("hpcnn", True, False, None)
+            if torch_on:
+                c["torch"] = ("torch", False, False, None)
+        if "hybrid" in modes:
+            for x in schemes if r > 1 else schemes[:1]:  # on one rank the schemes coincide
+                c[f"hybrid_{x}"] = ("hpcnn", False, False, x)
         return c
 
     print(f"scaling benchmark: {a.net}, {a.batch_per_rank} images per rank and step (weak "
@@ -267,13 +301,33 @@ def main(argv):
     for r in ranks:
         best = {}
         for _ in range(a.rounds):
-            for name, (impl, no_ov, no_polls) in configs(r).items():
-                res = _spawn(a, r, impl, no_ov, no_polls)
+            for name, (impl, no_ov, no_polls, scheme) in configs(r).items():
+                res = _spawn(a, r, impl, no_ov, no_polls, scheme)
                 if name not in best or res["images_per_second"] > best[name]["images_per_second"]:
                     best[name] = res
         results.append({"ranks": r, **best})
         print(f"  ranks {r}: done", flush=True)
 
+    if "data" in modes:
+        _data_table(results, torch_on)
+    if "hybrid" in modes:
+        _hybrid_table(results, schemes, "data" in modes)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"net": a.net, "batch_per_rank": a.batch_per_rank, "threads": a.threads,
+                       "bucket_mb": a.bucket_mb, "parallel": modes, "schemes": schemes,
+                       "cpu": _cpu(), "command": "python -m hpcnn.bench scaling "
+                       + " ".join(argv), "results": results}, f, indent=1)
+    return 0
+
+
+def _cpu():
+    from hpcnn.kernels.autotune import cpu_model
+
+    return cpu_model()
+
+
+def _data_table(results, torch_on):
     base = results[0]
     print(f"\n{'ranks':>5} {'img/s':>8} {'speedup':>8} {'step ms':>8} {'compute':>8} "
           f"{'wait':>6} {'data':>6} {'wait %':>7} {'wait no-ovl':>12} {'hidden':>7}"
@@ -313,8 +367,36 @@ def main(argv):
     if nb == 1:
         print("note: all gradients fit one bucket, which is ready only when backward ends, so "
               "there is no backward left to hide it behind; try a smaller --bucket-mb.")
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump({"net": a.net, "batch_per_rank": a.batch_per_rank, "threads": a.threads,
-                       "bucket_mb": a.bucket_mb, "results": results}, f, indent=1)
-    return 0
+
+
+def _hybrid_table(results, schemes, with_data):
+    """Data parallelism against hybrid, per rank count: speed and bytes sent per step."""
+    print(f"\n{'ranks':>5} {'mode':>9} {'img/s':>8} {'vs data':>8} {'step ms':>8} "
+          f"{'wait':>7} {'MiB/step/rank':>14} {'analytic':>9} {'job MiB/step':>13} "
+          f"{'data/this':>10}")
+    for row in results:
+        data = row.get("overlap")
+        modes = ([("data", data)] if data else []) + [
+            (f"hybrid {x}", row[f"hybrid_{x}"]) for x in schemes if f"hybrid_{x}" in row]
+        for name, res in modes:
+            t = res["timing"]
+            mine = sum(res["bytes_per_step"].values()) / 2**20
+            ana = sum(res["bytes_per_step_analytic"].values()) / 2**20
+            job = res["job_bytes_per_step"] / 2**20
+            vs = res["images_per_second"] / data["images_per_second"] if data else float("nan")
+            fewer = (data["job_bytes_per_step"] / res["job_bytes_per_step"]
+                     if data and res["job_bytes_per_step"] else float("nan"))
+            res["vs_data"], res["data_bytes_over_this"] = vs, fewer
+            print(f"{row['ranks']:>5} {name:>9} {res['images_per_second']:>8.1f} {vs:>7.2f}x "
+                  f"{_ms(t, 'step_s'):>8.1f} {_ms(t, 'allreduce_wait_s'):>7.2f} {mine:>14.2f} "
+                  f"{ana:>9.2f} {job:>13.2f} {fewer:>9.1f}x")
+    print("\nMiB/step/rank: bytes rank 0 handed to collectives per step, measured (analytic: "
+          "the strategy's formula);\njob MiB/step: summed over all ranks; data/this: data "
+          "parallelism's job bytes over this mode's. wait: ms per step in collectives.")
+    if with_data:
+        for row in results:
+            best = max((row[f"hybrid_{x}"]["images_per_second"], x) for x in schemes
+                       if f"hybrid_{x}" in row)
+            if row["ranks"] > 1 and "overlap" in row:
+                print(f"ranks {row['ranks']}: best hybrid scheme {best[1]}, "
+                      f"{best[0] / row['overlap']['images_per_second']:.2f}x data parallelism")

@@ -17,27 +17,28 @@ import time
 
 
 def _worker_hpcnn(net_name, batch, steps, warmup, seed):
+    from functools import partial
+
     import numpy as np
 
     from hpcnn.data import load_dataset
     from hpcnn.nn import NETS, build_net
     from hpcnn.optim import SGD
     from hpcnn.parallel import DataParallel
-    from hpcnn.train import train_step
 
     _, solver, shape = NETS[net_name]
     ds = load_dataset("synthetic", synthetic_shape=shape, synthetic_train=batch * 4,
                       synthetic_test=10, seed=seed)
     model = build_net(net_name, shape, 10, seed=seed)
-    opt = SGD(model.params(), solver.lr, solver.momentum, solver.weight_decay)
-    dp = DataParallel(None, model)
+    dp = DataParallel(None, model, partial(SGD, lr=solver.lr, momentum=solver.momentum,
+                                           weight_decay=solver.weight_decay))
     batches = [(ds.x_train[i * batch:(i + 1) * batch], ds.y_train[i * batch:(i + 1) * batch])
                for i in range(4)]
     for i in range(warmup):
-        train_step(model, dp, opt, *batches[i % 4], solver.lr)
+        dp.step(*batches[i % 4], solver.lr)
     t = time.perf_counter()
     for i in range(steps):
-        train_step(model, dp, opt, *batches[i % 4], solver.lr)
+        dp.step(*batches[i % 4], solver.lr)
     ips = steps * batch / (time.perf_counter() - t)
 
     # Where the time goes: each layer's forward and backward, timed alone (median of reps).
