@@ -37,3 +37,29 @@ def one_line(text) -> str:
     if not s and isinstance(text, BaseException):
         return type(text).__name__
     return s
+
+
+def end_job(comm, error, status: int = 2):
+    """End the job for ``error`` raised on this rank only (:class:`RankLocalError`): print
+    ``error: rank R: <message>`` on stderr, then end every rank with exit status ``status``.
+
+    With one rank (or no ``comm``) it just prints ``error: <message>`` and raises SystemExit.
+    With more, MPI Abort ends the others, wherever they wait; the MPI library's own abort
+    message is silenced so that the job's stderr holds the one line.
+    """
+    import os
+    import sys
+
+    size = comm.Get_size() if comm is not None else 1
+    where = f"rank {comm.Get_rank()}: " if size > 1 else ""
+    print(f"error: {where}{one_line(error)}", file=sys.stderr, flush=True)
+    if size > 1:
+        import time
+
+        sys.stdout.flush()
+        time.sleep(0.5)  # let the launcher forward the line before Abort tears the job down
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        comm.Abort(status)
+    raise SystemExit(status)
