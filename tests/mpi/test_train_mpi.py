@@ -54,7 +54,8 @@ def test_weak_scaling_lr_rules_and_timing_records(rank0_dir):
             assert t["compute_s"]["min"] > 0
         # linear scaling: reference lr x (16 N) / reference batch, reached after the warm-up
         ref = NETS["mlp"][1]
-        expected = ref.lr * 16 * size / ref.batch_size * (1 + 1e-4 * 15) ** -0.75
+        last = summary["step"] - 1  # the epoch record's lr is its last step's
+        expected = ref.lr * 16 * size / ref.batch_size * (1 + 1e-4 * last) ** -0.75
         assert recs[1]["lr"] == pytest.approx(expected, rel=1e-6)
 
 
