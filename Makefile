@@ -59,3 +59,11 @@ lint: install
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+# Longer mutation fuzzing of the readers of outside files (IDX, CIFAR-10, HDF5 store, autotune
+# cache); `make test` runs a short pass. FUZZ_N inputs per reader, FUZZ_SEED picks them.
+FUZZ_N    ?= 5000
+FUZZ_SEED ?= 1
+.PHONY: fuzz
+fuzz: install
+	HPCNN_FUZZ_N=$(FUZZ_N) HPCNN_FUZZ_SEED=$(FUZZ_SEED) $(PY) -m pytest -q tests/test_fuzz_readers.py

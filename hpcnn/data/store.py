@@ -135,10 +135,13 @@ def prepare_store(dataset: str, out, data_dir=None, verify_md5: bool = True, log
             mean = mean_image(arrays["train"][0])
             f.create_dataset("mean", data=mean, fletcher32=True)
             content["mean"] = _md5_array(mean)
-            f.attrs.update(format=FORMAT, version=VERSION, dataset=name,
-                           classes=json.dumps(classes), subtract_mean=subtract,
-                           sources=json.dumps(sources), content_md5=json.dumps(content),
-                           prepared=time.strftime("%Y-%m-%d %H:%M:%S"))
+            text = dict(format=FORMAT, dataset=name, classes=json.dumps(classes),
+                        sources=json.dumps(sources), content_md5=json.dumps(content),
+                        prepared=time.strftime("%Y-%m-%d %H:%M:%S"))
+            # fixed-length strings: kept in the object header, read without following a
+            # pointer into the heap (a corrupt variable-length string can hang HDF5)
+            f.attrs.update({k: np.bytes_(v.encode()) for k, v in text.items()})
+            f.attrs.update(version=VERSION, subtract_mean=subtract)
         fd = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -265,12 +268,28 @@ def _checked(path, f, key, dtype, ndim) -> "h5py.Dataset":  # noqa: F821
     return d
 
 
+def _attr(path, f, name, kinds="S"):
+    """Attribute ``name``, after checking that it is a scalar of a fixed-size type of
+    ``kinds`` (numpy dtype kinds; "S": a fixed-length string, returned decoded)."""
+    if name not in f.attrs:
+        raise DataError(f"{path}: attribute {name} is missing")
+    aid = f.attrs.get_id(name)
+    if aid.dtype.kind not in kinds or aid.shape != ():
+        raise DataError(f"{path}: attribute {name} is {aid.dtype} {aid.shape}, not a scalar of "
+                        f"the type a store of version {VERSION} has")
+    value = f.attrs[name]
+    if isinstance(value, bytes):
+        try:
+            return value.decode()
+        except UnicodeDecodeError:
+            raise DataError(f"{path}: attribute {name} is not UTF-8 text") from None
+    return value
+
+
 def _json_attr(path, f, name, kind):
     try:
-        value = json.loads(f.attrs[name])
-    except KeyError:
-        raise DataError(f"{path}: attribute {name} is missing") from None
-    except (TypeError, ValueError) as e:
+        value = json.loads(_attr(path, f, name))
+    except (TypeError, ValueError, RecursionError) as e:
         raise DataError(f"{path}: attribute {name} is not JSON ({one_line(e)})") from None
     if not isinstance(value, kind):
         raise DataError(f"{path}: attribute {name} is not a JSON {kind.__name__}")
@@ -288,9 +307,15 @@ def _read_verified(path, d, md5) -> np.ndarray:
 
 def _open_checked(path, f):
     """The parts of an opened store, every check of :func:`open_store` done."""
-    if f.attrs.get("format") != FORMAT:
-        raise DataError(f"{path}: not an hpcnn dataset store (no format={FORMAT} attribute)")
-    version = f.attrs.get("version")
+    try:
+        fmt = _attr(path, f, "format")
+    except DataError:
+        fmt = None
+    if fmt != FORMAT:
+        raise DataError(f"{path}: not an hpcnn dataset store (no format={FORMAT} attribute of "
+                        f"a store of version {VERSION}; re-create it with `python -m "
+                        f"hpcnn.data prepare`)")
+    version = _attr(path, f, "version", "iu")
     if version != VERSION:
         raise DataError(f"{path}: store version {version}, this hpcnn reads version {VERSION} "
                         f"(re-create it with `python -m hpcnn.data prepare`)")
@@ -299,10 +324,8 @@ def _open_checked(path, f):
     if not 2 <= len(classes) <= MAX_CLASSES or not all(isinstance(c, str) for c in classes):
         raise DataError(f"{path}: attribute classes must list 2 to {MAX_CLASSES} names")
     md5 = _json_attr(path, f, "content_md5", dict)
-    subtract = f.attrs.get("subtract_mean")
-    if not isinstance(subtract, (bool, np.bool_)):
-        raise DataError(f"{path}: attribute subtract_mean is missing or not a boolean")
-    name = str(f.attrs.get("dataset", "?"))
+    subtract = bool(_attr(path, f, "subtract_mean", "b"))
+    name = one_line(_attr(path, f, "dataset"))
     parts = {split: (_checked(path, f, f"{split}/images", np.uint8, 4),
                      _checked(path, f, f"{split}/labels", np.uint8, 1)) for split in SPLITS}
     sample = parts["train"][0].shape[1:]
@@ -327,7 +350,8 @@ def _open_checked(path, f):
             raise DataError(f"{path}: /{split}/labels: label {y[bad[0]]} at index {bad[0]} is "
                             f"out of range 0-{len(classes) - 1}")
         out[split] = (StoreImages(path, d, mean if subtract else None), y.astype(np.int64))
-    return out, classes, name, mean if subtract else None
+    prepared = one_line(_attr(path, f, "prepared"))
+    return out, classes, name, prepared, mean if subtract else None
 
 
 def open_store(path) -> StoreDataset:
@@ -347,7 +371,7 @@ def open_store(path) -> StoreDataset:
         raise DataError(f"{path}: not a readable HDF5 file (truncated or corrupt: "
                         f"{one_line(e)})") from None
     try:
-        parts, classes, name, mean = _open_checked(path, f)
+        parts, classes, name, prepared, mean = _open_checked(path, f)
     except DataError:
         f.close()
         raise
@@ -356,9 +380,8 @@ def open_store(path) -> StoreDataset:
         raise DataError(f"{path}: corrupt or incomplete store ({type(e).__name__}: "
                         f"{one_line(e)})") from None
     (xt, yt), (xs, ys) = parts["train"], parts["test"]
-    source = (f"{name} from HDF5 store {path} (prepared {one_line(f.attrs.get('prepared', '?'))}"
-              f"; labels and mean MD5-verified, images read on demand, chunk checksums verified "
-              f"on read)")
+    source = (f"{name} from HDF5 store {path} (prepared {prepared}; labels and mean "
+              f"MD5-verified, images read on demand, chunk checksums verified on read)")
     return StoreDataset(path, f, xt, yt, xs, ys, classes, source, mean, name)
 
 
@@ -379,7 +402,7 @@ def describe_store(path, print_classes_and_pixels) -> int:
     ok = True
     print()
     print("stored data (MD5 recorded at prepare time):")
-    for key, want in json.loads(f.attrs["content_md5"]).items():
+    for key, want in _json_attr(path, f, "content_md5", dict).items():
         try:
             got = _md5_array(f[key])
         except Exception as e:  # h5py: OSError, KeyError, TypeError, ...
@@ -389,7 +412,12 @@ def describe_store(path, print_classes_and_pixels) -> int:
         print(f"  {'ok ' if good else 'BAD'} /{key}: MD5 {got}"
               + ("" if good else f", expected {want}"))
     print("original files (MD5 recorded at prepare time):")
-    for src in json.loads(f.attrs["sources"]):
+    for src in _json_attr(path, f, "sources", list):
+        if not (isinstance(src, dict) and isinstance(src.get("path"), str)
+                and isinstance(src.get("md5"), str)):
+            print(f"  BAD source entry {one_line(json.dumps(src))[:200]}")
+            ok = False
+            continue
         p = Path(src["path"])
         if not p.is_file():
             print(f"  --  {p}: not present here (recorded MD5 {src['md5']})")
