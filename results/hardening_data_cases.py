@@ -59,7 +59,7 @@ def _set_md5(f, key):
 
     table = json.loads(f.attrs["content_md5"])
     table[key] = _md5_array(f[key])
-    f.attrs["content_md5"] = json.dumps(table)
+    f.attrs["content_md5"] = np.bytes_(json.dumps(table).encode())  # as prepare writes it
 
 
 def edit_labels(f, tmp):
@@ -251,8 +251,7 @@ def cases(tmp: Path):
                         ("--threads", "100000")):
         argv = [*TRAIN, *SYN, flag, value]
         if flag == "--threads":
-            argv = [a for a in argv if a not in ("--threads", "1")]
-            argv += ["--max-steps", "1"]
+            argv = [*TRAIN[:7], *TRAIN[9:], *SYN, flag, value, "--max-steps", "1"]
         yield f"train {flag} {value}", (lambda a=argv: a), {}, 120
 
 
