@@ -199,3 +199,42 @@ def test_linear_scaling_and_warmup():
 def test_parallel_options_are_checked(argv, needle):
     with pytest.raises(UsageError, match=needle):
         validate_sync(parse_args(argv))
+
+
+# parameter groups ---------------------------------------------------------------------------
+def test_a_parameter_used_twice_is_reduced_and_updated_once():
+    """Tied weights: two layers sharing one weight and bias. The gradient accumulates both uses,
+    the parameter is once in the flat buffer (so once in any reduction) and is stepped once."""
+    from functools import partial
+
+    from hpcnn.nn import Flatten, Linear, ReLU, Sequential
+    from hpcnn.parallel.flatbuf import FlatGroup
+
+    rng = np.random.default_rng(0)
+    fc = Linear(6, 6, rng=rng, name="tied")
+    again = Linear(6, 6, rng=rng, name="again")
+    again.weight, again.bias = fc.weight, fc.bias
+    model = Sequential([Flatten(), fc, ReLU("r"), again], (6, 1, 1))
+    assert [p.name for p in model.params()] == ["tied.weight", "tied.bias"]
+    assert model.flat_params.size == 6 * 6 + 6 == model.num_params()
+    group = FlatGroup([fc.weight, fc.bias, fc.weight])
+    assert group.size == 42 and len(group.params) == 2
+    x = rng.standard_normal((4, 6, 1, 1)).astype(np.float32)
+    y = np.arange(4) % 6
+    before = fc.weight.data.copy()
+    dp = DataParallel(None, model, partial(SGD, lr=0.5))
+    dp.step(x, y, 0.5)
+    np.testing.assert_allclose(fc.weight.data, before - 0.5 * fc.weight.grad, rtol=1e-6)
+
+
+def test_split_parameter_knows_its_rows():
+    from hpcnn.nn import Param
+
+    p = Param(np.arange(20, dtype=np.float32).reshape(5, 4), "w")
+    count, start = blockdist(5, 2, 1)
+    p.take_rows(start, count)
+    assert p.shard == (3, 2) and p.full_shape == (5, 4) and p.data.shape == (2, 4)
+    full = np.arange(20, dtype=np.float32).reshape(5, 4)
+    np.testing.assert_array_equal(p.local_part(full), full[3:])
+    with pytest.raises(ValueError, match="already split"):
+        p.take_rows(0, 1)
