@@ -29,23 +29,13 @@ import numpy as np
 
 from hpcnn import control, profile
 from hpcnn.argtypes import nonneg_float, positive_float, positive_int
-from hpcnn.errors import DataError, HpcnnError, UsageError
+from hpcnn.errors import DataError, HpcnnError, RankLocalError, UsageError, end_job
 from hpcnn.parallel.runtime import reduce_timing
 
 DATASET_CHOICES = ("mnist", "fashion-mnist", "cifar10", "synthetic")
 SYNC_CHOICES = ("grad", "average")
 LR_SCALING_CHOICES = ("none", "linear")
 LARGE_BATCH = 8192  # Goyal et al. (2017): linear scaling + warm-up holds up to about 8k images
-
-
-def shape_arg(text):
-    try:
-        dims = tuple(int(d) for d in text.split(","))
-    except ValueError:
-        dims = ()
-    if len(dims) != 3 or min(dims) <= 0:
-        raise argparse.ArgumentTypeError(f"expected C,H,W such as 3,32,32, got {text!r}")
-    return dims
 
 
 class _Parser(argparse.ArgumentParser):
@@ -179,9 +169,9 @@ def validate(args):
             raise UsageError(f"synthetic data of {args.synthetic_train} + {args.synthetic_test} "
                              f"images of {c}x{h}x{w} would take {gib:.3g} GiB of float32 per "
                              f"rank, more than the 4 GiB allowed")
-    from hpcnn.kernels import autotune
+    from hpcnn.kernels import conv
 
-    autotune.mode()  # a bad HPCNN_AUTOTUNE is a UsageError here, before any work
+    conv.DEFAULT_TUNER.mode()  # a bad HPCNN_AUTOTUNE is a UsageError here, before any work
     validate_sync(args)
     control.validate(args)
 
@@ -350,13 +340,20 @@ def warm_kernel_cache(comm, model, x, y, eval_batches=()):
     zeroed after, parameters are untouched. ``algo="auto"`` times the strategies on first use:
     tuned on rank 0 alone (the timings undisturbed by the other ranks) and shared, every rank
     computes with the same strategies. ``eval_batches``: the test-batch sizes of any rank, tuned
-    here too (a forward of the feature stage on zeros).
+    here too (a forward of the feature stage on zeros). The choices shared are those of the
+    autotuners of the model's "auto" layers (``layer.tuner``; None: the kernels' default one).
     """
-    from hpcnn.kernels import _jit, autotune, softmax_cross_entropy
+    from hpcnn.kernels import _jit, conv, softmax_cross_entropy
 
     if comm is None or comm.Get_size() == 1:
         return
-    auto = any(getattr(layer, "algo", None) == "auto" for layer in model.layers)
+    tuners = {}  # id -> tuner, in layer order (the same on every rank)
+    for layer in model.layers:
+        if getattr(layer, "algo", None) == "auto":
+            tuner = getattr(layer, "tuner", None)
+            tuner = conv.DEFAULT_TUNER if tuner is None else tuner
+            tuners.setdefault(id(tuner), tuner)
+    auto = bool(tuners)
     if not (_jit.CACHE or auto):
         return
     if comm.Get_rank() == 0:
@@ -366,11 +363,11 @@ def warm_kernel_cache(comm, model, x, y, eval_batches=()):
         for n in eval_batches if auto else ():
             model.forward(np.zeros((n, *x.shape[1:]), dtype=x.dtype), train=False,
                           upto=model.head_start)
-    if auto:
-        choices = comm.bcast(autotune.choices() if comm.Get_rank() == 0 else None)
+    for tuner in tuners.values():
+        choices = comm.bcast(tuner.choices() if comm.Get_rank() == 0 else None)
         if comm.Get_rank() != 0:
-            autotune.set_choices(choices)
-    else:
+            tuner.set_choices(choices)
+    if not auto:
         comm.Barrier()
 
 
@@ -462,17 +459,11 @@ def make_strategy(args, comm, model, cfg):
 def run(args, comm, threads):
     """Train as ``args`` say on the ranks of ``comm``; returns the summary record (all ranks).
 
-    While it runs, ``algo="auto"`` keeps its choices in the user cache (unless
-    HPCNN_AUTOTUNE_CACHE names a file), so the next run makes the same choices.
+    ``algo="auto"`` keeps its choices in the run's own autotuner (made with the model, in
+    :func:`_setup`), its cache file in the user cache (unless HPCNN_AUTOTUNE_CACHE names a
+    file), so the next run makes the same choices.
     """
-    from hpcnn.kernels import autotune
-
-    previous = autotune.DEFAULT_CACHE
-    autotune.DEFAULT_CACHE = default_autotune_cache()
-    try:
-        return _run(args, comm, threads)
-    finally:
-        autotune.DEFAULT_CACHE = previous
+    return _run(args, comm, threads)
 
 
 class Log:
@@ -593,6 +584,7 @@ def _fault_hooks(rank):
 
 def _setup(args, comm, log):
     """Data, model, strategy and the resolved configuration, checked alike on every rank."""
+    from hpcnn.kernels import autotune, conv
     from hpcnn.nn import NETS, build_net
     from hpcnn.parallel import agree
 
@@ -612,7 +604,10 @@ def _setup(args, comm, log):
     kwargs = {"algo": args.algo}
     if args.net == "mlp":
         kwargs = {"hidden": args.hidden}
-    model = build_net(args.net, ds.input_shape, ds.num_classes, seed=args.seed, **kwargs)
+    # the run's own autotuner: its choices kept in the user cache (HPCNN_AUTOTUNE_CACHE wins)
+    tuner = autotune.Autotuner(conv.ALGOS, cache=default_autotune_cache())
+    model = build_net(args.net, ds.input_shape, ds.num_classes, seed=args.seed, tuner=tuner,
+                      **kwargs)
     warm_kernel_cache(comm, model, ds.x_train[:cfg.per_rank], ds.y_train[:cfg.per_rank],
                       eval_batch_sizes(len(ds.x_test), size))
     strategy = agree(comm, make_strategy, args, comm, model, cfg)
@@ -760,6 +755,11 @@ def main(argv=None):
     try:
         n_threads = thr.apply(n_threads)
         summary = run(args, comm, n_threads)
+    except RankLocalError as e:  # one rank, mid-run (a store read): the others may be waiting
+        if comm.Get_size() == 1:  # in a collective, so end them all
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            return 2
+        end_job(comm, e)
     except HpcnnError as e:
         # Raised alike on every rank (input checks are identical everywhere, and `agree`
         # shares a failure of one rank with all), so every rank exits and none is left waiting.

@@ -90,8 +90,8 @@ def test_checkpoint_content_and_keep(tmp_path):
     arrays, meta = ckpt.read_checkpoint(tmp_path / names[0])
     assert sum(a.size for k, a in arrays.items() if k.startswith("param/")) == \
         meta["num_params"]
-    for k, a in arrays.items():
-        kind, name = k.split("/")
+    for k in arrays:
+        _, name = k.split("/")
         assert arrays[f"momentum/{name}"].shape == arrays[f"param/{name}"].shape == \
             tuple(meta["arrays"][k])
     assert meta["rows"] == 1 and sorted(meta["arrays"]) == sorted(arrays)
