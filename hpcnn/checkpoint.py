@@ -265,7 +265,8 @@ def _read(path, expected, mismatch):
                 raise DataError("format-1 /params is missing or misshapen")
             want = {"params": (rows, total), "momentum": (rows, total)}
         if set(datasets) != set(want):
-            raise DataError(f"holds datasets {sorted(datasets)}, expected {sorted(want)}")
+            extra, missing = sorted(set(datasets) - set(want)), sorted(set(want) - set(datasets))
+            raise DataError(f"unexpected datasets {extra[:5]}, missing {missing[:5]}")
         for name, ds in datasets.items():
             if ds.dtype != np.float32 or tuple(ds.shape) != want[name]:
                 raise DataError(f"dataset {name!r} is {ds.dtype} {tuple(ds.shape)}, expected "

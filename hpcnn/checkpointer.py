@@ -70,7 +70,7 @@ def set_rng_states(states, path):
         np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
         version, internal, gauss_next = states["python_random"]
         random.setstate((version, tuple(internal), gauss_next))
-    except (KeyError, TypeError, ValueError, OverflowError):
+    except (KeyError, TypeError, ValueError, OverflowError, IndexError):
         raise DataError(f"{path}: checkpoint metadata holds a malformed RNG state") from None
 
 

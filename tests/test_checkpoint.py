@@ -369,3 +369,136 @@ def test_bad_input_one_line_exit_2_nothing_lost(name, tmp_path, monkeypatch, cap
     assert len(err) == 1 and err[0].startswith("error: "), err
     assert needle in err[0] and "Traceback" not in err[0]
     assert _snapshot(tmp_path) == before  # nothing written, changed or removed
+
+
+# --- hostile checkpoints (issue 16): valid checksum, hostile content; and data loss ----------
+
+
+def _rewrite(path, edit):
+    """Apply ``edit(h5file, meta) -> meta``, then give the file a valid checksum again."""
+    import json
+
+    import h5py
+
+    with h5py.File(path, "r+") as f:
+        meta = edit(f, json.loads(str(f.attrs["meta"])))
+        meta_json = json.dumps(meta, sort_keys=True)
+        f.attrs["meta"] = meta_json
+        arrays = {}
+        f.visititems(lambda n, o: arrays.__setitem__(n, o[...])
+                     if isinstance(o, __import__("h5py").Dataset) and o.size < 10**6 else None)
+        f.attrs["checksum"] = ckpt._checksum(arrays, meta_json)
+
+
+def _meta(key, value):
+    def edit(f, meta):
+        meta[key] = value
+        return meta
+    return edit
+
+
+def _add(make):
+    def edit(f, meta):
+        make(f)
+        return meta
+    return edit
+
+
+HOSTILE = {
+    "step is a string": (_meta("step", "abc"), "metadata 'step' must be an integer"),
+    "negative step": (_meta("step", -5), "metadata 'step' must be an integer"),
+    "negative epoch": (_meta("epoch", -1), "metadata 'epoch' must be an integer"),
+    "boolean index": (_meta("index", True), "metadata 'index' must be an integer"),
+    "infinite loss sum": (_meta("loss_sum", float("inf")), "'loss_sum' must be a finite"),
+    "bad RNG state": (_meta("rng", {"numpy_global": ["MT19937", [1, 2], 0, 0, 0.0],
+                                    "python_random": [3, [1], None]}), "malformed RNG state"),
+    "early stop best is a string": (_meta("early_stop", {"best": "x"}), "early_stop.best"),
+    "extra group": (_add(lambda f: f.create_group("extra").create_dataset(
+        "x", data=np.zeros(3, np.float32))), "unexpected datasets ['extra/x']"),
+    "external link": (_add(lambda f: f.__setitem__(
+        "outside", __import__("h5py").ExternalLink("/etc/hostname", "/"))),
+        "ExternalLink 'outside'"),
+    "soft link": (_add(lambda f: f.__setitem__(
+        "alias", __import__("h5py").SoftLink("/param/fc1.bias"))), "SoftLink 'alias'"),
+    "float64 array": (_add(lambda f: (f.__delitem__("param/fc2.bias"), f.create_dataset(
+        "param/fc2.bias", data=np.zeros(10)))), "dataset 'param/fc2.bias' is float64"),
+    "1e9 elements declared": (_add(lambda f: (f.__delitem__("param/fc1.weight"),
+                                              f.create_dataset("param/fc1.weight",
+                                                               shape=(10**9,),
+                                                               dtype=np.float32))),
+                              "'param/fc1.weight' is float32 (1000000000,), expected"),
+    "wrong array names": (_meta("arrays", {"param/x": [3]}), "checkpoint of net mlp"),
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE))
+def test_hostile_checkpoint_one_line_exit_2(name, tmp_path, capsys):
+    train_inproc("--epochs", "1", "--max-steps", "2", "--checkpoint-dir", str(tmp_path / "ck"))
+    path = tmp_path / "hostile.h5"
+    path.write_bytes(ckpt.list_checkpoints(tmp_path / "ck")[0].read_bytes())
+    edit, needle = HOSTILE[name]
+    _rewrite(path, edit)
+    capsys.readouterr()
+    t = time.perf_counter()
+    assert main([*SMALL, "--epochs", "1", "--resume", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {path}: "), err
+    assert needle in err[0]
+    assert time.perf_counter() - t < 30
+
+
+def test_fresh_run_into_a_folder_of_checkpoints_is_refused_and_nothing_is_deleted(tmp_path,
+                                                                                capsys):
+    d = tmp_path / "ck"
+    train_inproc("--epochs", "2", "--max-steps", "12", "--checkpoint-dir", str(d),
+                 "--checkpoint-every", "4", "--keep", "2")
+    before = _snapshot(d)
+    capsys.readouterr()
+    assert main([*SMALL, "--epochs", "1", "--checkpoint-dir", str(d), "--checkpoint-every", "2",
+                 "--keep", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "already holds 2 checkpoint(s)" in err[0]
+    # --resume OLD.h5 into the folder of its later checkpoints: refused too
+    assert main([*SMALL, "--epochs", "2", "--checkpoint-dir", str(d), "--resume",
+                 str(d / ckpt.checkpoint_name(8))]) == 2
+    assert "later than" in capsys.readouterr().err
+    assert _snapshot(d) == before
+
+
+def test_prune_never_deletes_the_checkpoint_just_written(tmp_path):
+    for step in (3, 40, 50):
+        ckpt.write_checkpoint(tmp_path / ckpt.checkpoint_name(step), {"a": np.zeros(1)},
+                              {"step": step})
+    ckpt.prune(tmp_path, keep=1, upto_step=3)
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == [
+        ckpt.checkpoint_name(s) for s in (50, 40, 3)]
+
+
+def test_format_1_checkpoint_is_converted(tmp_path):
+    """A checkpoint of the earlier format (flat rows) resumes this run's model."""
+    import json
+
+    import h5py
+
+    train_inproc("--epochs", "1", "--max-steps", "2", "--checkpoint-dir", str(tmp_path / "a"))
+    arrays, meta = final_arrays(tmp_path / "a")
+    names = [k.split("/", 1)[1] for k in sorted(arrays) if k.startswith("param/")]
+    names.sort(key=["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"].index)
+    flat = {kind: np.concatenate([arrays[f"{kind}/{n}"].ravel() for n in names])[None]
+            for kind in ("param", "momentum")}
+    old = {k: v for k, v in meta.items() if k not in ("rows", "arrays", "strategy_state")}
+    old["params"] = [[n, list(arrays[f"param/{n}"].shape)] for n in names]
+    meta_json = json.dumps(old, sort_keys=True)
+    v1 = {"params": flat["param"], "momentum": flat["momentum"]}
+    path = tmp_path / "v1.h5"
+    with h5py.File(path, "w") as f:
+        for k, a in v1.items():
+            f.create_dataset(k, data=a)
+        f.attrs.update(format=ckpt.FORMAT, version=1, meta=meta_json,
+                       checksum=ckpt._checksum(v1, meta_json))
+    got, gmeta = ckpt.read_checkpoint(path)
+    assert sorted(got) == sorted(arrays) and gmeta["rows"] == 1
+    for k in arrays:
+        np.testing.assert_array_equal(got[k], arrays[k])
+    s = train_inproc("--epochs", "1", "--max-steps", "4", "--resume", str(path))
+    assert s["step"] == 4
