@@ -44,6 +44,8 @@ import numpy as np
 
 from hpcnn.atomic import atomic_path, temporary_name
 from hpcnn.errors import DataError, UsageError
+from hpcnn.h5check import attr
+from hpcnn.h5check import datasets as h5_datasets
 
 FORMAT = "hpcnn-checkpoint"
 VERSION = 2
@@ -104,10 +106,11 @@ def write_checkpoint(path: str | Path, arrays: dict[str, np.ndarray], meta: dict
             with h5py.File(tmp, "w") as f:
                 for name, a in arrays.items():
                     f.create_dataset(name, data=np.ascontiguousarray(a, np.float32))
-                f.attrs["format"] = FORMAT
+                # fixed-length strings: kept in the object header (see hpcnn.h5check)
+                f.attrs["format"] = np.bytes_(FORMAT.encode())
                 f.attrs["version"] = VERSION
-                f.attrs["meta"] = meta_json
-                f.attrs["checksum"] = _checksum(arrays, meta_json)
+                f.attrs["meta"] = np.bytes_(meta_json.encode())
+                f.attrs["checksum"] = np.bytes_(_checksum(arrays, meta_json).encode())
                 f.flush()
     except OSError as e:
         raise UsageError(f"cannot write checkpoint {path}: {e.strerror or _one_line(e)}") \
@@ -116,27 +119,6 @@ def write_checkpoint(path: str | Path, arrays: dict[str, np.ndarray], meta: dict
 
 
 # reading --------------------------------------------------------------------------------------
-def _walk(group, prefix=""):
-    """Every dataset of ``group`` as (name, dataset); DataError on links that are not hard
-    links, external or virtual storage, and objects that are neither groups nor datasets."""
-    import h5py
-
-    for key in group:
-        name = f"{prefix}{key}"
-        link = group.get(key, getlink=True)
-        if not isinstance(link, h5py.HardLink):
-            raise DataError(f"{type(link).__name__} {name!r} (only plain datasets are allowed)")
-        obj = group[key]
-        if isinstance(obj, h5py.Group):
-            yield from _walk(obj, name + "/")
-        elif isinstance(obj, h5py.Dataset):
-            if obj.external or obj.is_virtual:
-                raise DataError(f"dataset {name!r} has external storage")
-            yield name, obj
-        else:
-            raise DataError(f"object {name!r} is not a dataset")
-
-
 def _int(meta, key, lo, hi=2**62):
     v = meta.get(key)
     if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
@@ -236,13 +218,22 @@ def _read(path, expected, mismatch):
     import h5py
 
     with h5py.File(path, "r") as f:
-        if f.attrs.get("format") != FORMAT:
+        try:
+            version = int(attr(f, "version", "iu"))
+        except DataError:
+            version = None
+        # format 2 writes fixed-length strings; format 1 (older hpcnn) wrote variable-length
+        # ones, read only when the file says it is version 1
+        kinds = "SO" if version == 1 else "S"
+        try:
+            fmt = attr(f, "format", kinds)
+        except DataError:
+            fmt = None
+        if fmt != FORMAT:
             raise DataError(f"not an hpcnn checkpoint (no format={FORMAT} attribute)")
-        version = f.attrs.get("version")
-        if not isinstance(version, (int, np.integer)) or int(version) not in (1, VERSION):
+        if version not in (1, VERSION):
             raise DataError(f"checkpoint version {version!r} is not 1 or {VERSION}")
-        version = int(version)
-        meta_json, stored = f.attrs.get("meta"), f.attrs.get("checksum")
+        meta_json, stored = attr(f, "meta", kinds), attr(f, "checksum", kinds)
         if not isinstance(meta_json, str) or not isinstance(stored, str):
             raise DataError("checkpoint without meta or checksum attributes")
         if len(meta_json) > MAX_META_BYTES:
@@ -253,7 +244,7 @@ def _read(path, expected, mismatch):
             raise DataError("corrupt checkpoint metadata") from None
         check_meta(meta, version)
         _expect_matches(meta, version, expected, mismatch)
-        datasets = dict(_walk(f))
+        datasets = dict(h5_datasets(f))
         if version >= 2:
             rows = meta["rows"]
             want = {k: (tuple(v) if rows == 1 else (rows, *v)) for k, v in meta["arrays"].items()}

@@ -60,16 +60,21 @@ def rewrite(path, edit):
     from hpcnn import checkpoint as ckpt
 
     with h5py.File(path, "r+") as f:
-        meta = edit(f, json.loads(str(f.attrs["meta"])))
+        raw = f.attrs["meta"]
+        meta = edit(f, json.loads(raw.decode() if isinstance(raw, bytes) else raw))
         meta_json = json.dumps(meta, sort_keys=True)
-        f.attrs["meta"] = meta_json
+        fixed = f.attrs.get_id("meta").dtype.kind == "S"  # format 2: fixed-length strings
+
+        def text(v):
+            return np.bytes_(v.encode()) if fixed else v
+        f.attrs["meta"] = text(meta_json)
         arrays = {}
 
         def visit(name, obj):
             if isinstance(obj, h5py.Dataset) and obj.size < 10**7:
                 arrays[name] = obj[...]
         f.visititems(visit)
-        f.attrs["checksum"] = ckpt._checksum(arrays, meta_json)
+        f.attrs["checksum"] = text(ckpt._checksum(arrays, meta_json))
 
 
 def main():

@@ -381,13 +381,18 @@ def _rewrite(path, edit):
     import h5py
 
     with h5py.File(path, "r+") as f:
-        meta = edit(f, json.loads(str(f.attrs["meta"])))
+        raw = f.attrs["meta"]
+        meta = edit(f, json.loads(raw.decode() if isinstance(raw, bytes) else raw))
         meta_json = json.dumps(meta, sort_keys=True)
-        f.attrs["meta"] = meta_json
+        fixed = f.attrs.get_id("meta").dtype.kind == "S"  # format 2: fixed-length strings
+
+        def text(v):
+            return np.bytes_(v.encode()) if fixed else v
+        f.attrs["meta"] = text(meta_json)
         arrays = {}
         f.visititems(lambda n, o: arrays.__setitem__(n, o[...])
                      if isinstance(o, __import__("h5py").Dataset) and o.size < 10**6 else None)
-        f.attrs["checksum"] = ckpt._checksum(arrays, meta_json)
+        f.attrs["checksum"] = text(ckpt._checksum(arrays, meta_json))
 
 
 def _meta(key, value):

@@ -1,5 +1,5 @@
 """Mutation fuzzing of the readers that take files from outside: IDX (raw and .gz), CIFAR-10
-binary batches, the HDF5 dataset store and the autotune cache.
+binary batches, the HDF5 dataset store, checkpoints and the autotune cache.
 
 For every input a reader must return valid data or raise one :class:`hpcnn.errors.HpcnnError`
 (a warning, for the autotune cache), within a time bound; the process's memory stays bounded.
@@ -137,6 +137,33 @@ def _check_store(path):
         ds.close()
 
 
+CKPT_EXPECTED = {"param/w": (3, 4), "momentum/w": (3, 4), "param/b": (3,), "momentum/b": (3,)}
+
+
+def _checkpoint_seed(tmp):
+    import numpy as np
+
+    from hpcnn import checkpoint as ckpt
+
+    rng = np.random.default_rng(4)
+    arrays = {k: rng.standard_normal(s).astype(np.float32) for k, s in CKPT_EXPECTED.items()}
+    meta = {"step": 3, "epoch": 1, "index": 3, "loss_sum": 1.5, "loss_n": 3, "ranks": 1,
+            "batch": 4, "steps_per_epoch": 5, "rows": 1, "net": "x",
+            "arrays": {k: list(s) for k, s in CKPT_EXPECTED.items()}}
+    return ckpt.write_checkpoint(tmp / "seed-ckpt.h5", arrays, meta).read_bytes()
+
+
+def _check_checkpoint(path):
+    import numpy as np
+
+    from hpcnn import checkpoint as ckpt
+
+    arrays, meta = ckpt.read_checkpoint(path, CKPT_EXPECTED)
+    assert {k: a.shape for k, a in arrays.items()} == CKPT_EXPECTED
+    assert all(a.dtype == np.float32 for a in arrays.values())
+    ckpt.check_meta(meta, 2)
+
+
 def _cache_seed():
     key = "cpu=x;threads=1;dtype=float32;x=1x1x8x8;w=2x1x3x3;stride=1x1;pad=0x0"
     return json.dumps({"format": "hpcnn-autotune", "version": 1, "entries": {
@@ -179,6 +206,7 @@ def run(n, seed, workdir):
          lambda p: _check_idx(p, "labels")),
         ("cifar batch", _cifar_seed(tmp), "x-cifar.bin", _check_cifar),
         ("hdf5 store", _store_seed(tmp), "x.h5", _check_store),
+        ("checkpoint", _checkpoint_seed(tmp), "x-ckpt.h5", _check_checkpoint),
         ("autotune cache", _cache_seed(), "x-cache.json", _check_cache),
     ]
     rng = random.Random(seed)
@@ -230,7 +258,7 @@ def test_readers_survive_mutated_files(tmp_path):
     assert r.returncode == 0, (f"fuzzing failed (exit {r.returncode}) at {where}:\n"
                                f"{r.stderr[-3000:]}")
     summary = json.loads(r.stdout.strip().splitlines()[-1])
-    assert summary["inputs"] == 7 * N
+    assert summary["inputs"] == 8 * N
 
 
 if __name__ == "__main__":

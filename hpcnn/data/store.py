@@ -269,21 +269,13 @@ def _checked(path, f, key, dtype, ndim) -> "h5py.Dataset":  # noqa: F821
 
 
 def _attr(path, f, name, kinds="S"):
-    """Attribute ``name``, after checking that it is a scalar of a fixed-size type of
-    ``kinds`` (numpy dtype kinds; "S": a fixed-length string, returned decoded)."""
-    if name not in f.attrs:
-        raise DataError(f"{path}: attribute {name} is missing")
-    aid = f.attrs.get_id(name)
-    if aid.dtype.kind not in kinds or aid.shape != ():
-        raise DataError(f"{path}: attribute {name} is {aid.dtype} {aid.shape}, not a scalar of "
-                        f"the type a store of version {VERSION} has")
-    value = f.attrs[name]
-    if isinstance(value, bytes):
-        try:
-            return value.decode()
-        except UnicodeDecodeError:
-            raise DataError(f"{path}: attribute {name} is not UTF-8 text") from None
-    return value
+    """Attribute ``name`` after :func:`hpcnn.h5check.attr`'s type check, the store named."""
+    from hpcnn import h5check
+
+    try:
+        return h5check.attr(f, name, kinds)
+    except DataError as e:
+        raise DataError(f"{path}: {e}") from None
 
 
 def _json_attr(path, f, name, kind):
