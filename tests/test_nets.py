@@ -73,6 +73,27 @@ def test_same_seed_same_weights_and_state_dict_round_trip():
     np.testing.assert_array_equal(a.flat_params, c.flat_params)
 
 
+@pytest.mark.parametrize("name", list(NETS))
+def test_build_net_gives_its_tuner_to_every_conv(name, monkeypatch):
+    """Every convolution of a net built with a tuner asks that tuner (and only it); without
+    one, the kernels' default one."""
+    from hpcnn.kernels import autotune, conv
+    from hpcnn.nn import Conv2d
+
+    monkeypatch.setenv("HPCNN_AUTOTUNE_CACHE", "")
+    tuner = autotune.Autotuner(conv.ALGOS)
+    net = build_net(name, NETS[name][2], 10, tuner=tuner)
+    convs = [layer for layer in net.layers if isinstance(layer, Conv2d)]
+    assert all(layer.tuner is tuner for layer in convs)
+    assert all(layer.tuner is None for layer in build_net(name, NETS[name][2], 10).layers
+               if isinstance(layer, Conv2d))
+    default = conv.DEFAULT_TUNER.choices()
+    x = np.zeros((1, *NETS[name][2]), dtype=np.float32)
+    net.backward(np.ones_like(net.forward(x)))
+    assert bool(tuner.choices()) == bool(convs)
+    assert conv.DEFAULT_TUNER.choices() == default
+
+
 def test_unknown_net():
     with pytest.raises(ValueError, match="unknown net"):
         build_net("resnet", (1, 28, 28), 10)

@@ -166,8 +166,9 @@ def bench_layer(layer, algos, repeats, threads, ceiling, torch, seed=0):
             conv.conv2d_forward(x, w, b, s, p, algo="auto")
             conv.conv2d_backward(dy, x, w, s, p, algo="auto")
             row["tune_s"] = time.perf_counter() - t0
-            key_args = (x.shape, w.shape, (s, s), (p, p), x.dtype)
-            row["chose"] = {d: autotune.lookup(d, *key_args) for d in autotune.DIRECTIONS}
+            key_args = (x.shape, w.shape, (s, s), (p, p))
+            row["chose"] = {d: conv.resolve_algo("auto", *key_args, "bench", x.dtype, d)
+                            for d in autotune.DIRECTIONS}
         runs[name] = (lambda n=name: conv.conv2d_forward(x, w, b, s, p, algo=n),
                       lambda n=name: conv.conv2d_backward(dy, x, w, s, p, algo=n))
         out["algos"][name] = row

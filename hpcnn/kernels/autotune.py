@@ -1,20 +1,23 @@
 """``algo="auto"``: time the convolution strategies once per layer shape, then keep the fastest.
 
-On the first forward (or backward) call for a key
+An :class:`Autotuner` holds the choices. On the first forward (or backward) call for a key
 
     (x shape, w shape, stride, padding, dtype, Numba thread count, CPU model)
 
-every candidate strategy of :data:`hpcnn.kernels.conv.ALGOS` runs on the call's own arrays: an
-untimed warm-up on the first image only (it loads or compiles the kernels), one timed run, and
-two more for the candidates within 2x of the best so far; the two fastest, and any other within
-10% of the best (by their fastest runs), then run three more alternating rounds, and the one
-with the smallest median over all its rounds wins. Forward,
-backward and "wgrad" (backward without the data gradient, as in a network's first layer) are
-tuned separately, each on first use. The winner's result of its last run is what
-the call returns, so "auto" gives exactly what the chosen strategy gives, from the first call
-on. Later calls cost one dict lookup.
-The candidates skip strategies that would only run another one's code on this shape and in
-this direction (``conv.APPLIES``), and "pipelined" at one thread (it is "chunked" there).
+every candidate strategy its caller names runs on the call's own arrays: an untimed warm-up on
+the first image only (it loads or compiles the kernels), one timed run, and two more for the
+candidates within 2x of the best so far; the two fastest, and any other within 10% of the best
+(by their fastest runs), then run three more alternating rounds, and the one with the smallest
+median over all its rounds wins. Forward, backward and "wgrad" (backward without the data
+gradient, as in a network's first layer) are tuned separately, each on first use. The winner's
+result of its last run is what the call returns, so "auto" gives exactly what the chosen
+strategy gives, from the first call on. Later calls cost a key and a dict lookup.
+
+This module knows no strategy: the tuner is given the valid strategy names when it is made, and
+the candidates of each call (:func:`hpcnn.kernels.conv.candidates` skips strategies that would
+only run another one's code on a shape and direction, and "pipelined" at one thread).
+:data:`hpcnn.kernels.conv.DEFAULT_TUNER` is the tuner of calls that name none; ``hpcnn.train``
+makes one per run, with its cache file in the user cache.
 
 Environment (read at every call, so tests can switch them):
 
@@ -23,7 +26,8 @@ Environment (read at every call, so tests can switch them):
     that one (for tests and for reproducing a run). Anything else is a
     :class:`hpcnn.errors.UsageError` (one line, exit status 2).
 ``HPCNN_AUTOTUNE_CACHE``
-    path of a JSON file of choices. Choices found there for this key are used without timing
+    path of a JSON file of choices; when set it replaces the tuner's own ``cache`` (empty: no
+    file). Choices found there for this key are used without timing
     (so a run with the same file makes the same choices: bitwise the same results); new choices
     are merged in and written back atomically. A file that cannot be parsed (not UTF-8, not
     JSON, nested too deep, larger than 16 MiB), or is not such a file, never stops a run and is
@@ -35,7 +39,8 @@ Environment (read at every call, so tests can switch them):
 Reproducibility: without a cache file two runs can choose differently when two strategies are
 close, and the strategies round differently (each is deterministic by itself). Use a cache file,
 or ``HPCNN_AUTOTUNE=<name>``, for bitwise-reproducible training; under MPI, share one file, or
-send rank 0's :func:`choices` to the other ranks and :func:`set_choices` there.
+send rank 0's :meth:`Autotuner.choices` to the other ranks and :meth:`Autotuner.set_choices`
+there.
 """
 
 import json
@@ -48,6 +53,7 @@ import warnings
 import numba
 import numpy as np
 
+from hpcnn.atomic import atomic_path, temporary_name
 from hpcnn.errors import UsageError
 
 FORMAT = "hpcnn-autotune"
@@ -60,9 +66,6 @@ CLOSE = 1.10  # candidates within this factor of the best get CLOSE_ROUNDS more 
 CLOSE_ROUNDS = 3
 FINALISTS = 2  # ... and so do the fastest FINALISTS, however far apart
 MAX_CACHE_BYTES = 16 << 20  # a cache file larger than this is not read
-DEFAULT_CACHE = None
-"""The cache file used when HPCNN_AUTOTUNE_CACHE is unset (``hpcnn.train`` sets one in the user
-cache for the length of a run; an empty HPCNN_AUTOTUNE_CACHE means no file)."""
 
 
 class AutotuneWarning(UserWarning):
@@ -72,19 +75,6 @@ class AutotuneWarning(UserWarning):
 class AutotuneModeError(UsageError, ValueError):
     """HPCNN_AUTOTUNE has a value that is not a mode: one line and exit status 2 from the
     command-line tools (a ValueError too, as it was before)."""
-
-
-_lock = threading.Lock()
-_choices = {}  # key -> {"forward": name, "backward": name}
-_times = {}  # key -> {"forward": {name: seconds}, ...} (for benchmarks and the cache file)
-_file = {"path": None, "writable": False, "entries": {}}
-_warned = set()
-
-
-def _warn_once(msg):
-    if msg not in _warned:
-        _warned.add(msg)
-        warnings.warn(msg, AutotuneWarning, stacklevel=4)
 
 
 def cpu_model():
@@ -113,202 +103,6 @@ def make_key(x_shape, w_shape, stride, padding, dtype, threads=None):
             f"w={dims(w_shape)};stride={dims(stride)};pad={dims(padding)}")
 
 
-def mode():
-    """"tune", "lowering" (HPCNN_AUTOTUNE=off) or a forced strategy name."""
-    from hpcnn.kernels.conv import ALGOS
-
-    v = os.environ.get("HPCNN_AUTOTUNE", "").strip()
-    if v in ("", "on", "auto", "1"):
-        return "tune"
-    if v in ("off", "0"):
-        return "lowering"
-    if v in ALGOS:
-        return v
-    valid = ", ".join(["on", "off", *ALGOS])
-    raise AutotuneModeError(f"HPCNN_AUTOTUNE={v!r} is not one of {valid}")
-
-
-def reset():
-    """Forget all choices, timings, the loaded cache file and the warnings already given."""
-    with _lock:
-        _choices.clear()
-        _times.clear()
-        _file.update(path=None, writable=False, entries={})
-        _warned.clear()
-
-
-def choices():
-    """{key: {"forward": name, "backward": name}} chosen so far (a copy)."""
-    with _lock:
-        return {k: dict(v) for k, v in _choices.items()}
-
-
-def set_choices(table):
-    """Adopt choices made elsewhere (e.g. on rank 0); unknown strategy names raise ValueError."""
-    from hpcnn.kernels.conv import ALGOS
-
-    for key, entry in table.items():
-        for direction, name in entry.items():
-            if direction not in DIRECTIONS or name not in ALGOS:
-                raise ValueError(f"set_choices: bad entry {key!r}: {direction!r} -> {name!r}")
-    with _lock:
-        for key, entry in table.items():
-            _choices.setdefault(key, {}).update(entry)
-
-
-def timings():
-    """{key: {direction: {name: seconds}}} measured by this process (a copy)."""
-    with _lock:
-        return {k: {d: dict(t) for d, t in v.items()} for k, v in _times.items()}
-
-
-# ---------------------------------------------------------------------------------------------
-# the cache file
-
-
-def _valid_entries(data, path):
-    """The usable {key: {direction: name, direction_ms: [candidates timed]}} of a parsed cache
-    file; warns about the rest."""
-    from hpcnn.kernels.conv import ALGOS
-
-    out = {}
-    for key, entry in data["entries"].items():
-        if not isinstance(entry, dict):
-            _warn_once(f"autotune cache {path}: ignoring malformed entry {key!r}")
-            continue
-        good = {}
-        for d in DIRECTIONS:
-            name = entry.get(d)
-            if name is None:
-                continue
-            if isinstance(name, str) and name in ALGOS:
-                good[d] = name
-                if isinstance(entry.get(f"{d}_ms"), dict):  # the candidates it was tuned among
-                    good[f"{d}_ms"] = sorted(entry[f"{d}_ms"])
-            else:
-                _warn_once(f"autotune cache {path}: ignoring unknown strategy {name!r} for "
-                           f"{key!r}; retuning")
-        if good:
-            out[key] = good
-    return out
-
-
-def _load(path):
-    """Read the cache file at ``path`` into _file (caller holds the lock)."""
-    _file.update(path=path, writable=True, entries={})
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_CACHE_BYTES + 1)
-    except FileNotFoundError:
-        return
-    except OSError as e:
-        _file["writable"] = False
-        _warn_once(f"autotune cache {path} cannot be read ({e}); tuning in memory only")
-        return
-    try:
-        if len(raw) > MAX_CACHE_BYTES:
-            raise ValueError(f"larger than {MAX_CACHE_BYTES} bytes")
-        data = json.loads(raw.decode("utf-8"))  # UnicodeDecodeError is a ValueError
-        if (not isinstance(data, dict) or data.get("format") != FORMAT
-                or not isinstance(data.get("entries"), dict)):
-            raise ValueError("not an hpcnn autotune cache")
-    except (ValueError, RecursionError) as e:  # RecursionError: JSON nested too deep
-        why = " ".join(str(e).split()) or type(e).__name__
-        _file["writable"] = False  # never clobber a file we do not understand
-        _warn_once(f"autotune cache {path} is unusable ({why}); tuning in memory only, the file "
-                   "is left as it is (delete it to start a new one)")
-        return
-    _file["entries"] = _valid_entries(data, path)
-    if _file["entries"] and not any(f"cpu={_CPU};" in k for k in _file["entries"]):
-        _warn_once(f"autotune cache {path} holds no entries for this CPU ({_CPU}); retuning")
-
-
-def _sync_file():
-    """Load the file named by HPCNN_AUTOTUNE_CACHE when it changed (caller holds the lock)."""
-    path = os.environ.get("HPCNN_AUTOTUNE_CACHE", DEFAULT_CACHE) or None
-    if path != _file["path"]:
-        if path is None:
-            _file.update(path=None, writable=False, entries={})
-        else:
-            _load(path)
-    return path
-
-
-def _save(path, key):
-    """Merge this key's choice into the file, atomically (caller holds the lock)."""
-    if not _file["writable"]:
-        return
-    entries = {}
-    try:  # merge with what other processes wrote meanwhile
-        with open(path) as f:
-            data = json.load(f)
-        if isinstance(data, dict) and data.get("format") == FORMAT:
-            entries = data.get("entries") if isinstance(data.get("entries"), dict) else {}
-    except (OSError, ValueError, RecursionError):
-        pass
-    entry = dict(entries[key]) if isinstance(entries.get(key), dict) else {}
-    entry.update(_choices[key])
-    for d, t in _times.get(key, {}).items():
-        entry[f"{d}_ms"] = {name: round(s * 1e3, 4) for name, s in t.items()}
-    entries[key] = entry
-    tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
-    try:
-        with open(tmp, "w") as f:
-            json.dump({"format": FORMAT, "version": VERSION, "entries": entries}, f, indent=1,
-                      sort_keys=True)
-        os.replace(tmp, path)
-    except OSError as e:
-        _file["writable"] = False
-        _warn_once(f"autotune cache {path} cannot be written ({e}); tuning in memory only")
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-
-
-# ---------------------------------------------------------------------------------------------
-# choosing
-
-
-def candidates(x_shape, w_shape, stride, padding, threads=None, direction=None):
-    """The strategies "auto" times for this shape and direction (None: those that apply in
-    every direction), in a fixed order."""
-    from hpcnn.kernels.conv import ALGOS, APPLIES
-
-    threads = numba.get_num_threads() if threads is None else threads
-    out = []
-    for name in ALGOS:
-        if name == "pipelined" and threads < 2:
-            continue
-        applies = APPLIES.get(name)
-        if applies is not None and not applies(x_shape, w_shape, stride, padding, direction):
-            continue
-        out.append(name)
-    return out
-
-
-def lookup(direction, x_shape, w_shape, stride, padding, dtype):
-    """The strategy "auto" runs for this call, or None when it still has to be tuned."""
-    m = mode()
-    if m != "tune":
-        return m
-    key = make_key(x_shape, w_shape, stride, padding, dtype)
-    name = _choices.get(key, {}).get(direction)
-    if name is not None:
-        return name
-    with _lock:
-        _sync_file()
-        entry = _file["entries"].get(key, {})
-        name = entry.get(direction)
-        timed = entry.get(f"{direction}_ms")
-        now = candidates(x_shape, w_shape, stride, padding, direction=direction)
-        if timed is not None and set(now) - set(timed):
-            return None  # tuned before a candidate existed (an older hpcnn): tune again
-        if name is not None:
-            _choices.setdefault(key, {})[direction] = name
-    return name
-
-
 def _time(run, reps):
     """(the reps' times, the last result)."""
     ts, out = [], None
@@ -319,43 +113,244 @@ def _time(run, reps):
     return ts, out
 
 
-def tune(direction, run, x_shape, w_shape, stride, padding, dtype, warmup=None):
-    """Time ``run(name)`` for every candidate; record and return (winner, winner's result).
+class Autotuner:
+    """The choices of strategy of one owner (a training run; :data:`conv.DEFAULT_TUNER` for
+    everyone else), with their timings, the cache file they are kept in and its warnings.
 
-    ``warmup(name)``, when given, runs the candidate on a small problem of the same types first
-    (it compiles or loads the kernels without costing a full-size run); otherwise ``run`` is
-    called once untimed.
+    ``names``: the valid strategy names (the keys of :data:`hpcnn.kernels.conv.ALGOS`).
+    ``cache``: the JSON file of choices, or None (in memory only); HPCNN_AUTOTUNE_CACHE, when
+    set, replaces it. Thread-safe.
     """
-    key = make_key(x_shape, w_shape, stride, padding, dtype)
-    times, samples, outs, best = {}, {}, {}, None
-    for name in candidates(x_shape, w_shape, stride, padding, direction=direction):
-        (warmup or run)(name)
-        samples[name], outs[name] = _time(lambda name=name: run(name), 1)
-        if best is None or samples[name][0] < WARMUP_LIMIT * times[best]:
-            t2, outs[name] = _time(lambda name=name: run(name), REPEATS - 1)
-            samples[name] += t2
-        times[name] = min(samples[name])
-        if best is None or times[name] < times[best]:
-            best = name
-    # a close finish is decided by more rounds, alternating, and by each candidate's median
-    # over all its rounds: neither a slow spell of a noisy machine nor one lucky round can hand
-    # the win to a strategy that is slower most of the time
-    ranked = sorted(times, key=times.__getitem__)
-    close = [n for i, n in enumerate(ranked) if i < FINALISTS or times[n] <= CLOSE * times[best]]
-    if len(close) > 1:
-        for _ in range(CLOSE_ROUNDS):
+
+    repeats = REPEATS  # timed runs of each candidate in the first pass
+    close_rounds = CLOSE_ROUNDS  # extra rounds of a close finish
+
+    def __init__(self, names, cache=None):
+        self.names = tuple(names)
+        self.cache = cache
+        self._lock = threading.Lock()
+        self._choices = {}  # key -> {"forward": name, "backward": name}
+        self._times = {}  # key -> {"forward": {name: seconds}, ...} (benchmarks, cache file)
+        self._file = {"path": None, "writable": False, "entries": {}}
+        self._warned = set()
+
+    def __repr__(self):
+        return f"Autotuner(cache={self.cache!r}, {len(self._choices)} keys chosen)"
+
+    def _warn_once(self, msg):
+        if msg not in self._warned:
+            self._warned.add(msg)
+            warnings.warn(msg, AutotuneWarning, stacklevel=4)
+
+    def mode(self):
+        """"tune", "lowering" (HPCNN_AUTOTUNE=off) or a forced strategy name."""
+        v = os.environ.get("HPCNN_AUTOTUNE", "").strip()
+        if v in ("", "on", "auto", "1"):
+            return "tune"
+        if v in ("off", "0"):
+            return "lowering"
+        if v in self.names:
+            return v
+        valid = ", ".join(["on", "off", *self.names])
+        raise AutotuneModeError(f"HPCNN_AUTOTUNE={v!r} is not one of {valid}")
+
+    def reset(self):
+        """Forget all choices, timings, the loaded cache file and the warnings already given."""
+        with self._lock:
+            self._choices.clear()
+            self._times.clear()
+            self._file.update(path=None, writable=False, entries={})
+            self._warned.clear()
+
+    def choices(self):
+        """{key: {"forward": name, "backward": name}} chosen so far (a copy)."""
+        with self._lock:
+            return {k: dict(v) for k, v in self._choices.items()}
+
+    def set_choices(self, table):
+        """Adopt choices made elsewhere (e.g. on rank 0); unknown strategy names raise
+        ValueError."""
+        for key, entry in table.items():
+            for direction, name in entry.items():
+                if direction not in DIRECTIONS or name not in self.names:
+                    raise ValueError(f"set_choices: bad entry {key!r}: {direction!r} -> {name!r}")
+        with self._lock:
+            for key, entry in table.items():
+                self._choices.setdefault(key, {}).update(entry)
+
+    def timings(self):
+        """{key: {direction: {name: seconds}}} measured by this tuner (a copy)."""
+        with self._lock:
+            return {k: {d: dict(t) for d, t in v.items()} for k, v in self._times.items()}
+
+    def cache_path(self):
+        """The cache file in force: HPCNN_AUTOTUNE_CACHE when set (empty: none), else
+        ``cache``."""
+        return os.environ.get("HPCNN_AUTOTUNE_CACHE", self.cache) or None
+
+    # -----------------------------------------------------------------------------------------
+    # the cache file
+
+    def _valid_entries(self, data, path):
+        """The usable {key: {direction: name, direction_ms: [candidates timed]}} of a parsed
+        cache file; warns about the rest."""
+        out = {}
+        for key, entry in data["entries"].items():
+            if not isinstance(entry, dict):
+                self._warn_once(f"autotune cache {path}: ignoring malformed entry {key!r}")
+                continue
+            good = {}
+            for d in DIRECTIONS:
+                name = entry.get(d)
+                if name is None:
+                    continue
+                if isinstance(name, str) and name in self.names:
+                    good[d] = name
+                    if isinstance(entry.get(f"{d}_ms"), dict):  # the candidates it was tuned among
+                        good[f"{d}_ms"] = sorted(entry[f"{d}_ms"])
+                else:
+                    self._warn_once(f"autotune cache {path}: ignoring unknown strategy {name!r} "
+                                    f"for {key!r}; retuning")
+            if good:
+                out[key] = good
+        return out
+
+    def _load(self, path):
+        """Read the cache file at ``path`` (caller holds the lock)."""
+        f_ = self._file
+        f_.update(path=path, writable=True, entries={})
+        try:
+            with open(path, "rb") as f:
+                raw = f.read(MAX_CACHE_BYTES + 1)
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            f_["writable"] = False
+            self._warn_once(f"autotune cache {path} cannot be read ({e}); tuning in memory only")
+            return
+        try:
+            if len(raw) > MAX_CACHE_BYTES:
+                raise ValueError(f"larger than {MAX_CACHE_BYTES} bytes")
+            data = json.loads(raw.decode("utf-8"))  # UnicodeDecodeError is a ValueError
+            if (not isinstance(data, dict) or data.get("format") != FORMAT
+                    or not isinstance(data.get("entries"), dict)):
+                raise ValueError("not an hpcnn autotune cache")
+        except (ValueError, RecursionError) as e:  # RecursionError: JSON nested too deep
+            why = " ".join(str(e).split()) or type(e).__name__
+            f_["writable"] = False  # never clobber a file we do not understand
+            self._warn_once(f"autotune cache {path} is unusable ({why}); tuning in memory only, "
+                            "the file is left as it is (delete it to start a new one)")
+            return
+        f_["entries"] = self._valid_entries(data, path)
+        if f_["entries"] and not any(f"cpu={_CPU};" in k for k in f_["entries"]):
+            self._warn_once(f"autotune cache {path} holds no entries for this CPU ({_CPU}); "
+                            "retuning")
+
+    def _sync_file(self):
+        """Load the cache file in force when it changed (caller holds the lock)."""
+        path = self.cache_path()
+        if path != self._file["path"]:
+            if path is None:
+                self._file.update(path=None, writable=False, entries={})
+            else:
+                self._load(path)
+        return path
+
+    def _save(self, path, key):
+        """Merge this key's choice into the file, atomically (caller holds the lock)."""
+        if not self._file["writable"]:
+            return
+        entries = {}
+        try:  # merge with what other processes wrote meanwhile
+            with open(path) as f:
+                data = json.load(f)
+            if isinstance(data, dict) and data.get("format") == FORMAT:
+                entries = data.get("entries") if isinstance(data.get("entries"), dict) else {}
+        except (OSError, ValueError, RecursionError):
+            pass
+        entry = dict(entries[key]) if isinstance(entries.get(key), dict) else {}
+        entry.update(self._choices[key])
+        for d, t in self._times.get(key, {}).items():
+            entry[f"{d}_ms"] = {name: round(s * 1e3, 4) for name, s in t.items()}
+        entries[key] = entry
+        # the thread in the name too: two tuners of one process may share a file
+        tmp = temporary_name(path, prefix=f".{threading.get_ident()}-")
+        try:
+            with atomic_path(path, tmp=tmp) as t, open(t, "w") as f:
+                json.dump({"format": FORMAT, "version": VERSION, "entries": entries}, f,
+                          indent=1, sort_keys=True)
+        except OSError as e:
+            self._file["writable"] = False
+            self._warn_once(f"autotune cache {path} cannot be written ({e}); tuning in memory "
+                            "only")
+
+    # -----------------------------------------------------------------------------------------
+    # choosing
+
+    def lookup(self, direction, x_shape, w_shape, stride, padding, dtype, candidates):
+        """The strategy "auto" runs for this call, or None when it still has to be tuned.
+
+        ``candidates``: the strategies :meth:`tune` would time for this call (a cache-file
+        entry tuned without one of them is tuned again).
+        """
+        m = self.mode()
+        if m != "tune":
+            return m
+        key = make_key(x_shape, w_shape, stride, padding, dtype)
+        name = self._choices.get(key, {}).get(direction)
+        if name is not None:
+            return name
+        with self._lock:
+            self._sync_file()
+            entry = self._file["entries"].get(key, {})
+            name = entry.get(direction)
+            timed = entry.get(f"{direction}_ms")
+            if timed is not None and set(candidates) - set(timed):
+                return None  # tuned before a candidate existed (an older hpcnn): tune again
+            if name is not None:
+                self._choices.setdefault(key, {})[direction] = name
+        return name
+
+    def tune(self, direction, run, x_shape, w_shape, stride, padding, dtype, candidates,
+             warmup=None):
+        """Time ``run(name)`` for every name of ``candidates``; record and return (winner,
+        winner's result).
+
+        ``warmup(name)``, when given, runs the candidate on a small problem of the same types
+        first (it compiles or loads the kernels without costing a full-size run); otherwise
+        ``run`` is called once untimed.
+        """
+        key = make_key(x_shape, w_shape, stride, padding, dtype)
+        times, samples, outs, best = {}, {}, {}, None
+        for name in candidates:
+            (warmup or run)(name)
+            samples[name], outs[name] = _time(lambda name=name: run(name), 1)
+            if best is None or samples[name][0] < WARMUP_LIMIT * times[best]:
+                t2, outs[name] = _time(lambda name=name: run(name), self.repeats - 1)
+                samples[name] += t2
+            times[name] = min(samples[name])
+            if best is None or times[name] < times[best]:
+                best = name
+        # a close finish is decided by more rounds, alternating, and by each candidate's median
+        # over all its rounds: neither a slow spell of a noisy machine nor one lucky round can
+        # hand the win to a strategy that is slower most of the time
+        ranked = sorted(times, key=times.__getitem__)
+        close = [n for i, n in enumerate(ranked)
+                 if i < FINALISTS or times[n] <= CLOSE * times[best]]
+        if len(close) > 1:
+            for _ in range(self.close_rounds):
+                for name in close:
+                    t, outs[name] = _time(lambda name=name: run(name), 1)
+                    samples[name] += t
             for name in close:
-                t, outs[name] = _time(lambda name=name: run(name), 1)
-                samples[name] += t
-        for name in close:
-            times[name] = float(np.median(samples[name]))
-        best = min(close, key=times.__getitem__)
-    result = outs[best]
-    outs.clear()
-    with _lock:
-        _choices.setdefault(key, {})[direction] = best
-        _times.setdefault(key, {})[direction] = times
-        path = _sync_file()
-        if path is not None:
-            _save(path, key)
-    return best, result
+                times[name] = float(np.median(samples[name]))
+            best = min(close, key=times.__getitem__)
+        result = outs[best]
+        outs.clear()
+        with self._lock:
+            self._choices.setdefault(key, {})[direction] = best
+            self._times.setdefault(key, {})[direction] = times
+            path = self._sync_file()
+            if path is not None:
+                self._save(path, key)
+        return best, result

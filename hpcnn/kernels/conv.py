@@ -10,8 +10,10 @@ where every array is already checked (C-contiguous, one float dtype, matching sh
 ``stride`` / ``padding`` are (h, w) int pairs. With ``input_grad=False`` a backward skips the
 data gradient (its GEMM and col2im) and returns ``dx=None``: the network's first layer needs
 only its weight gradients. Add a strategy by adding it to :data:`ALGOS`;
-``"auto"`` is resolved by :func:`resolve_algo`, which asks :mod:`~hpcnn.kernels.autotune`
-(the strategy measured fastest on this shape and thread count, forward and backward apart).
+``"auto"`` is resolved by :func:`resolve_algo`, which asks an
+:class:`~hpcnn.kernels.autotune.Autotuner` (the strategy measured fastest on this shape and
+thread count, forward and backward apart, among :func:`candidates`): the one given as ``tuner``,
+or :data:`DEFAULT_TUNER`.
 
 The strategies: "lowering" (below); "chunked" and "pipelined" (:mod:`~.pipelined`: NHWC
 lowering of L2-sized chunks, batch-parallel or with lowering and GEMM overlapped on two
@@ -157,18 +159,41 @@ APPLIES = {"mec": mec.mec_applies, "gemm1x1": mec.gemm1x1_applies, "direct": dir
 would only run another one's code in that direction ("forward", "backward" or "wgrad"; None: in
 any of them), where it is still correct, but the autotuner does not time it."""
 
+DEFAULT_TUNER = autotune.Autotuner(ALGOS)
+"""The autotuner of calls that name none (``tuner=None``): scripts, tests and benchmarks. Its cache
+file is HPCNN_AUTOTUNE_CACHE's (none when unset). A training run makes its own
+(:func:`hpcnn.train.run`)."""
+
+
+def candidates(x_shape, w_shape, stride, padding, threads=None, direction=None):
+    """The strategies "auto" times for this shape and direction (None: those that apply in
+    every direction), in a fixed order: not those :data:`APPLIES` rules out, nor "pipelined" at
+    one thread (it is "chunked" there)."""
+    threads = numba.get_num_threads() if threads is None else threads
+    out = []
+    for name in ALGOS:
+        if name == "pipelined" and threads < 2:
+            continue
+        applies = APPLIES.get(name)
+        if applies is not None and not applies(x_shape, w_shape, stride, padding, direction):
+            continue
+        out.append(name)
+    return out
+
 
 def resolve_algo(algo, x_shape, w_shape, stride, padding, fn, dtype=np.float32,
-                 direction="forward"):
+                 direction="forward", tuner=None):
     """The strategy name to run for ``algo``; unknown names raise.
 
-    For "auto" it is the choice of :mod:`~hpcnn.kernels.autotune` for this shape, thread count
-    and ``direction`` ("forward", "backward", or "wgrad": backward without the data gradient),
-    or None while that is not tuned yet (the
-    public wrappers then tune on the call's arrays).
+    For "auto" it is the choice of ``tuner`` (None: :data:`DEFAULT_TUNER`) for this shape,
+    thread count and ``direction`` ("forward", "backward", or "wgrad": backward without the data
+    gradient), or None while that is not tuned yet (the public wrappers then tune on the call's
+    arrays).
     """
     if algo == "auto":
-        return autotune.lookup(direction, x_shape, w_shape, stride, padding, dtype)
+        tuner = DEFAULT_TUNER if tuner is None else tuner
+        return tuner.lookup(direction, x_shape, w_shape, stride, padding, dtype,
+                            candidates(x_shape, w_shape, stride, padding, direction=direction))
     if algo not in ALGOS:
         valid = ", ".join(repr(a) for a in ["auto", *ALGOS])
         raise ValueError(f"{fn}: unknown algo {algo!r} (x {tuple(x_shape)}, w {tuple(w_shape)}); "
@@ -189,7 +214,7 @@ def _check_conv(x, w, stride, padding, fn):
     return x, w, stride, padding
 
 
-def conv2d_forward(x, w, b=None, stride=1, padding=0, algo="auto"):
+def conv2d_forward(x, w, b=None, stride=1, padding=0, algo="auto", tuner=None):
     """Convolve a batch: y[n, k] = sum_c x[n, c] (*) w[k, c] + b[k].
 
     Parameters
@@ -199,6 +224,7 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, algo="auto"):
     b : float32 array of shape (K,), or None
     stride, padding : int or (h, w) pair
     algo : "auto" or a name in :data:`ALGOS`
+    tuner : the :class:`~hpcnn.kernels.autotune.Autotuner` of "auto" (None: :data:`DEFAULT_TUNER`)
 
     Returns
     -------
@@ -211,22 +237,24 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, algo="auto"):
         if b.shape[0] != w.shape[0]:
             raise ValueError(f"{fn}: b has shape {b.shape} but w has {w.shape[0]} output "
                              f"channels (w {w.shape})")
-    name = resolve_algo(algo, x.shape, w.shape, stride, padding, fn, x.dtype, "forward")
+    name = resolve_algo(algo, x.shape, w.shape, stride, padding, fn, x.dtype, "forward", tuner)
     if name is None:
-        _, y = autotune.tune("forward", lambda a: ALGOS[a][0](x, w, b, stride, padding),
-                             x.shape, w.shape, stride, padding, x.dtype,
-                             warmup=lambda a: ALGOS[a][0](x[:1], w, b, stride, padding))
+        tuner = DEFAULT_TUNER if tuner is None else tuner
+        _, y = tuner.tune("forward", lambda a: ALGOS[a][0](x, w, b, stride, padding),
+                          x.shape, w.shape, stride, padding, x.dtype,
+                          candidates(x.shape, w.shape, stride, padding, direction="forward"),
+                          warmup=lambda a: ALGOS[a][0](x[:1], w, b, stride, padding))
         return y
     return ALGOS[name][0](x, w, b, stride, padding)
 
 
-def conv2d_backward(dy, x, w, stride=1, padding=0, algo="auto", input_grad=True):
+def conv2d_backward(dy, x, w, stride=1, padding=0, algo="auto", input_grad=True, tuner=None):
     """Gradients of :func:`conv2d_forward` with respect to x, w and b.
 
     Parameters
     ----------
     dy : float32 array of shape (N, K, P, Q), gradient of the loss w.r.t. y
-    x, w, stride, padding, algo : as given to :func:`conv2d_forward`
+    x, w, stride, padding, algo, tuner : as given to :func:`conv2d_forward`
     input_grad : False skips the data gradient (a network's first layer): dx is then None
 
     Returns
@@ -243,11 +271,13 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, algo="auto", input_grad=True)
         raise ValueError(f"{fn}: dy has shape {dy.shape} but x {x.shape} and w {w.shape} give "
                          f"y of shape {expect}")
     direction = "backward" if input_grad else "wgrad"
-    name = resolve_algo(algo, x.shape, w.shape, stride, padding, fn, x.dtype, direction)
+    name = resolve_algo(algo, x.shape, w.shape, stride, padding, fn, x.dtype, direction, tuner)
     if name is None:
-        _, grads = autotune.tune(
+        tuner = DEFAULT_TUNER if tuner is None else tuner
+        _, grads = tuner.tune(
             direction, lambda a: ALGOS[a][1](dy, x, w, stride, padding, input_grad),
             x.shape, w.shape, stride, padding, x.dtype,
+            candidates(x.shape, w.shape, stride, padding, direction=direction),
             warmup=lambda a: ALGOS[a][1](dy[:1], x[:1], w, stride, padding, input_grad))
         return grads
     return ALGOS[name][1](dy, x, w, stride, padding, input_grad)

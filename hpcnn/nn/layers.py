@@ -76,14 +76,19 @@ def _init(rng, shape, fan_in, init, std):
 
 
 class Conv2d:
-    """2-D convolution. x (N, C, H, W) -> y (N, K, P, Q), P = (H + 2*pad - R)//stride + 1."""
+    """2-D convolution. x (N, C, H, W) -> y (N, K, P, Q), P = (H + 2*pad - R)//stride + 1.
+
+    ``algo``: a strategy of :data:`hpcnn.kernels.conv.ALGOS`, or "auto": the choice of ``tuner``
+    (an :class:`~hpcnn.kernels.autotune.Autotuner`; None: the kernels' default one).
+    """
 
     kind = "conv"  # op kind in the profile (hpcnn.profile.KINDS)
 
     def __init__(self, in_ch, out_ch, kernel_size, stride=1, padding=0, *, rng, name="conv",
-                 init="xavier", std=0.01, bias_lr_mult=2.0, algo="auto"):
+                 init="xavier", std=0.01, bias_lr_mult=2.0, algo="auto", tuner=None):
         r, s = _pair(kernel_size)
         self.stride, self.padding, self.algo = _pair(stride), _pair(padding), algo
+        self.tuner = tuner
         fan_in = in_ch * r * s
         self.weight = Param(_init(rng, (out_ch, in_ch, r, s), fan_in, init, std), f"{name}.weight")
         self.bias = Param(np.zeros(out_ch), f"{name}.bias", lr_mult=bias_lr_mult)
@@ -97,11 +102,11 @@ class Conv2d:
         if train:
             self._x = x
         return K.conv2d_forward(x, self.weight.data, self.bias.data, self.stride, self.padding,
-                                algo=self.algo)
+                                algo=self.algo, tuner=self.tuner)
 
     def backward(self, dy, input_grad=True):
         dx, dw, db = K.conv2d_backward(dy, self._x, self.weight.data, self.stride, self.padding,
-                                       algo=self.algo, input_grad=input_grad)
+                                       algo=self.algo, input_grad=input_grad, tuner=self.tuner)
         self.weight.grad += dw
         self.bias.grad += db
         self._x = None

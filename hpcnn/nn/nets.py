@@ -31,12 +31,14 @@ def _out_shape(layers, shape):
     return shape
 
 
-def lenet5(input_shape, num_classes, rng, algo="auto"):
+def lenet5(input_shape, num_classes, rng, algo="auto", tuner=None):
     """Caffe's LeNet (examples/mnist/lenet_train_test.prototxt): xavier weights, zero biases."""
     c = input_shape[0]
     layers = [
-        Conv2d(c, 20, 5, rng=rng, name="conv1", algo=algo), MaxPool2d(2, 2, name="pool1"),
-        Conv2d(20, 50, 5, rng=rng, name="conv2", algo=algo), MaxPool2d(2, 2, name="pool2"),
+        Conv2d(c, 20, 5, rng=rng, name="conv1", algo=algo, tuner=tuner),
+        MaxPool2d(2, 2, name="pool1"),
+        Conv2d(20, 50, 5, rng=rng, name="conv2", algo=algo, tuner=tuner),
+        MaxPool2d(2, 2, name="pool2"),
         Flatten(),
     ]
     (flat,) = _out_shape(layers, input_shape)
@@ -45,10 +47,10 @@ def lenet5(input_shape, num_classes, rng, algo="auto"):
     return Sequential(layers, input_shape, name="lenet5")
 
 
-def cifar10_quick(input_shape, num_classes, rng, algo="auto"):
+def cifar10_quick(input_shape, num_classes, rng, algo="auto", tuner=None):
     """Caffe's cifar10_quick (examples/cifar10/cifar10_quick_train_test.prototxt)."""
     c = input_shape[0]
-    g = dict(rng=rng, init="gaussian", algo=algo)
+    g = dict(rng=rng, init="gaussian", algo=algo, tuner=tuner)
     layers = [
         Conv2d(c, 32, 5, 1, 2, name="conv1", std=1e-4, **g), MaxPool2d(3, 2, name="pool1"),
         ReLU("relu1"),
@@ -64,15 +66,16 @@ def cifar10_quick(input_shape, num_classes, rng, algo="auto"):
     return Sequential(layers, input_shape, name="cifar10_quick")
 
 
-def mlp(input_shape, num_classes, rng, hidden=300, algo="auto"):
-    """784-H-10 with ReLU (any input shape is flattened)."""
+def mlp(input_shape, num_classes, rng, hidden=300, algo="auto", tuner=None):
+    """784-H-10 with ReLU (any input shape is flattened; no convolution: ``algo`` and ``tuner``
+    are accepted for a uniform call and unused)."""
     flat = int(np.prod(input_shape))
     layers = [Flatten(), Linear(flat, hidden, rng=rng, name="fc1"), ReLU("relu1"),
               Linear(hidden, num_classes, rng=rng, name="fc2")]
     return Sequential(layers, input_shape, name="mlp")
 
 
-def owt_cifar(input_shape, num_classes, rng, algo="auto", narrow=1):
+def owt_cifar(input_shape, num_classes, rng, algo="auto", narrow=1, tuner=None):
     """The CIFAR-sized net of Krizhevsky's "One weird trick" (arXiv:1404.5997): three conv
     stages, then fc 4096, fc 4096 and the classifier, about 98% of the parameters in the head
     (on 3x32x32 input). ``narrow=k`` divides every width by k (small copies for the tests).
@@ -81,7 +84,7 @@ def owt_cifar(input_shape, num_classes, rng, algo="auto", narrow=1):
         raise ValueError(f"narrow must be >= 1, got {narrow}")
     c = input_shape[0]
     w1, w2, w3, f = (max(1, n // narrow) for n in (64, 128, 256, 4096))
-    g = dict(rng=rng, init="he", algo=algo)
+    g = dict(rng=rng, init="he", algo=algo, tuner=tuner)
     layers = [
         Conv2d(c, w1, 5, 1, 2, name="conv1", **g), ReLU("relu1"), MaxPool2d(3, 2, name="pool1"),
         Conv2d(w1, w2, 5, 1, 2, name="conv2", **g), ReLU("relu2"), MaxPool2d(3, 2, name="pool2"),
@@ -109,9 +112,11 @@ NETS = {
 }
 
 
-def build_net(name, input_shape, num_classes, seed=0, **kwargs):
-    """Build net ``name`` for inputs of ``input_shape`` (C, H, W); weights drawn from ``seed``."""
+def build_net(name, input_shape, num_classes, seed=0, tuner=None, **kwargs):
+    """Build net ``name`` for inputs of ``input_shape`` (C, H, W); weights drawn from ``seed``.
+    ``tuner``: the :class:`~hpcnn.kernels.autotune.Autotuner` of every "auto" convolution
+    (None: the kernels' default one)."""
     if name not in NETS:
         raise ValueError(f"unknown net {name!r}; choose from {', '.join(NETS)}")
     rng = np.random.default_rng(seed)
-    return NETS[name][0](tuple(input_shape), num_classes, rng, **kwargs)
+    return NETS[name][0](tuple(input_shape), num_classes, rng, tuner=tuner, **kwargs)
