@@ -51,7 +51,7 @@ def test_every_net_runs_on_every_input_shape(name, shape):
     net.forward(x)
     assert net.backward(np.ones_like(y)) is None  # the first layer skips its data gradient
     # the same gradients (to rounding: the first layer may be tuned to another strategy)
-    np.testing.assert_allclose(net.flat_grads, grads, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(net.flat_grads, grads, rtol=1e-4, atol=1e-5 * np.abs(grads).max())
 
 
 def test_params_live_in_flat_buffers():

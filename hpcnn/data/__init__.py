@@ -7,12 +7,12 @@ whether its files are present; ``python -m hpcnn.data download|describe`` fetche
 from hpcnn.data.cifar import read_cifar_batch, write_cifar_batch
 from hpcnn.data.download import download_dataset
 from hpcnn.data.idx import Checksum, read_idx_images, read_idx_labels, read_idx_pair, write_idx
+from hpcnn.data.loading import load_dataset
 from hpcnn.data.registry import (
     DATASETS,
     Dataset,
     cache_dir,
     find_dataset_files,
-    load_dataset,
     resolve_data_dir,
 )
 from hpcnn.data.synthetic import make_synthetic

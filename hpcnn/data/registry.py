@@ -332,13 +332,9 @@ def load_dataset(
     the official MD5s unless ``verify_md5=False``. cifar10: pixels / 255, minus the per-pixel mean
     image of the train split (as Caffe's cifar10_quick expects), shape (N, 3, 32, 32); sizes and
     labels are checked (there are no official per-file MD5s). synthetic: see
-    :func:`hpcnn.data.synthetic.make_synthetic`; ``seed`` only affects it. ``h5:FILE``: an HDF5
-    store made by ``python -m hpcnn.data prepare`` (:mod:`hpcnn.data.store`), read on demand.
+    :func:`hpcnn.data.synthetic.make_synthetic`; ``seed`` only affects it. An HDF5 store
+    (``h5:FILE``) is opened by :func:`hpcnn.data.load_dataset` (:mod:`hpcnn.data.loading`).
     """
-    if name.startswith("h5:"):
-        from hpcnn.data.store import open_store
-
-        return open_store(name[3:])
     name = canonical_name(name)
     if name == "synthetic":
         x_train, y_train, x_test, y_test = make_synthetic(
