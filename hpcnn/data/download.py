@@ -28,6 +28,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from hpcnn.atomic import atomic_path
 from hpcnn.data import cifar, idx, registry
 from hpcnn.errors import DataError, UsageError
 
@@ -132,7 +133,8 @@ def fetch(url: str, target: Path, md5: str, *, timeout: float = 60.0,
                 f"{target}: MD5 mismatch for the download from {url}: expected {md5}, got {got}; "
                 "nothing was saved"
             )
-        os.replace(tmp, target)
+        with atomic_path(target, tmp):
+            pass  # downloaded and checked: fsync, rename, fsync of the folder
     finally:
         cancel.set()
         tmp.unlink(missing_ok=True)
@@ -185,12 +187,9 @@ def _extract_cifar(archive: Path, dest: Path, log: Callable[[str], None]) -> Non
                         f"{archive}: {member} is {info.size} bytes, expected {cifar.batch_bytes()}"
                     )
                 tmp = _temp_in(dest, name)
-                try:
-                    with tar.extractfile(info) as src, open(tmp, "wb") as out:
-                        shutil.copyfileobj(src, out, _CHUNK)
-                    os.replace(tmp, dest / name)
-                finally:
-                    tmp.unlink(missing_ok=True)
+                with atomic_path(dest / name, tmp), tar.extractfile(info) as src, \
+                        open(tmp, "wb") as out:
+                    shutil.copyfileobj(src, out, _CHUNK)
                 log(f"{dest / name}: extracted")
     except (tarfile.TarError, EOFError, OSError) as e:
         raise DataError(f"{archive}: cannot extract: {e}") from None

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hpcnn.atomic import atomic_path
 from hpcnn.data import idx, registry
 from hpcnn.errors import DataError, RankLocalError, UsageError, one_line
 
@@ -124,7 +125,7 @@ def prepare_store(dataset: str, out, data_dir=None, verify_md5: bool = True, log
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         content = {}
-        with h5py.File(tmp, "w") as f:
+        with atomic_path(out, tmp), h5py.File(tmp, "w") as f:
             for split in SPLITS:
                 x, y = arrays[split]
                 f.create_dataset(f"{split}/images", data=x, chunks=(min(rows, len(x)), *sample),
@@ -142,17 +143,7 @@ def prepare_store(dataset: str, out, data_dir=None, verify_md5: bool = True, log
             # pointer into the heap (a corrupt variable-length string can hang HDF5)
             f.attrs.update({k: np.bytes_(v.encode()) for k, v in text.items()})
             f.attrs.update(version=VERSION, subtract_mean=subtract)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, out)
     except OSError as e:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
         raise UsageError(f"cannot write {out}: {e.strerror or e}") from None
     n = {s: len(arrays[s][1]) for s in SPLITS}
     log(f"{out}: {name}, {n['train']} train / {n['test']} test images "
