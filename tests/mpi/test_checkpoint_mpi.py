@@ -6,9 +6,7 @@ rank stopping every rank at the same step.
 """
 
 import os
-import shutil
 import signal
-import tempfile
 
 import numpy as np
 import pytest
@@ -27,17 +25,6 @@ def world():
     from mpi4py import MPI
 
     return MPI.COMM_WORLD
-
-
-@pytest.fixture
-def rank0_dir():
-    """A fresh folder made by rank 0 and named to all (pytest's tmp_path is not MPI-safe)."""
-    comm = world()
-    path = comm.bcast(tempfile.mkdtemp(prefix="hpcnn-ckpt-") if comm.Get_rank() == 0 else None)
-    yield path
-    comm.Barrier()
-    if comm.Get_rank() == 0:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def newest(directory):

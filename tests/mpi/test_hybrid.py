@@ -6,8 +6,6 @@ the comparison needs no second launch.
 """
 
 import functools
-import shutil
-import tempfile
 from functools import partial
 
 import numpy as np
@@ -120,16 +118,6 @@ SMALL = ["--net", "lenet5", "--dataset", "synthetic", "--synthetic-shape", "1,16
          "--synthetic-train", "128", "--synthetic-test", "32", "--batch-size", "16",
          "--log-interval", "100", "--algo", "lowering", "--epochs", "2", "--seed", "1"]
 HYBRID = ["--parallel", "hybrid"]
-
-
-@pytest.fixture
-def rank0_dir():
-    comm = world()
-    path = comm.bcast(tempfile.mkdtemp(prefix="hpcnn-hyb-") if comm.Get_rank() == 0 else None)
-    yield path
-    comm.Barrier()
-    if comm.Get_rank() == 0:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def _final(directory):

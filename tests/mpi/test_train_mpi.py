@@ -2,8 +2,6 @@
 
 import json
 import math
-import shutil
-import tempfile
 
 import pytest
 
@@ -19,18 +17,6 @@ def world():
     from mpi4py import MPI
 
     return MPI.COMM_WORLD
-
-
-@pytest.fixture
-def rank0_dir():
-    """A fresh folder made by rank 0 and named to all (pytest's tmp_path is not MPI-safe: every
-    rank would prune old folders under the same base at once)."""
-    comm = world()
-    path = comm.bcast(tempfile.mkdtemp(prefix="hpcnn-mpi-") if comm.Get_rank() == 0 else None)
-    yield path
-    comm.Barrier()
-    if comm.Get_rank() == 0:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.mark.mpi(min_size=2)
