@@ -537,6 +537,7 @@ class EpochResult:
     t_data: float = 0.0
     t_step: float = 0.0
     stopped: bool = False
+    seconds: float = 0.0  # wall time of the epoch's steps
 
 
 def run_epoch(strategy, ctl, batches, log, cfg, epoch, step, first, loss_sum, loss_n, fault):
@@ -633,8 +634,60 @@ def _epoch_record(comm, strategy, res, epoch, step, acc, images_per_second, t0, 
     return record, timing
 
 
-def _run(args, comm, threads):
+def _epoch(args, ds, strategy, ctl, log, cfg, epoch, step, pos, rank, step_fault):
+    """This rank's steps of one epoch (from ``pos`` when it is the resumed one)."""
     from hpcnn.data.batches import EpochBatches
+
+    # One global shuffle per epoch, identical on every rank (seeded by seed and epoch).
+    order = np.random.default_rng([args.seed, epoch]).permutation(len(ds.x_train))
+    resumed = epoch == pos.epoch
+    first = pos.index if resumed else 0
+    in_memory = isinstance(ds.x_train, np.ndarray)  # else an h5: store, read ahead
+    batches = EpochBatches(ds.x_train, ds.y_train, order, cfg.batch, cfg.per_rank, rank, first,
+                           cfg.steps_per_epoch, 0 if in_memory else args.prefetch)
+    strategy.reset_timings()
+    log.reset_window()
+    t = time.perf_counter()
+    try:
+        res = run_epoch(strategy, ctl, batches, log, cfg, epoch, step, first,
+                        pos.loss_sum if resumed else 0.0, pos.loss_n if resumed else 0,
+                        step_fault)
+    finally:
+        batches.close()
+    res.seconds = time.perf_counter() - t
+    return res
+
+
+@dataclass
+class Throughput:
+    """Training time and images over the epochs of this run (evaluation excluded)."""
+
+    t0: float = field(default_factory=time.perf_counter)
+    seconds: float = 0.0
+    images: int = 0
+
+    def add(self, res, batch):
+        self.seconds += res.seconds
+        self.images += res.steps * batch
+        return self.images / max(self.seconds, 1e-9)
+
+
+def _end_of_epoch(comm, ds, strategy, res, epoch, step, cfg, speed, metrics, log):
+    """Evaluate, then log and record the epoch; returns (test accuracy, metrics record)."""
+    size = comm.Get_size()
+    ips = speed.add(res, cfg.batch)
+    if size > 1:
+        res.loss_sum = comm.allreduce(res.loss_sum) / size
+    with profile.region("evaluate"):
+        acc = evaluate(strategy, ds.x_test, ds.y_test, comm)
+    record, timing = _epoch_record(comm, strategy, res, epoch, step, acc, ips, speed.t0,
+                                   cfg.lr_at(max(0, step - 1)))
+    metrics.write(record)
+    log.epoch_line(record, timing)
+    return acc, record
+
+
+def _run(args, comm, threads):
     from hpcnn.parallel import agree
 
     rank, size = comm.Get_rank(), comm.Get_size()
@@ -648,49 +701,33 @@ def _run(args, comm, threads):
                n_train=len(ds.x_train), schedule=cfg.schedule())
     pos = ctl.resume()
     log.header(args, ds, strategy, cfg, size, threads, solver)
-
-    step, t_train, images, acc, record = pos.step, 0.0, 0, float("nan"), {}
     if args.profile or args.trace:
         profile.enable()
-    t0 = time.perf_counter()
-    in_memory = isinstance(ds.x_train, np.ndarray)  # else an h5: store, read ahead
+
+    step, acc, record, speed = pos.step, float("nan"), {}, Throughput()
     for epoch in range(pos.epoch, args.epochs + 1):
         if step >= cfg.total_steps or ctl.stopped:
             break
-        # One global shuffle per epoch, identical on every rank (seeded by seed and epoch).
-        order = np.random.default_rng([args.seed, epoch]).permutation(len(ds.x_train))
-        resumed = epoch == pos.epoch
-        first = pos.index if resumed else 0
-        batches = EpochBatches(ds.x_train, ds.y_train, order, cfg.batch, cfg.per_rank, rank,
-                               first, cfg.steps_per_epoch, 0 if in_memory else args.prefetch)
-        strategy.reset_timings()
-        log.reset_window()
-        t_epoch = time.perf_counter()
-        res = run_epoch(strategy, ctl, batches, log, cfg, epoch, step, first,
-                        pos.loss_sum if resumed else 0.0, pos.loss_n if resumed else 0,
-                        step_fault)
-        batches.close()
+        res = _epoch(args, ds, strategy, ctl, log, cfg, epoch, step, pos, rank, step_fault)
         step += res.steps
         if res.stopped:
             break
-        t_train += time.perf_counter() - t_epoch
-        images += res.steps * cfg.batch
-        if size > 1:
-            res.loss_sum = comm.allreduce(res.loss_sum) / size
-        with profile.region("evaluate"):
-            acc = evaluate(strategy, ds.x_test, ds.y_test, comm)
-        record, timing = _epoch_record(comm, strategy, res, epoch, step, acc,
-                                       images / max(t_train, 1e-9), t0,
-                                       cfg.lr_at(max(0, step - 1)))
-        metrics.write(record)
-        log.epoch_line(record, timing)
+        acc, record = _end_of_epoch(comm, ds, strategy, res, epoch, step, cfg, speed, metrics,
+                                    log)
         if ctl.after_epoch(epoch, step, acc):
             break  # early stopping
+    return _finish(args, comm, threads, ds, strategy, cfg, ctl, metrics, log, record, step,
+                   acc, speed)
 
-    summary = dict(record, step=step, summary=True, net=args.net, dataset=ds.name, ranks=size,
-                   threads=threads, batch_size=cfg.batch, batch_per_rank=cfg.per_rank,
-                   sync=args.sync, parallel=args.parallel, strategy=strategy.describe(),
-                   elapsed_s=time.perf_counter() - t0, **ctl.finish())
+
+def _finish(args, comm, threads, ds, strategy, cfg, ctl, metrics, log, record, step, acc,
+            speed):
+    """The summary record (metrics, last line), the final checkpoint, the profile."""
+    summary = dict(record, step=step, summary=True, net=args.net, dataset=ds.name,
+                   ranks=comm.Get_size(), threads=threads, batch_size=cfg.batch,
+                   batch_per_rank=cfg.per_rank, sync=args.sync, parallel=args.parallel,
+                   strategy=strategy.describe(), elapsed_s=time.perf_counter() - speed.t0,
+                   **ctl.finish())
     metrics.write(summary)
     metrics.close()
     log.say(f"finished: {step} steps | test accuracy {100 * acc:.2f}% | "
