@@ -107,10 +107,12 @@ NETS = {
     # mlp: no Caffe reference; tuned on MNIST (lr 0.01 and weight decay 5e-4 underfit: 97.4%)
     "mlp": (mlp, Solver(0.05, 0.9, 1e-4, 64, "inv", _INV), (1, 28, 28)),
     "cifar10_quick": (cifar10_quick, Solver(0.001, 0.9, 4e-3, 100, "fixed"), (3, 32, 32)),
-    # owt_cifar: Krizhevsky's settings (SGD, momentum 0.9, weight decay 5e-4, batch 128), the
-    # rate annealed to 0 over the run (cosine) in place of his manual decays: with a fixed 0.01,
-    # 2 epochs of Fashion-MNIST on 2 ranks ended at 86.9% (results/accuracy)
-    "owt_cifar": (owt_cifar, Solver(0.01, 0.9, 5e-4, 128, "cosine"), (3, 32, 32)),
+    # owt_cifar: Krizhevsky's momentum, weight decay and batch (0.9, 5e-4, 128); the rate 0.005
+    # annealed to 0 over the run (cosine) in place of his 0.01 and manual decays: without his
+    # dropout, 0.01 stalls near loss 2.1 for the first ~70 steps on Fashion-MNIST and 2 epochs
+    # on 2 ranks ended at 86.9% (fixed) and 87.1% (cosine); 0.005 does not stall
+    # (results/accuracy/owt_probes)
+    "owt_cifar": (owt_cifar, Solver(0.005, 0.9, 5e-4, 128, "cosine"), (3, 32, 32)),
 }
 
 
