@@ -119,3 +119,20 @@ def test_predictions_are_the_serial_model_s(name, tier):
     get, _ = _bcast_state(comm, ref)
     st.load_state(get, 1)
     np.testing.assert_array_equal(st.predict(x), ref.predict(x))
+
+
+@pytest.mark.parametrize("tier", TIERS)
+@pytest.mark.parametrize("name", list(STRATEGIES))
+def test_evaluation_with_fewer_test_examples_than_ranks(name, tier):
+    """Some ranks score no example at all; the collective pieces still line up."""
+    from hpcnn.train import evaluate
+
+    comm = _comm(tier)
+    st = _make(name, comm)
+    n = max(1, comm.Get_size() - 1)
+    x, y = _batch(comm, per_rank=n, seed=2, same=True)
+    acc = evaluate(st, x, y, comm)
+    assert 0.0 <= acc <= 1.0
+    ref = DataParallel(None, build_net("lenet5", SHAPE, 10, seed=0, algo="lowering"),
+                       partial(SGD, lr=0.05))
+    assert acc == evaluate(ref, x, y, None)

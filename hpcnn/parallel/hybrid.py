@@ -410,7 +410,11 @@ class Hybrid(Strategy):
         self.stats.steps += 1
 
     def predict(self, x):
-        feats = self._features(x, train=False)
+        """Collective over the data group: every rank calls it, with its own (maybe no) rows."""
+        if len(x):
+            feats = self._features(x, train=False)
+        else:  # no examples here, but the collectives of the head still need this rank
+            feats = np.zeros((0, self.head.in_features), np.float32)
         n = feats.shape[0]
         if self.mcomm.Get_size() == 1:
             return np.argmax(self.head.forward(feats, train=False), axis=0)

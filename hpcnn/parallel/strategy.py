@@ -111,7 +111,9 @@ class Strategy:
         return loss
 
     def predict(self, x):
-        """Predicted class of each row of ``x`` (this rank's examples)."""
+        """Predicted class of each row of ``x`` (this rank's examples; there may be none)."""
+        if len(x) == 0:
+            return np.zeros(0, np.int64)
         return np.argmax(self.model.forward(x, train=False), axis=1)
 
     def prepare_eval(self):
