@@ -302,7 +302,7 @@ class Hybrid(Strategy):
     def forward_backward(self, x, y):
         self.feat_group.zero_grad()
         self.head_group.zero_grad()
-        feats = self._features(x)
+        feats = np.ascontiguousarray(self._features(x), np.float32)  # (n, F): sent as is
         n = feats.shape[0]
         scale = 1.0 / (n * self.size)  # the loss is normalised by the global batch
         if self.mcomm.Get_size() == 1:
