@@ -607,6 +607,8 @@ def _setup(args, comm, log):
         kwargs = {"hidden": args.hidden}
     # the run's own autotuner: its choices kept in the user cache (HPCNN_AUTOTUNE_CACHE wins)
     tuner = autotune.Autotuner(conv.ALGOS, cache=default_autotune_cache())
+    if args.algo == "auto" and tuner.mode() == "tune":
+        agree(comm, tuner.check_cache)  # an unusable cache file: one line, exit 2, every rank
     model = build_net(args.net, ds.input_shape, ds.num_classes, seed=args.seed, tuner=tuner,
                       **kwargs)
     warm_kernel_cache(comm, model, ds.x_train[:cfg.per_rank], ds.y_train[:cfg.per_rank],

@@ -72,6 +72,10 @@ class AutotuneWarning(UserWarning):
     """A cache file could not be used (the tuner then keeps its choices in memory)."""
 
 
+class AutotuneCacheError(UsageError):
+    """The autotune cache file cannot be read or understood (checked before a run starts)."""
+
+
 class AutotuneModeError(UsageError, ValueError):
     """HPCNN_AUTOTUNE has a value that is not a mode: one line and exit status 2 from the
     command-line tools (a ValueError too, as it was before)."""
@@ -215,7 +219,23 @@ class Autotuner:
                 out[key] = good
         return out
 
-    def _load(self, path):
+    def check_cache(self):
+        """Load the cache file in force now, and raise :class:`AutotuneCacheError` (one line, exit
+        status 2) when it cannot be read or understood. A training run calls it up front on
+        every rank; later, an unusable file is only warned about and ignored."""
+        with self._lock:
+            path = self.cache_path()
+            self._file.update(path=None)
+            if path is not None:
+                self._load(path, strict=True)
+
+    def _unusable(self, strict, msg, hint):
+        if strict:
+            raise AutotuneCacheError(f"{msg}; delete it (it is only a cache of choices) or set "
+                                     f"HPCNN_AUTOTUNE_CACHE to another file")
+        self._warn_once(f"{msg}; {hint}")
+
+    def _load(self, path, strict=False):
         """Read the cache file at ``path`` (caller holds the lock)."""
         f_ = self._file
         f_.update(path=path, writable=True, entries={})
@@ -226,7 +246,8 @@ class Autotuner:
             return
         except OSError as e:
             f_["writable"] = False
-            self._warn_once(f"autotune cache {path} cannot be read ({e}); tuning in memory only")
+            self._unusable(strict, f"autotune cache {path} cannot be read ({e.strerror or e})",
+                           "tuning in memory only")
             return
         try:
             if len(raw) > MAX_CACHE_BYTES:
@@ -238,8 +259,9 @@ class Autotuner:
         except (ValueError, RecursionError) as e:  # RecursionError: JSON nested too deep
             why = " ".join(str(e).split()) or type(e).__name__
             f_["writable"] = False  # never clobber a file we do not understand
-            self._warn_once(f"autotune cache {path} is unusable ({why}); tuning in memory only, "
-                            "the file is left as it is (delete it to start a new one)")
+            self._unusable(strict, f"autotune cache {path} is unusable ({why})",
+                           "tuning in memory only, the file is left as it is (delete it to "
+                           "start a new one)")
             return
         f_["entries"] = self._valid_entries(data, path)
         if f_["entries"] and not any(f"cpu={_CPU};" in k for k in f_["entries"]):
