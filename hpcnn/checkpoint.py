@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hpcnn.atomic import atomic_path, temporary_name
+from hpcnn.atomic import atomic_path
 from hpcnn.errors import DataError, UsageError
 from hpcnn.h5check import attr
 from hpcnn.h5check import datasets as h5_datasets
@@ -160,7 +160,7 @@ def check_meta(meta: dict, version: int) -> None:
                             f"got {v!r}")
 
 
-def _v1_names(meta, expected):
+def _v1_names(meta):
     """Format 1: the flat rows' (name, offset, size, shape) from its meta."""
     params = meta.get("params")
     if not isinstance(params, list):
@@ -186,7 +186,7 @@ def _expect_matches(meta, version, expected, mismatch):
         got = {k: tuple(v) for k, v in meta["arrays"].items()}
     else:
         got = {}
-        for name, _, _, shape in _v1_names(meta, expected)[0]:
+        for name, _, _, shape in _v1_names(meta)[0]:
             got[f"param/{name}"] = got[f"momentum/{name}"] = shape
     if got != {k: tuple(v) for k, v in expected.items()}:
         raise DataError(mismatch(meta) if mismatch else
@@ -249,7 +249,7 @@ def _read(path, expected, mismatch):
             rows = meta["rows"]
             want = {k: (tuple(v) if rows == 1 else (rows, *v)) for k, v in meta["arrays"].items()}
         else:
-            total = _v1_names(meta, expected)[1]
+            total = _v1_names(meta)[1]
             rows = datasets["params"].shape[0] if "params" in datasets and \
                 datasets["params"].ndim == 2 else 0
             if not 1 <= rows <= MAX_ROWS:
@@ -271,7 +271,7 @@ def _read(path, expected, mismatch):
 
 
 def _from_v1(arrays, meta, rows):
-    names, _ = _v1_names(meta, None)
+    names, _ = _v1_names(meta)
     out, shapes = {}, {}
     for name, off, n, shape in names:
         for kind, src in (("param", "params"), ("momentum", "momentum")):
@@ -326,8 +326,7 @@ def check_writable(directory: str | Path) -> None:
     directory = Path(directory)
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        probe = temporary_name(directory / "probe", prefix=_TMP_PREFIX)
-        probe = probe.with_name(probe.name.replace(".tmp", _TMP_SUFFIX))
+        probe = directory / f"{_TMP_PREFIX}probe-{os.getpid()}{_TMP_SUFFIX}"  # stale: removed
         with open(probe, "wb") as f:
             f.write(b"x")
         probe.unlink()

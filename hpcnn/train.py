@@ -621,7 +621,7 @@ def _epoch_record(comm, strategy, res, epoch, step, acc, images_per_second, t0, 
     """The metrics record of an epoch, and the per-step timing over ranks (rank 0)."""
     n = max(1, res.loss_n)
     t = strategy.timings()
-    wait = sum(v for k, v in t["wait_s"].items())
+    wait = sum(t["wait_s"].values())
     steps = max(1, t["steps"])
     timing = reduce_timing(comm, {"compute_s": (res.t_step - wait) / steps,
                                   "allreduce_wait_s": wait / steps,

@@ -100,9 +100,6 @@ class BucketReducer:
         self._reqs = []
         self._launched = 0
 
-    def nbytes(self):
-        return self.group.nbytes()
-
 
 def local_loss(logits, y, scale):
     """Softmax cross-entropy of ``logits`` against ``y``; its gradient scaled by ``scale``
@@ -141,12 +138,14 @@ class DataParallel(Strategy):
         self.opt = optimizer(self.group.params)
         self.bucket_mb, self.overlap = bucket_mb, overlap
         self.reducer = None
-        self.buckets = layer_buckets(model.layers, self.group, bucket_mb)
         if comm_size(comm) > 1:
             self.reducer = BucketReducer(comm, self.group, model.layers, bucket_mb, overlap,
                                          progress, self.stats)
             check_same_model(comm, self.group.params)
             comm.Bcast(self.group.data, root=0)
+        # the buckets a reduction uses (also described on one rank)
+        self.buckets = self.reducer.buckets if self.reducer else \
+            layer_buckets(model.layers, self.group, bucket_mb)
 
     def forward_backward(self, x, y):
         self.group.zero_grad()

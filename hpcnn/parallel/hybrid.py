@@ -56,6 +56,16 @@ def _mpi():
     return MPI
 
 
+def _vspec(buf, sizes, mpitype):
+    """``[buf, sizes, displacements, type]``: the buffer argument of a ``...v`` collective whose
+    blocks of ``sizes`` elements lie back to back in rank order."""
+    sizes = [int(n) for n in sizes]
+    displs = [0]
+    for n in sizes[:-1]:
+        displs.append(displs[-1] + n)
+    return [buf, sizes, displs, mpitype]
+
+
 class SplitHead:
     """The head's FC layers split by output rows over ``comm`` (the model axis).
 
@@ -101,11 +111,9 @@ class SplitHead:
         """Rows of every rank stacked: local (c, width) -> (sum c, width)."""
         MPI = _mpi()
         full = np.empty((sum(counts), width), np.float32)
-        sizes = [c * width for c in counts]
-        displs = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(int).tolist()
         with self.stats.timed("allgather", local.nbytes):
             self.comm.Allgatherv(np.ascontiguousarray(local),
-                                 [full, sizes, displs, MPI.FLOAT])
+                                 _vspec(full, [c * width for c in counts], MPI.FLOAT))
         return full
 
     def _reduce_scatter_rows(self, partial, counts):
@@ -293,10 +301,8 @@ class Hybrid(Strategy):
         width = int(np.prod(a.shape[1:], dtype=np.int64))
         dtype = MPI.FLOAT if a.dtype == np.float32 else MPI.INT64_T
         out = np.empty((int(counts.sum()), *a.shape[1:]), a.dtype)
-        sizes = (counts * width).tolist()
-        displs = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(int).tolist()
         with self.stats.timed("allgather", a.nbytes):
-            self.mcomm.Allgatherv(np.ascontiguousarray(a), [out, sizes, displs, dtype])
+            self.mcomm.Allgatherv(np.ascontiguousarray(a), _vspec(out, counts * width, dtype))
         return out
 
     def forward_backward(self, x, y):
@@ -432,12 +438,11 @@ class Hybrid(Strategy):
             return None
         width = int(np.prod(p.full_shape[1:], dtype=np.int64))
         M = self.mcomm.Get_size()
-        counts = [blockdist(p.full_shape[0], M, r)[0] * width for r in range(M)]
-        displs = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(int).tolist()
+        sizes = [blockdist(p.full_shape[0], M, r)[0] * width for r in range(M)]
         root = self.mcomm.Get_rank() == 0
         full = np.empty(p.full_shape, np.float32) if root else None
         self.mcomm.Gatherv(np.ascontiguousarray(local, np.float32),
-                           [full, counts, displs, MPI.FLOAT] if root else None, root=0)
+                           _vspec(full, sizes, MPI.FLOAT) if root else None, root=0)
         return full if self.rank == 0 else None
 
     # reporting --------------------------------------------------------------------------------

@@ -55,9 +55,6 @@ class CommStats:
             yield
         self.add(kind, time.perf_counter() - t, nbytes)
 
-    def total_wait(self):
-        return sum(self.wait_s.values())
-
     def snapshot(self):
         return {"wait_s": dict(self.wait_s), "bytes": dict(self.bytes), "steps": self.steps}
 
@@ -145,10 +142,6 @@ class Strategy:
         return self.model.num_params()
 
     # state ------------------------------------------------------------------------------------
-    def params(self):
-        """The parameters this rank holds (slices of split ones), in the model's order."""
-        return list(self.opt.params)
-
     def _gather_full(self, p, local):
         """``local`` (this rank's part of parameter ``p``) gathered to full shape on rank 0 of
         ``self.comm``; None elsewhere. Unsplit parameters are rank 0's own."""
@@ -211,7 +204,3 @@ class Strategy:
                     a = a[self.rank] if own_row else a.mean(axis=0, dtype=np.float64)
                 dest[...] = p.local_part(np.asarray(a, dtype=np.float32))
         self.load_extra_state(extra or {}, same_layout and (rows == self.size or rows == 1))
-        self.after_load()
-
-    def after_load(self):
-        pass
