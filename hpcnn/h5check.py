@@ -9,6 +9,8 @@ data in the file itself (no external or virtual storage: a dataset could otherwi
 
 from hpcnn.errors import DataError
 
+MAX_ATTR_BYTES = 16 << 20  # the largest attribute hpcnn writes is a checkpoint's metadata
+
 
 def attr(f, name, kinds="S"):
     """Attribute ``name`` of ``f``, after checking that it is a scalar of a fixed-size type of
@@ -20,6 +22,9 @@ def attr(f, name, kinds="S"):
     if aid.dtype.kind not in kinds or aid.shape != ():
         raise DataError(f"attribute {name} is {aid.dtype} {aid.shape}, not a scalar of the "
                         f"expected type")
+    if aid.dtype.itemsize > MAX_ATTR_BYTES:  # a header may declare any size: bound it first
+        raise DataError(f"attribute {name} declares {aid.dtype.itemsize} bytes (limit "
+                        f"{MAX_ATTR_BYTES})")
     value = f.attrs[name]
     if isinstance(value, bytes):
         try:
