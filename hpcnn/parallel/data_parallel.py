@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 from hpcnn import profile
-from hpcnn.kernels import softmax_cross_entropy
+from hpcnn.nn.loss import SOFTMAX_CE
 from hpcnn.parallel.flatbuf import DEFAULT_BUCKET_MB, layer_buckets, make_buckets  # noqa: F401
 from hpcnn.parallel.strategy import CommStats, Strategy, check_same_model, comm_size
 
@@ -101,14 +101,11 @@ class BucketReducer:
         self._launched = 0
 
 
-def local_loss(logits, y, scale):
-    """Softmax cross-entropy of ``logits`` against ``y``; its gradient scaled by ``scale``
-    (``len(y) / global batch``: the mean over the global batch once summed over ranks)."""
-    with profile.region("loss"):
-        loss, dlogits = softmax_cross_entropy(logits, y)
-        if scale != 1.0:
-            dlogits *= np.float32(scale)
-    return loss, dlogits
+def local_loss(logits, y, scale, loss=None):
+    """``loss`` (default softmax cross-entropy, :mod:`hpcnn.nn.loss`) of ``logits`` against
+    ``y``; its gradient scaled by ``scale`` (``len(y) / global batch``: the mean over the global
+    batch once summed over ranks)."""
+    return (loss or SOFTMAX_CE)(logits, y, scale)
 
 
 class DataParallel(Strategy):
@@ -124,15 +121,17 @@ class DataParallel(Strategy):
     model : hpcnn.nn.Sequential
     optimizer : callable ``params -> optimizer`` (for instance ``partial(SGD, lr=...)``)
     bucket_mb, overlap, progress : see :class:`BucketReducer`
+    loss : a loss of :mod:`hpcnn.nn.loss` (default softmax cross-entropy)
     """
 
     name = "data"
 
     def __init__(self, comm, model, optimizer, bucket_mb=DEFAULT_BUCKET_MB, overlap=True,
-                 progress=True):
+                 progress=True, loss=None):
         if not bucket_mb > 0:
             raise ValueError(f"bucket size must be positive, got {bucket_mb} MiB")
         self.comm, self.model = comm, model
+        self.loss = loss or SOFTMAX_CE
         self.stats = CommStats()
         self.group = model.group
         self.opt = optimizer(self.group.params)
@@ -150,7 +149,7 @@ class DataParallel(Strategy):
     def forward_backward(self, x, y):
         self.group.zero_grad()
         logits = self.model.forward(x)
-        loss, dlogits = local_loss(logits, y, 1.0 / self.size)
+        loss, dlogits = self.loss(logits, y, 1.0 / self.size)
         if self.reducer is None:
             self.model.backward(dlogits)
         else:
@@ -191,10 +190,12 @@ class ParamAveraging(Strategy):
 
     name = "average"
 
-    def __init__(self, comm, model, optimizer, every=1, average_optimizer_state=False):
+    def __init__(self, comm, model, optimizer, every=1, average_optimizer_state=False,
+                 loss=None):
         if every < 1:
             raise ValueError(f"averaging period must be >= 1 step, got {every}")
         self.comm, self.model = comm, model
+        self.loss = loss or SOFTMAX_CE
         self.stats = CommStats()
         self.group = model.group
         self.opt = optimizer(self.group.params)
@@ -212,7 +213,7 @@ class ParamAveraging(Strategy):
 
     def forward_backward(self, x, y):
         self.group.zero_grad()
-        loss, dlogits = local_loss(self.model.forward(x), y, 1.0)
+        loss, dlogits = self.loss(self.model.forward(x), y, 1.0)
         self.model.backward(dlogits)
         return loss
 

@@ -19,9 +19,10 @@ def parse_grid(text):
 
 def build_strategy(comm, model, optimizer, *, parallel="data", sync="grad", grid=None,
                    scheme=None, bucket_mb=None, overlap=True, average_every=None,
-                   average_optimizer_state=False, progress=True):
+                   average_optimizer_state=False, progress=True, loss=None):
     """The strategy for ``model`` on the ranks of ``comm``; ``optimizer(params)`` builds the
-    optimizer over the parameters a rank holds. Options that do not apply raise UsageError."""
+    optimizer over the parameters a rank holds; ``loss`` one of :mod:`hpcnn.nn.loss` (None:
+    softmax cross-entropy). Options that do not apply raise UsageError."""
     from hpcnn.parallel.data_parallel import DataParallel, ParamAveraging
     from hpcnn.parallel.hybrid import DEFAULT_SCHEME, Hybrid
 
@@ -34,8 +35,12 @@ def build_strategy(comm, model, optimizer, *, parallel="data", sync="grad", grid
             raise UsageError("--grid and --hybrid-scheme need --parallel hybrid")
         if sync == "average":
             return ParamAveraging(comm, model, optimizer, average_every or 1,
-                                  average_optimizer_state)
-        return DataParallel(comm, model, optimizer, bucket_mb, overlap, progress)
+                                  average_optimizer_state, loss=loss)
+        return DataParallel(comm, model, optimizer, bucket_mb, overlap, progress, loss=loss)
+    if loss is not None and getattr(loss, "name", None) != "softmax_cross_entropy":
+        raise UsageError(f"--parallel hybrid splits a classifier's fully connected head under "
+                         f"softmax cross-entropy; it does not take the {loss.name} loss "
+                         f"(use --parallel data)")
     if sync != "grad":
         raise UsageError("--parallel hybrid averages gradients every step: --sync average "
                          "is a data-parallel option")

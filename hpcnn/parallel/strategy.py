@@ -6,6 +6,7 @@ calls only, and never reach past them::
     loss = strategy.forward_backward(x, y)   # this rank's part of the global batch
     strategy.finish_step(lr)                 # reductions, optimizer, averaging
     labels = strategy.predict(x)             # evaluation (collective under hybrid)
+    total, correct, n = strategy.score(x, y) # evaluation by the strategy's loss (data parallel)
     strategy.prepare_eval()                  # e.g. average the parameters first
     strategy.timings()                       # wait seconds and bytes sent per collective kind
     strategy.state() / load_state(...)       # full named parameters and momentum
@@ -112,6 +113,11 @@ class Strategy:
         if len(x) == 0:
             return np.zeros(0, np.int64)
         return np.argmax(self.model.forward(x, train=False), axis=1)
+
+    def score(self, x, y):
+        """(summed loss, correct predictions, predictions) of the strategy's loss (``self.loss``,
+        :mod:`hpcnn.nn.loss`) on this rank's examples, the model whole on this rank."""
+        return self.loss.score(self.model.forward(x, train=False), y)
 
     def prepare_eval(self):
         """Make the parameters ready for evaluation (nothing to do for most strategies)."""
