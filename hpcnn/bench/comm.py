@@ -1,25 +1,37 @@
-"""Allreduce latency and bandwidth: ``mpiexec -n 2 python -m hpcnn.bench comm [--json FILE]``.
+"""Collective latency and bandwidth, every kind hpcnn uses:
+``mpiexec -n N python -m hpcnn.bench comm [--kinds ...] [--json FILE]``.
 
-OSU style (osu_allreduce): for each message size the float32 buffer is allocated once, reduced in
-place (``MPI.IN_PLACE``, as the gradient buckets are), the first iterations are warm-up and not
-timed, a ``Barrier`` starts the timed loop, and ``MPI.Wtime`` times it. Every rank times its own
-loop; rank 0 prints the average over ranks (and the slowest rank) and writes the JSON.
+Kinds: ``allreduce`` (in place, as the gradient buckets), ``reduce_scatter``, ``allgather``,
+``bcast``, ``reduce`` and ``alltoall``, all float32 SUM where they reduce. The message size of a
+row is each rank's payload as the strategies count it (:mod:`hpcnn.parallel.strategy`): the
+buffer of an allreduce, a reduce-scatter's whole input, a rank's own block of an all-gather, the
+buffer of a broadcast or a reduce, a rank's whole send buffer of an all-to-all.
 
-Bandwidth is reported two ways: ``algbw = bytes / time`` and NCCL-tests' ``busbw = algbw *
-2 (N - 1) / N``, the rate each link must sustain in a ring allreduce, comparable across N.
+OSU style (osu_allreduce): for each size the buffers are allocated once, the first iterations are
+warm-up, a ``Barrier`` starts the timed loop and ``MPI.Wtime`` times it. The iteration count is
+rank 0's choice (enough for ``--budget`` seconds, within OSU's counts), broadcast so every rank
+loops alike. Rank 0 prints the mean over ranks (and the slowest rank) and writes the JSON.
+
+``--allreduce-algorithm ring|recursive_doubling|...`` sets MPICH's
+``MPIR_CVAR_ALLREDUCE_INTRA_ALGORITHM`` before MPI starts (what the alpha-beta model's ring and
+recursive-doubling allreduce are fitted from). Bandwidth: ``algbw = bytes / time``.
 """
 
 import argparse
 import json
+import os
 import sys
 
+KINDS = ("allreduce", "reduce_scatter", "allgather", "bcast", "reduce", "alltoall")
+ALLREDUCE_ALGORITHMS = ("auto", "ring", "recursive_doubling", "reduce_scatter_allgather")
 
-def sizes(min_bytes, max_bytes):
-    """Powers of 2 from ``min_bytes`` to ``max_bytes`` (multiples of 4: float32 elements)."""
+
+def sizes(min_bytes, max_bytes, factor=2):
+    """Powers of ``factor`` from ``min_bytes`` to ``max_bytes`` (multiples of 4: float32)."""
     out, b = [], max(4, min_bytes)
     while b <= max_bytes:
         out.append(b)
-        b *= 2
+        b *= factor
     return out
 
 
@@ -34,62 +46,163 @@ def iterations(nbytes, scale=1.0):
     return max(2, int(n * scale)), max(1, int(warm * scale))
 
 
-def measure(comm, nbytes, iters, warmup):
-    """Seconds per in-place float32 ``Allreduce`` of ``nbytes`` on this rank (timed loop only)."""
+def _op(comm, kind, nbytes):
+    """A no-argument callable running one ``kind`` collective of ``nbytes`` per rank."""
     import numpy as np
     from mpi4py import MPI
 
-    buf = np.zeros(nbytes // 4, dtype=np.float32)  # zeros stay finite over any number of sums
-    t = 0.0
-    for i in range(warmup + iters):
-        if i == warmup:
-            comm.Barrier()
-            t = MPI.Wtime()
-        comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
-    return (MPI.Wtime() - t) / iters
+    size = comm.Get_size()
+    n = max(1, nbytes // 4)
+    if kind == "allreduce":
+        buf = np.zeros(n, np.float32)  # zeros stay finite over any number of sums
+        return lambda: comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+    if kind == "reduce_scatter":
+        n = max(size, n - n % size)
+        src, dst = np.zeros(n, np.float32), np.zeros(n // size, np.float32)
+        return lambda: comm.Reduce_scatter_block(src, dst, op=MPI.SUM)
+    if kind == "allgather":
+        src, dst = np.zeros(n, np.float32), np.zeros(n * size, np.float32)
+        return lambda: comm.Allgather(src, dst)
+    if kind == "bcast":
+        buf = np.zeros(n, np.float32)
+        return lambda: comm.Bcast(buf, root=0)
+    if kind == "reduce":
+        src = np.zeros(n, np.float32)
+        dst = np.zeros(n, np.float32) if comm.Get_rank() == 0 else None
+        return lambda: comm.Reduce(src, dst, op=MPI.SUM, root=0)
+    if kind == "alltoall":
+        n = max(size, n - n % size)
+        src, dst = np.zeros(n, np.float32), np.zeros(n, np.float32)
+        return lambda: comm.Alltoall(src, dst)
+    raise ValueError(f"unknown collective kind {kind!r}")
+
+
+def measure(comm, kind, nbytes, iters, warmup, budget=None):
+    """Seconds per ``kind`` collective of ``nbytes`` on this rank (the timed loop only).
+
+    With ``budget`` (seconds), rank 0 lowers ``iters`` to what fits the budget after timing the
+    warm-up, and every rank follows (one ``bcast``)."""
+    from mpi4py import MPI
+
+    op = _op(comm, kind, nbytes)
+    comm.Barrier()
+    t = MPI.Wtime()
+    for _ in range(warmup):
+        op()
+    if budget is not None:
+        per = (MPI.Wtime() - t) / max(1, warmup)
+        iters = comm.bcast(max(3, min(iters, int(budget / max(per, 1e-9)))), root=0)
+    comm.Barrier()
+    t = MPI.Wtime()
+    for _ in range(iters):
+        op()
+    return (MPI.Wtime() - t) / iters, iters
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        from hpcnn.errors import UsageError
+
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def build_parser():
+    from hpcnn import argtypes as at
+
+    p = _Parser(prog="mpiexec -n N python -m hpcnn.bench comm",
+                description=__doc__.split("\n\n")[0])
+    p.add_argument("--kinds", default=",".join(KINDS),
+                   help=f"comma-separated collectives (default all: {', '.join(KINDS)})")
+    p.add_argument("--min-bytes", type=at.positive_int, default=4)
+    p.add_argument("--max-bytes", type=at.positive_int, default=64 << 20)
+    p.add_argument("--factor", type=at.positive_int, default=2,
+                   help="size step: each size is the last times this (2 or more)")
+    p.add_argument("--iter-scale", type=at.positive_float, default=1.0,
+                   help="multiply the iteration counts (smaller: faster, noisier)")
+    p.add_argument("--budget", type=at.positive_float, default=None,
+                   help="seconds per size and kind at most (fewer iterations on slow links)")
+    p.add_argument("--allreduce-algorithm", default="auto", help=", ".join(ALLREDUCE_ALGORITHMS))
+    p.add_argument("--link", default="shm", help="label of the network, kept in the JSON")
+    p.add_argument("--json", default=None, help="write the table here (rank 0)")
+    return p
+
+
+def parse_args(argv):
+    from hpcnn.errors import UsageError
+
+    a = build_parser().parse_args(argv)
+    a.kinds = [k.strip() for k in a.kinds.split(",") if k.strip()]
+    bad = [k for k in a.kinds if k not in KINDS]
+    if bad or not a.kinds:
+        raise UsageError(f"unknown --kinds {','.join(bad) or repr('')}; choose from "
+                         f"{', '.join(KINDS)}")
+    if a.allreduce_algorithm not in ALLREDUCE_ALGORITHMS:
+        raise UsageError(f"unknown --allreduce-algorithm {a.allreduce_algorithm!r}; choose "
+                         f"from {', '.join(ALLREDUCE_ALGORITHMS)}")
+    if a.factor < 2:
+        raise UsageError(f"--factor must be 2 or more, got {a.factor}")
+    if a.min_bytes > a.max_bytes:
+        raise UsageError(f"--min-bytes {a.min_bytes} exceeds --max-bytes {a.max_bytes}")
+    return a
 
 
 def main(argv):
-    p = argparse.ArgumentParser(prog="mpiexec -n N python -m hpcnn.bench comm",
-                                description=__doc__.split("\n\n")[0])
-    p.add_argument("--min-bytes", type=int, default=4)
-    p.add_argument("--max-bytes", type=int, default=64 << 20)
-    p.add_argument("--iter-scale", type=float, default=1.0,
-                   help="multiply the iteration counts (smaller: faster, noisier)")
-    p.add_argument("--json", default=None, help="write the table here (rank 0)")
-    a = p.parse_args(argv)
+    from hpcnn.errors import UsageError
+    from hpcnn.train import _launcher_rank
+
+    try:
+        a = parse_args(argv)
+    except UsageError as e:
+        if _launcher_rank() == 0:
+            print(f"error: {e}", file=sys.stderr)
+        return 2
+    if a.allreduce_algorithm != "auto":  # read by MPICH when MPI starts (the import below)
+        os.environ["MPIR_CVAR_ALLREDUCE_INTRA_ALGORITHM"] = a.allreduce_algorithm
 
     import numpy as np
     from mpi4py import MPI
+
+    from hpcnn.scaling.point import topology
 
     comm = MPI.COMM_WORLD  # an entry point: the benchmark owns the world
     size, rank = comm.Get_size(), comm.Get_rank()
     if size < 2:
         if rank == 0:
-            print("comm benchmark needs at least 2 ranks: mpiexec -n 2 python -m hpcnn.bench "
-                  "comm", file=sys.stderr)
+            print("error: comm benchmark needs at least 2 ranks: mpiexec -n 2 python -m "
+                  "hpcnn.bench comm", file=sys.stderr)
         return 2
-    if rank == 0:
-        print(f"# Allreduce (float32, MPI.IN_PLACE, SUM), {size} ranks, "
-              f"{MPI.Get_library_version().splitlines()[0].strip()}")
-        print(f"# {'bytes':>10} {'iters':>6} {'avg us':>11} {'max us':>11} "
-              f"{'algbw MB/s':>11} {'busbw MB/s':>11}", flush=True)
-    rows = []
-    for nbytes in sizes(a.min_bytes, a.max_bytes):
-        iters, warm = iterations(nbytes, a.iter_scale)
-        t = np.array([measure(comm, nbytes, iters, warm)], dtype=np.float64)
-        tsum, tmax = np.zeros(1), np.zeros(1)
-        comm.Reduce(t, tsum, op=MPI.SUM, root=0)
-        comm.Reduce(t, tmax, op=MPI.MAX, root=0)
+    nodes, per_node = topology(comm)
+    library = MPI.Get_library_version().splitlines()[0].strip()
+    results = {}
+    for kind in a.kinds:
         if rank == 0:
-            avg = tsum[0] / size
-            algbw = nbytes / avg / 1e6
-            busbw = algbw * 2 * (size - 1) / size
-            rows.append({"bytes": nbytes, "iterations": iters, "avg_us": avg * 1e6,
-                         "max_us": tmax[0] * 1e6, "algbw_MBps": algbw, "busbw_MBps": busbw})
-            print(f"  {nbytes:>10} {iters:>6} {avg * 1e6:>11.2f} {tmax[0] * 1e6:>11.2f} "
-                  f"{algbw:>11.1f} {busbw:>11.1f}", flush=True)
+            algo = f", algorithm {a.allreduce_algorithm}" if kind == "allreduce" else ""
+            print(f"# {kind} (float32), {size} ranks on {nodes} node(s), link {a.link}{algo}, "
+                  f"{library}")
+            print(f"# {'bytes':>10} {'iters':>6} {'avg us':>11} {'max us':>11} "
+                  f"{'algbw MB/s':>11}", flush=True)
+        rows = []
+        for nbytes in sizes(a.min_bytes, a.max_bytes, a.factor):
+            iters, warm = iterations(nbytes, a.iter_scale)
+            t, iters = measure(comm, kind, nbytes, iters, warm, a.budget)
+            t = np.array([t], dtype=np.float64)
+            tsum, tmax = np.zeros(1), np.zeros(1)
+            comm.Reduce(t, tsum, op=MPI.SUM, root=0)
+            comm.Reduce(t, tmax, op=MPI.MAX, root=0)
+            if rank == 0:
+                avg = tsum[0] / size
+                rows.append({"bytes": nbytes, "iterations": iters, "avg_us": avg * 1e6,
+                             "max_us": tmax[0] * 1e6, "algbw_MBps": nbytes / avg / 1e6})
+                print(f"  {nbytes:>10} {iters:>6} {avg * 1e6:>11.2f} {tmax[0] * 1e6:>11.2f} "
+                      f"{nbytes / avg / 1e6:>11.1f}", flush=True)
+        results[kind] = rows
     if rank == 0 and a.json:
-        with open(a.json, "w") as f:
-            json.dump({"benchmark": "allreduce", "ranks": size, "results": rows}, f, indent=1)
+        from hpcnn.atomic import atomic_path
+
+        with atomic_path(a.json) as tmp, open(tmp, "w") as f:
+            json.dump({"benchmark": "comm", "ranks": size, "nodes": nodes,
+                       "ranks_per_node": per_node, "link": a.link,
+                       "allreduce_algorithm": a.allreduce_algorithm, "library": library,
+                       "command": "python -m hpcnn.bench comm " + " ".join(argv),
+                       "results": results}, f, indent=1)
     return 0
