@@ -61,5 +61,8 @@ def end_job(comm, error, status: int = 2):
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, 1)
         os.dup2(devnull, 2)
+        from hpcnn.parallel import watchdog
+
+        watchdog.stop()  # Abort ends the job: the peers must not report this rank as dead first
         comm.Abort(status)
     raise SystemExit(status)

@@ -786,9 +786,11 @@ def main(argv=None):
     from mpi4py import MPI
 
     from hpcnn import threads as thr
+    from hpcnn.parallel import watchdog
     from hpcnn.parallel.runtime import abort_on_exception, local_size
 
     comm = MPI.COMM_WORLD
+    watchdog.start(comm)  # a rank that dies (even by SIGKILL) ends the job, whatever the launcher
     n_threads = args.threads or thr.default_threads(local_size(comm))
     thr.pin_env(n_threads)
     try:
@@ -811,6 +813,8 @@ def main(argv=None):
         if isinstance(e, SystemExit):
             raise
         abort_on_exception(comm, e)
+    finally:
+        watchdog.stop()  # this rank is done: its exit is not a death
     return summary.get("exit_status", 0)  # 75: stopped by a signal, checkpoint written
 
 

@@ -53,6 +53,9 @@ def abort_on_exception(comm, exc: BaseException) -> None:
     sys.stderr.write(f"{tb}rank {rank}: {type(exc).__name__}: {exc}\n")
     sys.stderr.flush()
     if comm is not None and comm.Get_size() > 1:
+        from hpcnn.parallel import watchdog
+
+        watchdog.stop()  # Abort ends the job: the peers must not report this rank as dead first
         comm.Abort(1)
     sys.exit(1)
 
