@@ -1,31 +1,36 @@
-"""A register-tiled FMA microkernel, generated as LLVM IR (a Numba intrinsic).
+"""Register-tiled FMA microkernels, generated as LLVM IR for each vector ISA (Numba intrinsics).
 
-Why: the layers that matter most here (5x5 with 16-64 channels, 32-64 output channels) make
-thin GEMMs that OpenBLAS runs at 40-70% of its ceiling, after it has packed (copied) the lowered
-matrix once more. A convolution can instead feed a small register tile straight from the padded
-NHWC input: the 6 output pixels of a tile read their windows in place, one kernel row at a time,
-and nothing is lowered. Numba does not keep a 6x16 accumulator in registers when it is written
-as arrays or loops, so the tile is written here as IR with ``<8 x float>`` vectors and
-``llvm.fma``: LLVM allocates the 12 accumulators to registers and emits one broadcast per row
-and two loads of B per step, 12 FMAs, the shape of the inner kernels of BLIS and oneDNN on AVX2.
-Measured alone on a Zen 3 core with its data in L1: 87 GFLOP/s, the SGEMM ceiling.
+Why: the layers that matter most here (3x3 and 5x5 with 16-64 channels, 32-64 output channels)
+make thin GEMMs that BLAS runs far below its ceiling, after packing the lowered matrix once more.
+A convolution can instead feed a register tile straight from the NHWC image: the rows of a tile
+read their windows in place and nothing is lowered. Numba does not keep such a tile in registers
+when it is written as arrays or loops, so the tile is written here as IR with ``<lanes x float>``
+vectors and ``llvm.fma``: LLVM keeps the accumulators in registers and emits, per step, one
+broadcast per row, one load of B per vector and rows x vectors FMAs: the inner kernels of BLIS
+and oneDNN. The tile's shape comes from the ISA (:mod:`hpcnn.kernels.isa`): 14 rows x 2 vectors of
+16 floats (28 of AVX-512's 32 registers), 6 x 2 vectors of 8 on AVX2 (12 of 16), 6 x 2 of 4 for
+any other LLVM target.
 
-``tile{MR}x{8*NV}(A, a0, aoffs, a_step, a_inc, B, b0, b_step, b_inc, nseg, L, out, o0, ldo,
-acc)`` computes, for i < MR and n < 8*NV,
+``tile(isa, nv, m, A, a0, aoffs, a_step, a_inc, B, b0, b_step, b_inc, nseg, L, out, o0, ooffs,
+acc)`` computes, with ``lanes`` the ISA's vector width, for i < m and n < nv * lanes,
 
-    out.flat[o0 + i*ldo + n] (+)= sum over t < nseg, j < L of
+    out.flat[o0 + ooffs[i] + n] (+)= sum over t < nseg, j < L of
         A.flat[a0 + aoffs[i] + t*a_step + j*a_inc] * B.flat[b0 + t*b_step + j*b_inc + n]
 
-(``+=`` when ``acc`` is non-zero). A, B and out are float32
-arrays of which only the data pointer is used (the caller keeps every address in bounds; B
-may be read up to 8*NV - 1 elements past the last ``j*b_inc``); aoffs is an int64 array of MR
-element offsets.
+(``+=`` when ``acc`` is non-zero), for ``isa`` an :attr:`~hpcnn.kernels.isa.Isa.id`, ``nv`` 1 or
+2 and 1 <= m <= the ISA's rows; other values do nothing. Every (isa, nv, m) has its own code
+(one IR switch picks it): a short tile costs its own FMAs only. A, B and out are float32 arrays
+of which only the data pointer is used (the caller keeps every address in bounds; B may be read
+up to nv*lanes - 1 elements past the last ``j*b_inc``); aoffs and ooffs are int64 arrays of at
+least m element offsets.
 """
 
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
+
+from hpcnn.kernels.isa import ISAS
 
 _F32 = ir.FloatType()
 _I32 = ir.IntType(32)
@@ -37,100 +42,203 @@ def _data(context, builder, ty, val):
     return context.make_array(ty)(context, builder, val).data
 
 
-_ARGS = ("A", "a0", "aoffs", "a_step", "a_inc", "B", "b0", "b_step", "b_inc", "nseg", "L", "out",
-         "o0", "ldo", "acc")
-_ARRAYS = ("A", "aoffs", "B", "out")
+def _fma(module, vt):
+    return cgutils.get_or_insert_function(module, ir.FunctionType(vt, [vt, vt, vt]),
+                                          f"llvm.fma.v{vt.count}f32")
 
 
-def _make_tile(MR, NV):
-    names = _ARGS
-
-    def typer(typingctx, *args):
-        ty = dict(zip(names, args))
-        if not all(isinstance(ty[a], types.Array) for a in _ARRAYS):
-            return None
-        if any(ty[a].dtype != types.float32 for a in ("A", "B", "out")):
-            return None
-        if ty["aoffs"].dtype != types.int64:
-            return None
-        if not all(isinstance(ty[a], types.Integer) for a in names if a not in _ARRAYS):
-            return None
-        sig = types.void(*args)
-
-        def codegen(context, builder, sig, args):
-            val = {}
-            for name, t, v in zip(names, sig.args, args):
-                if name in _ARRAYS:
-                    val[name] = _data(context, builder, t, v)
-                else:
-                    val[name] = context.cast(builder, v, t, types.int64)
-            zero = ir.Constant(_V8, [0.0] * 8)
-            accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(NV)]
-                    for _ in range(MR)]
-            abase = [builder.add(val["a0"], builder.load(builder.gep(val["aoffs"],
-                                                                     [ir.Constant(_I64, i)])))
-                     for i in range(MR)]
-            splat = ir.Constant(ir.VectorType(_I32, 8), [0] * 8)
-            undef = ir.Constant(_V8, ir.Undefined)
-            fma = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(_V8, [_V8, _V8, _V8]), "llvm.fma.v8f32")
-
-            def step(ja, jb):  # one j: NV loads of B, MR broadcasts of A, MR*NV FMAs
-                bs = []
-                for v in range(NV):
-                    p = builder.gep(val["B"], [builder.add(jb, ir.Constant(_I64, 8 * v))])
-                    bs.append(builder.load(builder.bitcast(p, _V8.as_pointer()), align=4))
-                for i in range(MR):
-                    a = builder.load(builder.gep(val["A"], [builder.add(abase[i], ja)]))
-                    av = builder.shuffle_vector(
-                        builder.insert_element(undef, a, ir.Constant(_I32, 0)), undef, splat)
-                    for v in range(NV):
-                        s = builder.call(fma, [av, bs[v], builder.load(accs[i][v])])
-                        builder.store(s, accs[i][v])
-
-            # loops outermost first: (count, A stride, B stride)
-            loops = [(val["nseg"], val["a_step"], val["b_step"]), (val["L"], val["a_inc"],
-                                                                     val["b_inc"])]
-
-            def nest(k, ja, jb):
-                if k == len(loops):
-                    step(ja, jb)
-                    return
-                count, sa, sb = loops[k]
-                with cgutils.for_range(builder, count) as loop:
-                    nest(k + 1, builder.add(ja, builder.mul(loop.index, sa)),
-                         builder.add(jb, builder.mul(loop.index, sb)))
-
-            nest(0, ir.Constant(_I64, 0), val["b0"])
-            keep = builder.icmp_signed("!=", val["acc"], ir.Constant(_I64, 0))
-            for i in range(MR):
-                row = builder.add(val["o0"], builder.mul(ir.Constant(_I64, i), val["ldo"]))
-                for v in range(NV):
-                    p = builder.gep(val["out"], [builder.add(row, ir.Constant(_I64, 8 * v))])
-                    p = builder.bitcast(p, _V8.as_pointer())
-                    r = builder.load(accs[i][v])
-                    r = builder.select(keep, builder.fadd(r, builder.load(p, align=4)), r)
-                    builder.store(r, p, align=4)
-            return context.get_dummy_value()
-
-        return sig, codegen
-
-    # Numba's intrinsic wants named parameters (no *args): a thin wrapper with this variant's
-    params = ", ".join(names)
-    scope = {"typer": typer}
-    exec(f"def tile(typingctx, {params}):\n    return typer(typingctx, {params})\n", scope)
-    tile = scope["tile"]
-    tile.__name__ = f"tile{MR}x{8 * NV}"
-    tile.__doc__ = f"The {MR} x {8 * NV} FMA tile (see the module docstring)."
-    return intrinsic(tile)
+def _for(builder, count):
+    return cgutils.for_range(builder, count)
 
 
-MR = 6
-"""Rows (output pixels, or output channels in the weight gradient) of a tile."""
-tile6x16 = _make_tile(MR, 2)
-tile6x8 = _make_tile(MR, 1)
-tile4x16 = _make_tile(4, 2)  # for a rest of 4 rows or fewer
-tile4x8 = _make_tile(4, 1)
+def emit_tile(builder, p, v, MR, NV, VL):
+    """Emit one MR x (NV*VL) tile at the builder's position. ``p``: float*/i64* pointers "A",
+    "aoffs", "B", "out", "ooffs"; ``v``: i64 values "a0", "a_step", "a_inc", "b0", "b_step",
+    "b_inc", "nseg", "L", "o0", "acc" (see the module docstring)."""
+    vt = ir.VectorType(_F32, VL)
+    fma = _fma(builder.module, vt)
+    zero = ir.Constant(vt, [0.0] * VL)
+    undef = ir.Constant(vt, ir.Undefined)
+    splat = ir.Constant(ir.VectorType(_I32, VL), [0] * VL)
+    accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(NV)] for _ in range(MR)]
+
+    def at(ptr, i):
+        return builder.load(builder.gep(ptr, [ir.Constant(_I64, i)]))
+
+    abase = [builder.add(v["a0"], at(p["aoffs"], i)) for i in range(MR)]
+
+    def step(ja, jb):  # one j: NV loads of B, MR broadcasts of A, MR*NV FMAs
+        bs = []
+        for k in range(NV):
+            q = builder.gep(p["B"], [builder.add(jb, ir.Constant(_I64, VL * k))])
+            bs.append(builder.load(builder.bitcast(q, vt.as_pointer()), align=4))
+        for i in range(MR):
+            a = builder.load(builder.gep(p["A"], [builder.add(abase[i], ja)]))
+            av = builder.shuffle_vector(builder.insert_element(undef, a, ir.Constant(_I32, 0)),
+                                        undef, splat)
+            for k in range(NV):
+                builder.store(builder.call(fma, [av, bs[k], builder.load(accs[i][k])]),
+                              accs[i][k])
+
+    with _for(builder, v["nseg"]) as seg:
+        ja0 = builder.mul(seg.index, v["a_step"])
+        jb0 = builder.add(v["b0"], builder.mul(seg.index, v["b_step"]))
+        with _for(builder, v["L"]) as loop:
+            step(builder.add(ja0, builder.mul(loop.index, v["a_inc"])),
+                 builder.add(jb0, builder.mul(loop.index, v["b_inc"])))
+    keep = builder.icmp_signed("!=", v["acc"], ir.Constant(_I64, 0))
+    for i in range(MR):
+        row = builder.add(v["o0"], at(p["ooffs"], i))
+        for k in range(NV):
+            q = builder.gep(p["out"], [builder.add(row, ir.Constant(_I64, VL * k))])
+            q = builder.bitcast(q, vt.as_pointer())
+            r = builder.load(accs[i][k])
+            r = builder.select(keep, builder.fadd(r, builder.load(q, align=4)), r)
+            builder.store(r, q, align=4)
+
+
+_ARGS = ("isa", "nv", "m", "A", "a0", "aoffs", "a_step", "a_inc", "B", "b0", "b_step", "b_inc",
+         "nseg", "L", "out", "o0", "ooffs", "acc")
+_FLOATS = ("A", "B", "out")
+_OFFSETS = ("aoffs", "ooffs")
+
+
+def _case_key(isa_id, nv, m):
+    return (isa_id << 12) | (nv << 6) | m
+
+
+def _emit_switch(builder, p, v):
+    """The switch over (isa, nv, m) to every tile's own code."""
+    key = builder.or_(builder.or_(builder.shl(v["isa"], ir.Constant(_I64, 12)),
+                                  builder.shl(v["nv"], ir.Constant(_I64, 6))), v["m"])
+    fn = builder.function
+    done = fn.append_basic_block("tile.done")
+    sw = builder.switch(key, done)
+    for isa in ISAS.values():
+        for nv in (1, 2):
+            for m in range(1, isa.rows + 1):
+                blk = fn.append_basic_block(f"tile.{isa.name}.{nv}x{m}")
+                sw.add_case(ir.Constant(_I64, _case_key(isa.id, nv, m)), blk)
+                builder.position_at_end(blk)
+                emit_tile(builder, p, v, m, nv, isa.lanes)
+                builder.branch(done)
+    builder.position_at_end(done)
+
+
+def _tile_typer(typingctx, isa, nv, m, A, a0, aoffs, a_step, a_inc, B, b0, b_step, b_inc, nseg, L,
+                out, o0, ooffs, acc):
+    ty = dict(zip(_ARGS, (isa, nv, m, A, a0, aoffs, a_step, a_inc, B, b0, b_step, b_inc, nseg,
+                          L, out, o0, ooffs, acc)))
+    if not all(isinstance(ty[a], types.Array) and ty[a].dtype == types.float32 for a in _FLOATS):
+        return None
+    if not all(isinstance(ty[a], types.Array) and ty[a].dtype == types.int64 for a in _OFFSETS):
+        return None
+    if not all(isinstance(ty[a], types.Integer) for a in _ARGS if a not in _FLOATS + _OFFSETS):
+        return None
+    sig = types.void(*ty.values())
+
+    def codegen(context, builder, sig, args):
+        p, v = {}, {}
+        for name, t, val in zip(_ARGS, sig.args, args):
+            if name in _FLOATS or name in _OFFSETS:
+                p[name] = _data(context, builder, t, val)
+            else:
+                v[name] = context.cast(builder, val, t, types.int64)
+        _emit_switch(builder, p, v)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+_tile_typer.__name__ = "tile"
+tile = intrinsic(_tile_typer)
+
+
+def standalone_module(isa, nv=2, m=None):
+    """An LLVM module with one function ``hpcnn_tile`` holding ``isa``'s nv x m tile alone (all
+    arguments as pointers and i64), for inspecting the code LLVM makes of it for a target (see
+    :func:`assembly`)."""
+    m = isa.rows if m is None else m
+    mod = ir.Module(name=f"tile_{isa.name}")
+    fp, ip = _F32.as_pointer(), _I64.as_pointer()
+    names = [a for a in _ARGS if a not in ("isa", "nv", "m")]
+    argt = [fp if a in _FLOATS else ip if a in _OFFSETS else _I64 for a in names]
+    fn = ir.Function(mod, ir.FunctionType(ir.VoidType(), argt), name="hpcnn_tile")
+    builder = ir.IRBuilder(fn.append_basic_block("entry"))
+    p = {a: arg for a, arg in zip(names, fn.args) if a in _FLOATS or a in _OFFSETS}
+    v = {a: arg for a, arg in zip(names, fn.args) if a not in p}
+    emit_tile(builder, p, v, m, nv, isa.lanes)
+    builder.ret_void()
+    return mod
+
+
+def assembly(module, cpu, features=""):
+    """The optimised x86-64 assembly LLVM makes of ``module`` for ``cpu``."""
+    import llvmlite.binding as llvm
+
+    llvm.initialize_native_target()
+    llvm.initialize_native_asmprinter()
+    target = llvm.Target.from_triple("x86_64-unknown-linux-gnu")
+    tm = target.create_target_machine(cpu=cpu, features=features, opt=3)
+    mod = llvm.parse_assembly(str(module))
+    mod.triple = "x86_64-unknown-linux-gnu"
+    mod.verify()
+    pto = llvm.create_pipeline_tuning_options(speed_level=3, size_level=0)
+    pb = llvm.create_pass_builder(tm, pto)
+    pb.getModulePassManager().run(mod, pb)
+    return tm.emit_assembly(mod)
+
+
+def _peak_typer(typingctx, isa, n):
+    if not (isinstance(isa, types.Integer) and isinstance(n, types.Integer)):
+        return None
+    sig = types.float32(isa, n)
+
+    def codegen(context, builder, sig, args):
+        isa_v, n_v = (context.cast(builder, a, t, types.int64) for a, t in zip(args, sig.args))
+        fn = builder.function
+        done = fn.append_basic_block("peak.done")
+        res = cgutils.alloca_once_value(builder, ir.Constant(_F32, 0.0))
+        sw = builder.switch(isa_v, done)
+        for isa in ISAS.values():
+            blk = fn.append_basic_block(f"peak.{isa.name}")
+            sw.add_case(ir.Constant(_I64, isa.id), blk)
+            builder.position_at_end(blk)
+            builder.store(_emit_peak(builder, n_v, isa), res)
+            builder.branch(done)
+        builder.position_at_end(done)
+        return builder.load(res)
+
+    return sig, codegen
+
+
+def peak_chains(isa):
+    """Independent FMA chains of the peak loop: most of the registers (12 of 16, 28 of 32),
+    more than two FMA units of latency 4 need to stay busy."""
+    return isa.regs - 4
+
+
+def _emit_peak(builder, n, isa):
+    VL, K = isa.lanes, peak_chains(isa)
+    vt = ir.VectorType(_F32, VL)
+    fma = _fma(builder.module, vt)
+    x = ir.Constant(vt, [0.999999] * VL)
+    y = ir.Constant(vt, [1e-6] * VL)
+    accs = [cgutils.alloca_once_value(builder, ir.Constant(vt, [float(i)] * VL)) for i in range(K)]
+    with _for(builder, n):
+        for a in accs:
+            builder.store(builder.call(fma, [builder.load(a), x, y]), a)
+    total = builder.load(accs[0])
+    for a in accs[1:]:
+        total = builder.fadd(total, builder.load(a))
+    return builder.extract_element(total, ir.Constant(_I32, 0))
+
+
+_peak_typer.__name__ = "fma_peak_loop"
+fma_peak_loop = intrinsic(_peak_typer)
+"""``fma_peak_loop(isa, n)``: n iterations of :func:`peak_chains` independent vector FMAs of
+the ISA, in registers only (the sum of the chains' first lanes is returned, so nothing is
+optimised away): 2 * n * chains * lanes flops."""
 
 
 def _transpose8_typer(typingctx, src, s0, lds, bias, b0, dst, d0, ldd):

@@ -1,42 +1,54 @@
-"""Direct convolution on register tiles (strategy "direct"): no lowering, no BLAS.
+"""Direct convolution on register tiles (strategy "direct"): no lowering, no BLAS, no padding.
 
-Each thread takes a contiguous group of the batch's images and packs one image (forward) or a
-few (weight gradient) into a padded NHWC buffer of its own (:func:`hpcnn.kernels.nhwc.pack_x`).
-In that layout one kernel row of an output pixel's window is S*C contiguous floats, so the
-:mod:`~._fma` tile reads the windows in place:
+Each thread takes a contiguous group of the batch's images and packs one image at a time into a
+zero-bordered NHWC buffer of its own (:func:`hpcnn.kernels.nhwc.pack_x`). In that layout the taps
+of one kernel row that a window covers are contiguous, (s, c) after (s, c), so the
+:mod:`~._fma` tile reads the windows in place. The tile's shape comes from the vector ISA
+(:mod:`~.isa`): 14 rows x 32 columns on AVX-512, 6 x 16 on AVX2.
 
-- **forward**: a tile is 6 output pixels (consecutive in the image, wrapping across rows) by 16
-  output channels; it sums over the R kernel rows (segments) of S*C steps each, against the
-  weights packed as (R*S*C, 16) panels, and its result goes to y (NCHW) with the bias.
+**No multiply-add ever touches the border.** For an output row, the kernel rows whose input
+row lies inside the image form one range, and for an output column the kernel columns likewise.
+Every pass runs its tiles over exactly those ranges:
+
+- **forward**: one kernel row r at a time, over the output pixels whose input row is real for
+  r, grouped by their columns' range of real kernel columns (:func:`window_classes`; the few
+  edge columns have their own, shorter range). A tile is up to 14 such pixels (anywhere in the
+  image: every row has its own input and output offset) by 32 output channels; it adds
+  r's real taps, s*C + c after s*C + c, against the weights packed as (R*S*C, 32) panels, into
+  a band of output rows kept pixel-major and zeroed first; the band then moves to NCHW with the
+  bias.
 - **data gradient** (stride 1, padding at most R-1 and S-1): the forward of dy, padded by R-1-ph
-  and S-1-pw, with the weights flipped and their two channel axes swapped; otherwise it is taken
-  from the "chunked" strategy.
-- **weight gradient**: a tile is 6 output channels by 16 entries of one kernel row of dW (S*C
-  long); it sums over the output pixels: dy's rows (NCHW, contiguous) against the windows'
-  rows. Each thread adds its tiles into a dW of its own; the groups' partials are summed in
-  group order, so the result depends on the thread count only.
+  and S-1-pw, with the weights flipped and their two channel axes swapped; its border is skipped
+  the same way. Otherwise it is taken from the "chunked" strategy.
+- **weight gradient**: a tile is up to 14 output channels by 32 entries of one kernel row of dW
+  (when C is at least a vector, the entries of one kernel column s: c0..c0+31); it sums dy's
+  rows (NCHW, contiguous) against the windows' rows over the output pixels whose input pixel is
+  real for that r and s. Each thread adds its tiles into a dW of its own; the groups' partials
+  are summed in group order, so the result depends on the thread count only. With fewer input
+  channels than a vector (a first layer, C = 3), a tile spans several kernel columns and only
+  the kernel rows are trimmed: there, the edge columns' border taps are multiplied.
 
-Ragged edges: a tile with fewer than 6 pixels or channels (a tile of 4 rows where 4 or fewer
-are left) repeats its last one and drops the repeats; an output-channel count that is not a
-multiple of 16 ends with a panel of 8 or 16 whose extra columns are zero weights, dropped
-likewise.
+Ragged edges: a tile of fewer rows runs its own shorter code (no repeated rows); an output-channel
+count that is not a multiple of the panel width ends with a narrower panel whose extra columns
+are zero weights, dropped when the band moves to NCHW.
 """
 
 import numba
 import numpy as np
 
 from hpcnn import profile
+from hpcnn.kernels import isa as isa_mod
 from hpcnn.kernels import nhwc
-from hpcnn.kernels._fma import MR, tile4x8, tile4x16, tile6x8, tile6x16, transpose8
+from hpcnn.kernels._fma import tile, transpose8
 from hpcnn.kernels._jit import pnjit, prange
 
 BAND_PIXELS = 256
 """Output pixels per band of the weight gradient, about (whole output rows, at least one): the
-band's 16-float window rows, 16 KiB, stay in L1 across the output-channel tiles."""
-BLOCK = 96
-"""Output pixels per forward block (a multiple of the tile's 6 and of 16): the block's output
-stays in L1 until it is moved to NCHW."""
-SLACK = 32  # floats after a packed buffer: the 16-wide B reads of the weight gradient overrun
+band's window rows stay in L1/L2 across the output-channel tiles."""
+BLOCK = 512
+"""Output pixels per forward band, about (whole output rows, at least one): the band's output,
+pixel-major, stays in L2 until it moves to NCHW, and the edge columns' tiles get tall."""
+SLACK = 64  # floats after a packed image: a weight-gradient tile reads up to 31 past its row
 
 
 def applies(x_shape, w_shape, stride, padding, direction=None):
@@ -49,22 +61,38 @@ def applies(x_shape, w_shape, stride, padding, direction=None):
     return tuple(stride) == (1, 1) and padding[0] <= R - 1 and padding[1] <= S - 1
 
 
-def _panels(K):
-    """Widths of the output-channel panels: 16s, then one of 8 or 16 for the rest."""
-    widths = [16] * (K // 16)
-    rest = K - 16 * (K // 16)
+def window_classes(out, size, k, stride, pad):
+    """Runs of output positions whose windows cover the same real taps, as int64 rows
+    (o0, o1, t0, t1): outputs o0 <= o < o1 read input positions o*stride - pad + t for
+    t0 <= t < t1 only (t1 <= t0 when the whole window lies on the border)."""
+    rows = []
+    for o in range(out):
+        i0 = o * stride - pad
+        t0, t1 = max(0, -i0), min(k, size - i0)
+        if rows and rows[-1][1] == o and rows[-1][2:] == [t0, t1]:
+            rows[-1][1] = o + 1
+        else:
+            rows.append([o, o + 1, t0, t1])
+    return np.array(rows, dtype=np.int64).reshape(-1, 4)
+
+
+def _panels(K, isa):
+    """Widths of the output-channel panels: two vectors wide, then one or two for the rest."""
+    wide, narrow = isa.widths
+    widths = [wide] * (K // wide)
+    rest = K - wide * (K // wide)
     if rest:
-        widths.append(8 if rest <= 8 else 16)
+        widths.append(narrow if rest <= narrow else wide)
     return np.array(widths, dtype=np.int64)
 
 
-def _pack_weights(w):
-    """w (K, C, R, S) -> (flat panels, widths, offsets): panel p holds output channels
-    [16p, 16p + width) as a (R*S*C, width) matrix, in the order of a window's NHWC rows."""
+def _pack_weights(w, isa):
+    """w (K, C, R, S) -> (flat panels, widths, offsets): panel p holds its output channels as a
+    (R*S*C, width) matrix, in the order of a window's NHWC rows."""
     K, C, R, S = w.shape
     RSC = R * S * C
     wt = w.transpose(2, 3, 1, 0).reshape(RSC, K)  # [(r, s, c), k]
-    widths = _panels(K)
+    widths = _panels(K, isa)
     offsets = np.zeros(len(widths), dtype=np.int64)
     out = np.zeros(RSC * int(widths.sum()), dtype=w.dtype)
     k0 = 0
@@ -78,10 +106,12 @@ def _pack_weights(w):
 
 
 @pnjit
-def _forward_kernel(x, wp, widths, offsets, bias, y, R, S, sh, sw, ph, pw, xp, yt, ao):
-    """y (N, K, P, Q) = conv(x, w) + bias, wp/widths/offsets from :func:`_pack_weights`.
-    Scratch per group g: xp[g] (Hp*Wp*C + SLACK floats), yt[g] (BLOCK, panel widths summed: the
-    output of a block of pixels, pixel-major), ao[g] (BLOCK: the block's window offsets)."""
+def _forward_kernel(x, wp, widths, offsets, bias, y, R, S, sh, sw, ph, pw, rows, cols, band,
+                    isa, lanes, mr, xp, yt, ao, oo):
+    """y (N, K, P, Q) = conv(x, w) + bias; wp/widths/offsets from :func:`_pack_weights`,
+    rows/cols from :func:`window_classes` (output rows, output columns). Scratch per group g:
+    xp[g] (Hp*Wp*C + SLACK floats), yt[g] (band*Q pixels, panel widths summed), ao[g], oo[g]
+    (band*Q: a tile's input and output offsets)."""
     N, C, H, W = x.shape
     K, P, Q = y.shape[1], y.shape[2], y.shape[3]
     G = xp.shape[0]
@@ -91,65 +121,65 @@ def _forward_kernel(x, wp, widths, offsets, bias, y, R, S, sh, sw, ph, pw, xp, y
     yf = y.reshape(-1)
     for g in prange(G):
         img = xp[g][:Hp * row].reshape(1, Hp, row)
-        buf, aof, out = xp[g], ao[g], yt[g]
+        buf, aof, oof, out = xp[g], ao[g], oo[g], yt[g]
         outf = out.reshape(-1)
         for n in range(g * N // G, (g + 1) * N // G):
             nhwc.pack_x(x, n, n + 1, ph, pw, img)
-            for q0 in range(0, PQ, BLOCK):
-                q1 = min(q0 + BLOCK, PQ)
-                for p in range(q0, q1 + (-(q1 - q0)) % MR):  # the block's tiles' window offsets
-                    pc = min(p, q1 - 1)  # a ragged last tile repeats its last pixel
-                    oh = pc // Q
-                    aof[p - q0] = oh * sh * row + (pc - oh * Q) * sw * C
-                k0 = 0
-                for pi in range(widths.shape[0]):  # one panel of weights for all the block's tiles
-                    width = widths[pi]
-                    for p0 in range(q0, q1, MR):
-                        # straight into the block's pixel-major output; a ragged last tile's
-                        # repeated rows land in rows past the block's end, never read
-                        ofs, o0 = aof[p0 - q0:], (p0 - q0) * Kp + k0
-                        # (the four tile variants are called here and in the weight gradient
-                        # directly: through one dispatching helper both ran 1-8% slower)
-                        if q1 - p0 <= 4:  # a 4-row tile for a short rest
-                            if width == 16:
-                                tile4x16(buf, 0, ofs, row, 1, wp, offsets[pi], SC * 16, 16, R, SC,
-                                         outf, o0, Kp, 0)
-                            else:
-                                tile4x8(buf, 0, ofs, row, 1, wp, offsets[pi], SC * 8, 8, R, SC,
-                                        outf, o0, Kp, 0)
-                        elif width == 16:
-                            tile6x16(buf, 0, ofs, row, 1, wp, offsets[pi], SC * 16, 16, R, SC,
-                                     outf, o0, Kp, 0)
-                        else:
-                            tile6x8(buf, 0, ofs, row, 1, wp, offsets[pi], SC * 8, 8, R, SC, outf,
-                                    o0, Kp, 0)
-                    k0 += width
+            for oh0 in range(0, P, band):
+                oh1 = min(oh0 + band, P)
+                outf[:(oh1 - oh0) * Q * Kp] = 0.0
+                for r in range(R):
+                    for cc in range(cols.shape[0]):
+                        q0, q1, s0, s1 = cols[cc, 0], cols[cc, 1], cols[cc, 2], cols[cc, 3]
+                        if s1 <= s0:
+                            continue
+                        cnt = 0  # the pixels of this band and columns whose input row is real
+                        for rc in range(rows.shape[0]):
+                            if rows[rc, 2] <= r < rows[rc, 3]:
+                                for oh in range(max(rows[rc, 0], oh0), min(rows[rc, 1], oh1)):
+                                    for q in range(q0, q1):
+                                        aof[cnt] = (oh * sh + r) * row + (q * sw + s0) * C
+                                        oof[cnt] = ((oh - oh0) * Q + q) * Kp
+                                        cnt += 1
+                        k0 = 0
+                        for pi in range(widths.shape[0]):
+                            width = widths[pi]
+                            b0 = offsets[pi] + (r * S + s0) * C * width
+                            for t0 in range(0, cnt, mr):
+                                tile(isa, width // lanes, min(mr, cnt - t0), buf, 0, aof[t0:], 0,
+                                     1, wp, b0, 0, width, 1, (s1 - s0) * C, outf, k0, oof[t0:],
+                                     1)
+                            k0 += width
                 # to NCHW with the bias: 8x8 blocks transposed in registers, the rest one by one
+                p_lo, p_hi = oh0 * Q, oh1 * Q
                 k8 = K - K % 8
-                for p0 in range(q0, q1, 8):
-                    p1 = min(p0 + 8, q1)
+                for p0 in range(p_lo, p_hi, 8):
+                    p1 = min(p0 + 8, p_hi)
                     if p1 - p0 == 8:
                         for k0 in range(0, k8, 8):
-                            transpose8(outf, (p0 - q0) * Kp + k0, Kp, bias, k0, yf,
+                            transpose8(outf, (p0 - p_lo) * Kp + k0, Kp, bias, k0, yf,
                                        (n * K + k0) * PQ + p0, PQ)
                     for k in range(k8 if p1 - p0 == 8 else 0, K):
                         dk = yv[n, k]
                         bv = bias[k]
                         for p in range(p0, p1):
-                            dk[p] = out[p - q0, k] + bv
+                            dk[p] = out[p - p_lo, k] + bv
 
 
 @pnjit
-def _wgrad_kernel(dy, x, R, S, sh, sw, ph, pw, band, xp, tb, ao, dwp, db):
+def _wgrad_kernel(dy, x, R, S, sh, sw, ph, pw, band, jt, isa, lanes, mr, oo_dw, oo_t, xp, tb,
+                  ao, dwp, db):
     """dwp[g] (K, R*S*C) += group g's weight gradient (window order), db[g] (float64) its dy
-    sums. One image at a time is packed into xp[g] (Hp*Wp*C + SLACK floats); its output rows are
-    taken ``band`` at a time, so that the window rows a tile reads for one kernel row (16 floats
-    per pixel) stay in L1 while the tiles of all output channels read them."""
+    sums. jt (int64 rows j0, width, nj, s): the column tiles of one kernel row of dW (s = -1: a
+    tile spanning several kernel columns). One image at a time is packed into xp[g]; its output
+    rows are taken ``band`` at a time, so that the window rows the tiles read stay in cache
+    while the tiles of all output channels read them. oo_dw[i] = i*R*S*C, oo_t[i] = i*tb's row."""
     N, C, H, W = x.shape
     K, P, Q = dy.shape[1], dy.shape[2], dy.shape[3]
     G = xp.shape[0]
     Hp, row, SC, PQ = H + 2 * ph, (W + 2 * pw) * C, S * C, P * Q
     RSC = R * SC
+    ldt = tb.shape[1] // mr
     dyv = dy.reshape(N, K, PQ)
     for g in prange(G):
         buf, aof, t, dwg = xp[g], ao[g], tb[g], dwp[g]
@@ -159,94 +189,140 @@ def _wgrad_kernel(dy, x, R, S, sh, sw, ph, pw, band, xp, tb, ao, dwp, db):
             nhwc.pack_x(x, n, n + 1, ph, pw, img)
             nhwc.sum_dy(dyv, n, n + 1, 0, P, Q, db[g])
             for ob0 in range(0, P, band):
-                nb = min(band, P - ob0)
-                for r in range(R):
-                    for j0 in range(0, SC, 16):
-                        width = 16 if SC - j0 > 8 else 8
-                        nj = min(width, SC - j0)
-                        b0 = (ob0 * sh + r) * row + j0
-                        for k0 in range(0, K, MR):
-                            m = min(MR, K - k0)
-                            for i in range(MR):
-                                aof[i] = (k0 + min(i, m - 1)) * PQ
-                            rows = 4 if m <= 4 else MR  # a 4-row tile for a short rest
-                            full = m == rows and nj == width
-                            if full:  # accumulate straight into the group's dW
-                                dst, o0, ldo, acc = dwgf, k0 * RSC + r * SC + j0, RSC, 1
+                ob1 = min(P, ob0 + band)
+                for r in range(R):  # the output rows whose input row is real for r
+                    lo = max(ob0, -((r - ph) // sh))
+                    hi = min(ob1, (H - 1 + ph - r) // sh + 1)
+                    if lo >= hi:
+                        continue
+                    for ti in range(jt.shape[0]):
+                        j0, width, nj, s = jt[ti, 0], jt[ti, 1], jt[ti, 2], jt[ti, 3]
+                        q0, q1 = 0, Q
+                        if s >= 0:  # the output columns whose input column is real for s
+                            q0 = max(0, -((s - pw) // sw))
+                            q1 = min(Q, (W - 1 + pw - s) // sw + 1)
+                            if q0 >= q1:
+                                continue
+                        b0 = (lo * sh + r) * row + q0 * sw * C + j0
+                        a0 = n * K * PQ + lo * Q + q0
+                        for k0 in range(0, K, mr):
+                            m = min(mr, K - k0)
+                            for i in range(m):
+                                aof[i] = (k0 + i) * PQ
+                            if nj == width:  # accumulate straight into the group's dW
+                                tile(isa, width // lanes, m, dy, a0, aof, Q, 1, buf, b0, sh * row,
+                                     sw * C, hi - lo, q1 - q0, dwgf, k0 * RSC + r * SC + j0,
+                                     oo_dw, 1)
                             else:
-                                dst, o0, ldo, acc = t, 0, width, 0
-                            a0 = n * K * PQ + ob0 * Q
-                            if rows == 4:
-                                if width == 16:
-                                    tile4x16(dy, a0, aof, Q, 1, buf, b0, sh * row, sw * C, nb, Q,
-                                             dst, o0, ldo, acc)
-                                else:
-                                    tile4x8(dy, a0, aof, Q, 1, buf, b0, sh * row, sw * C, nb, Q,
-                                            dst, o0, ldo, acc)
-                            elif width == 16:
-                                tile6x16(dy, a0, aof, Q, 1, buf, b0, sh * row, sw * C, nb, Q,
-                                         dst, o0, ldo, acc)
-                            else:
-                                tile6x8(dy, a0, aof, Q, 1, buf, b0, sh * row, sw * C, nb, Q,
-                                        dst, o0, ldo, acc)
-                            if not full:
+                                tile(isa, width // lanes, m, dy, a0, aof, Q, 1, buf, b0, sh * row,
+                                     sw * C, hi - lo, q1 - q0, t, 0, oo_t, 0)
                                 for i in range(m):
                                     d = dwg[k0 + i, r * SC + j0:r * SC + j0 + nj]
-                                    src = t[i * width:i * width + nj]
+                                    src = t[i * ldt:i * ldt + nj]
                                     for v in range(nj):
                                         d[v] += src[v]
+
+
+def column_tiles(C, S, isa):
+    """The weight gradient's column tiles of one kernel row (int64 rows j0, width, nj, s): per
+    kernel column s when C holds at least a vector (so that the tile's output columns can be
+    trimmed for s), else across the whole row of S*C entries (s = -1)."""
+    wide, narrow = isa.widths
+    out = []
+
+    def cover(base, n, s):
+        c0 = 0
+        while c0 < n:
+            rest = n - c0
+            width = wide if rest > narrow else narrow
+            out.append((base + c0, width, min(width, rest), s))
+            c0 += width
+
+    if C >= narrow:
+        for s in range(S):
+            cover(s * C, C, s)
+    else:
+        cover(0, S * C, -1)
+    return np.array(out, dtype=np.int64).reshape(-1, 4)
 
 
 def _groups(N):
     return max(1, min(numba.get_num_threads(), N))
 
 
-def _forward(x, w, b, stride, padding):
+def _isa(isa):
+    if isa is None:
+        return isa_mod.select()
+    return isa_mod.ISAS[isa] if isinstance(isa, str) else isa
+
+
+def _out_size(H, W, R, S, stride, padding):
+    (sh, sw), (ph, pw) = stride, padding
+    return (H + 2 * ph - R) // sh + 1, (W + 2 * pw - S) // sw + 1
+
+
+def _band(P, Q, pixels):
+    return max(1, min(P, pixels // max(Q, 1)))
+
+
+def _forward(x, w, b, stride, padding, isa):
     N, C, H, W = x.shape
     K, _, R, S = w.shape
     (sh, sw), (ph, pw) = stride, padding
-    P, Q = (H + 2 * ph - R) // sh + 1, (W + 2 * pw - S) // sw + 1
-    wp, widths, offsets = _pack_weights(w)
+    P, Q = _out_size(H, W, R, S, stride, padding)
+    wp, widths, offsets = _pack_weights(w, isa)
     bias = np.zeros(K, dtype=x.dtype) if b is None else b
     y = np.empty((N, K, P, Q), dtype=x.dtype)
     G = _groups(N)
+    band = _band(P, Q, BLOCK)
     xp = np.zeros((G, (H + 2 * ph) * (W + 2 * pw) * C + SLACK), dtype=x.dtype)
-    ao = np.empty((G, BLOCK), dtype=np.int64)
-    yt = np.empty((G, BLOCK, int(widths.sum())), dtype=x.dtype)
-    _forward_kernel(x, wp, widths, offsets, bias, y, R, S, sh, sw, ph, pw, xp, yt, ao)
+    ao = np.empty((G, band * Q), dtype=np.int64)
+    oo = np.empty((G, band * Q), dtype=np.int64)
+    yt = np.empty((G, band * Q, int(widths.sum())), dtype=x.dtype)
+    rows = window_classes(P, H, R, sh, ph)
+    cols = window_classes(Q, W, S, sw, pw)
+    _forward_kernel(x, wp, widths, offsets, bias, y, R, S, sh, sw, ph, pw, rows, cols, band,
+                    isa.id, isa.lanes, isa.rows, xp, yt, ao, oo)
     return y
 
 
-def forward(x, w, b, stride, padding):
-    """y (N, K, P, Q) of checked arguments (see :mod:`hpcnn.kernels.conv`)."""
+def forward(x, w, b, stride, padding, *, isa=None):
+    """y (N, K, P, Q) of checked arguments (see :mod:`hpcnn.kernels.conv`); ``isa``: a path of
+    :data:`hpcnn.kernels.isa.ISAS` (default: :func:`hpcnn.kernels.isa.select`)."""
     if x.dtype != np.float32:
         from hpcnn.kernels import pipelined
 
         return pipelined.forward(x, w, b, stride, padding, schedule="chunked")
     with profile.region("gemm"):
-        return _forward(x, w, b, stride, padding)
+        return _forward(x, w, b, stride, padding, _isa(isa))
 
 
-def backward(dy, x, w, stride, padding, input_grad=True):
+def backward(dy, x, w, stride, padding, input_grad=True, *, isa=None):
     """(dx, dw, db) of checked arguments; dx is None without ``input_grad``."""
     from hpcnn.kernels import pipelined
 
     if x.dtype != np.float32:
         return pipelined.backward(dy, x, w, stride, padding, input_grad, schedule="chunked")
+    isa = _isa(isa)
     N, C, H, W = x.shape
     K, _, R, S = w.shape
     (sh, sw), (ph, pw) = stride, padding
-    Q = dy.shape[3]
+    P, Q = dy.shape[2], dy.shape[3]
     Hp, Wp = H + 2 * ph, W + 2 * pw
     G = _groups(N)
-    band = max(1, BAND_PIXELS // Q)
+    band = _band(P, Q, BAND_PIXELS)
+    mr, wide = isa.rows, isa.widths[0]
+    jt = column_tiles(C, S, isa)
     dwp = np.zeros((G, K, R * S * C), dtype=x.dtype)
     db = np.zeros((G, K), dtype=np.float64)
     xp = np.zeros((G, Hp * Wp * C + SLACK), dtype=x.dtype)
-    tb = np.empty((G, MR * 16), dtype=x.dtype)  # a ragged tile's result
-    ao = np.empty((G, MR), dtype=np.int64)
+    tb = np.empty((G, mr * wide), dtype=x.dtype)  # a tile with columns past its kernel row
+    ao = np.empty((G, mr), dtype=np.int64)
+    oo_dw = np.arange(mr, dtype=np.int64) * (R * S * C)
+    oo_t = np.arange(mr, dtype=np.int64) * wide
     with profile.region("gemm"):
-        _wgrad_kernel(dy, x, R, S, sh, sw, ph, pw, band, xp, tb, ao, dwp, db)
+        _wgrad_kernel(dy, x, R, S, sh, sw, ph, pw, band, jt, isa.id, isa.lanes, mr, oo_dw, oo_t,
+                      xp, tb, ao, dwp, db)
     dw_rsc = dwp[0]
     for g in range(1, G):  # the groups' partials, always in group order
         dw_rsc = dw_rsc + dwp[g]
@@ -257,27 +333,46 @@ def backward(dy, x, w, stride, padding, input_grad=True):
     if applies(x.shape, w.shape, stride, padding):
         wflip = np.ascontiguousarray(w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
         with profile.region("gemm"):
-            dx = _forward(dy, wflip, None, (1, 1), (R - 1 - ph, S - 1 - pw))
+            dx = _forward(dy, wflip, None, (1, 1), (R - 1 - ph, S - 1 - pw), isa)
     else:
         dx = pipelined.backward(dy, x, w, stride, padding, True, schedule="chunked")[0]
     return dx, dw, db
 
 
+def real_macs(x_shape, w_shape, stride, padding):
+    """Multiply-adds of a forward pass that touch real pixels (not the border), per the window
+    ranges of :func:`window_classes`: the work "direct" does, and the count against which a
+    convolution's speed is compared with the FMA peak."""
+    N, C, H, W = x_shape
+    K, _, R, S = w_shape
+    P, Q = _out_size(H, W, R, S, stride, padding)
+    rows = window_classes(P, H, R, stride[0], padding[0])
+    cols = window_classes(Q, W, S, stride[1], padding[1])
+    taps_r = int(sum((o1 - o0) * max(0, t1 - t0) for o0, o1, t0, t1 in rows))
+    taps_s = int(sum((o1 - o0) * max(0, t1 - t0) for o0, o1, t0, t1 in cols))
+    return N * K * C * taps_r * taps_s
+
+
 def workspace_bytes(x_shape, w_shape, stride, padding, itemsize=4, threads=None,
-                    backward=False):
+                    backward=False, isa=None):
     """(total, lowering) scratch bytes of one pass; "direct" lowers nothing."""
+    isa = _isa(isa)
     N, C, H, W = x_shape
     K, _, R, S = w_shape
     (sh, sw), (ph, pw) = stride, padding
-    P, Q = (H + 2 * ph - R) // sh + 1, (W + 2 * pw - S) // sw + 1
+    P, Q = _out_size(H, W, R, S, stride, padding)
     Hp, Wp = H + 2 * ph, W + 2 * pw
     G = max(1, min(threads or numba.get_num_threads(), N))
-    kp = int(_panels(K).sum())
+    kp = int(_panels(K, isa).sum())
+    band = _band(P, Q, BLOCK) * Q
     if not backward:
-        return (G * (Hp * Wp * C + SLACK + BLOCK * (1 + kp)) + R * S * C * kp) * itemsize, 0
-    total = G * (Hp * Wp * C + SLACK + MR * 16 + K * R * S * C) * itemsize + G * K * 8
+        return (G * (Hp * Wp * C + SLACK + band * kp) + R * S * C * kp) * itemsize \
+            + G * band * 16, 0
+    total = (G * (Hp * Wp * C + SLACK + isa.rows * isa.widths[0] + K * R * S * C) * itemsize
+             + G * K * 8)
     if applies(x_shape, w_shape, stride, padding):  # the data gradient: a forward of dy
         dyp = (P + 2 * (R - 1 - ph)) * (Q + 2 * (S - 1 - pw)) * K
-        cp = int(_panels(C).sum())
-        total += (G * (dyp + SLACK + BLOCK * (1 + cp)) + R * S * K * cp) * itemsize
+        cp = int(_panels(C, isa).sum())
+        band = _band(H, W, BLOCK) * W
+        total += (G * (dyp + SLACK + band * cp) + R * S * K * cp) * itemsize + G * band * 16
     return total, 0
