@@ -139,7 +139,7 @@ class SparseAutoencoder:
         red[H] = sse
         with timer("allreduce"):
             _allreduce(self.comm, red)
-        rho_hat = red[:H] / m
+        rho_hat, sse = red[:H] / m, red[H]
         with timer("kl"):
             kl, dkl = o.kl_sparsity(rho_hat, cfg.rho, cfg.beta)
         # backward
