@@ -1,0 +1,471 @@
+"""The performance model: predicted step time, images/s and efficiency of data parallelism and
+hybrid schemes a, b and c at any node count, batch and link.
+
+``python -m hpcnn.scaling model fit``      alpha-beta per kind and link from bench comm's JSONs
+``python -m hpcnn.scaling model compute``  per-layer compute time of a net (timed: take the lock)
+``python -m hpcnn.scaling model predict``  one prediction, its step split by collective kind
+
+A step on each rank is
+
+    compute  = forward + backward + loss + optimizer (per layer, measured: hpcnn.scaling.compute)
+    exposed  = the collectives' alpha-beta cost (hpcnn.scaling.alphabeta) not hidden by backward
+    step     = compute + exposed;  images/s = ranks * batch per rank / step
+
+Assumptions (printed with every report):
+
+1. Compute per rank does not depend on the rank count: the 1-rank per-layer times, interpolated
+   in the batch. A head split over M ranks (hybrid) takes 1/M of the whole head's time on the same
+   examples; the optimizer's time is proportional to the parameters a rank updates.
+2. Every collective costs ``A alpha + B beta`` with the algorithm MPICH picks for its size; alpha
+   and beta are fitted per kind and per link from ``bench comm`` (1 rank per node).
+3. Data parallelism's gradient buckets (25 MiB, reverse layer order) start as backward finishes
+   their layers and run one after another; while backward still computes they progress at a
+   fraction ``overlap`` of full speed (MPICH moves a non-blocking collective only inside MPI
+   calls: hpcnn polls once per layer), at full speed after it. ``overlap`` is fitted per link to
+   the measured data-parallel points (the one calibrated constant; 0 = no overlap, 1 = perfect).
+4. Hybrid's collectives on the model axis are blocking: nothing hides them (schemes b and c post
+   the next round's transfer early, but it too moves only inside MPI calls). Its feature
+   gradients overlap backward like data parallelism's buckets.
+5. Ranks are in step: no load imbalance, no stragglers; the data step costs nothing (the batch
+   is in memory). Several ranks per node are charged the link's costs too (a conservative
+   simplification; the study runs one rank per node on links).
+"""
+
+import argparse
+import json
+import os
+import sys
+
+from hpcnn.errors import HpcnnError, UsageError
+from hpcnn.scaling import alphabeta as ab
+from hpcnn.scaling import compute as cm
+
+ASSUMPTIONS = __doc__.split("Assumptions (printed with every report):")[1].strip()
+BUCKET_MB = 25.0
+
+
+class NetShape:
+    """What the model needs of a net: layer names and parts, parameter bytes, the head's FC widths
+    and in-features, and the gradient buckets of data parallelism and of hybrid's features."""
+
+    def __init__(self, model, bucket_mb=BUCKET_MB):
+        from hpcnn.nn.layers import Linear
+        from hpcnn.parallel.flatbuf import make_buckets
+
+        self.name = model.name
+        layers = model.layers
+        self.head_start = model.head_start
+        sizes, owner = [], []
+        for li, layer in enumerate(layers):
+            for p in layer.params():
+                sizes.append(int(p.data.size))
+                owner.append(li)
+        cap = max(1, int(bucket_mb * 2**20) // 4)
+        offsets = [0]
+        for s in sizes:
+            offsets.append(offsets[-1] + s)
+        self.data_buckets = [(4 * (hi - lo), ready) for lo, hi, ready in
+                             make_buckets(owner, sizes, cap)]
+        nf = sum(1 for li in owner if li < self.head_start)
+        self.feature_buckets = [(4 * (hi - lo), ready) for lo, hi, ready in
+                                make_buckets(owner[:nf], sizes[:nf], cap)] if nf else []
+        self.feature_bytes = 4 * sum(sizes[:nf])
+        self.head_bytes = 4 * sum(sizes[nf:])
+        head = [layer for layer in layers[self.head_start:] if isinstance(layer, Linear)]
+        self.fc_out = [int(layer.weight.full_shape[0]) for layer in head]
+        self.fc_in = [int(layer.weight.full_shape[1]) for layer in head]
+        self.in_features = int(head[0].weight.full_shape[1]) if head else 0
+        self.num_layers = len(layers)
+
+    @classmethod
+    def of(cls, net, **kwargs):
+        from hpcnn.nn import NETS, build_net
+
+        return cls(build_net(net, NETS[net][2], 10, seed=0, **kwargs))
+
+
+def _blockdist(n, size, rank):
+    from hpcnn.parallel.grid import blockdist
+
+    return blockdist(n, size, rank)
+
+
+def collectives(shape, mode, p, n, grid=None, scheme="a"):
+    """The collectives one rank (rank 0) runs per step, in order: a list of
+    ``(kind, group size, bytes sent, bytes moved, phase)``; bytes sent as the strategies count
+    them, bytes moved the collective's payload (a broadcast's non-root sends nothing but moves
+    the root's block); phase ``("backward", layer)`` for the overlapped gradient buckets (the
+    layer whose backward readies them), "step" otherwise.
+
+    Kinds are the strategies' own (allreduce, allreduce_head, allreduce_loss, allgather,
+    reduce_scatter, bcast, reduce), so summing the bytes per kind gives what
+    ``Strategy.bytes_per_step`` says."""
+    out = []
+
+    def add(kind, group, sent, moved=None, phase="step"):
+        out.append((kind, group, sent, sent if moved is None else moved, phase))
+
+    if p <= 1:
+        return out
+    if mode == "data":
+        for nbytes, ready in shape.data_buckets:
+            add("allreduce", p, nbytes, phase=("backward", ready))
+        return out
+    D, M = grid or (1, p)
+    if D * M != p:
+        raise UsageError(f"grid {D}x{M} does not match {p} ranks")
+    F = shape.in_features
+    if M > 1:
+        add("allgather", M, 8)  # the counts
+        add("allgather", M, 8 * n)  # the labels
+        counts = [[_blockdist(o, M, r)[0] for r in range(M)] for o in shape.fc_out]
+
+        def head_pass(rows):
+            for li in range(1, len(counts)):
+                add("allgather", M, 4 * counts[li - 1][0] * rows)
+            add("allreduce_loss", M, 8 * rows)
+            add("allreduce_loss", M, 16 * rows)
+            for li in range(len(counts) - 1, 0, -1):
+                add("reduce_scatter", M, 4 * sum(counts[li - 1]) * rows)
+
+        if scheme == "a":
+            add("allgather", M, 4 * n * F)
+            head_pass(M * n)
+            add("reduce_scatter", M, 4 * M * n * F)
+        elif scheme == "b":
+            add("bcast", M, 4 * n * F)
+            for r in range(M):
+                if r:
+                    add("bcast", M, 0, 4 * n * F)  # another root's block
+                head_pass(n)
+                add("reduce", M, 4 * n * F)
+        else:
+            for r in range(M):
+                c = _blockdist(n, M, r)[0]
+                if c:
+                    add("allgather", M, 4 * c * F)
+                    head_pass(M * c)
+                    add("reduce_scatter", M, 4 * M * c * F)
+    if D > 1 and shape.head_bytes:
+        mine = sum(4 * _blockdist(o, M, 0)[0] * (i + 1) for o, i in zip(shape.fc_out, shape.fc_in))
+        add("allreduce_head", D, mine, phase=("backward", shape.head_start))
+    for nbytes, ready in shape.feature_buckets:
+        add("allreduce", p, nbytes, phase=("backward", ready))
+    return out
+
+
+def predict_bytes(shape, mode, p, n, grid=None, scheme="a"):
+    """Bytes rank 0 hands to each collective kind per step (Strategy.bytes_per_step's count)."""
+    out = {}
+    for kind, _, nbytes, _, _ in collectives(shape, mode, p, n, grid, scheme):
+        out[kind] = out.get(kind, 0) + int(nbytes)
+    return out
+
+
+def _ab_kind(kind):
+    return {"allreduce_head": "allreduce", "allreduce_loss": "allreduce"}.get(kind, kind)
+
+
+def comm_cost(link, kind, group, nbytes):
+    """Seconds of one collective of per-rank payload ``nbytes`` on ``link`` ({kind: (alpha,
+    beta)}; a kind the link lacks costs as its allreduce)."""
+    k = _ab_kind(kind)
+    alpha, beta = link.get(k) or link.get("allreduce")
+    return ab.cost(k, group, nbytes, alpha, beta)
+
+
+def predict(prof, shape, mode, nodes, ranks_per_node, n, link, overlap=0.0, grid=None,
+            scheme="a"):
+    """Predicted step of ``mode`` ("data" or "hybrid") on ``nodes`` x ``ranks_per_node`` ranks with
+    ``n`` examples per rank, over ``link`` ({kind: (alpha, beta)}). Returns {"step_s",
+    "compute_s", "wait_s": {kind: s}, "bytes": {kind: n}, "images_per_s"}."""
+    p = nodes * ranks_per_node
+    L = len(prof["layers"])
+    hs = shape.head_start
+    D, M = (grid or (1, p)) if mode == "hybrid" else (p, 1)
+    fwd = [cm.layer_time(prof, n, i, "fwd") for i in range(L)]
+    bwd = [cm.layer_time(prof, n, i, "bwd") for i in range(L)]
+    if mode == "hybrid" and M > 1:  # the head runs on M x n examples, split M ways
+        for i in range(hs, L):
+            fwd[i] = cm.layer_time(prof, M * n, i, "fwd") / M
+            bwd[i] = cm.layer_time(prof, M * n, i, "bwd") / M
+    params = (shape.feature_bytes + shape.head_bytes / (M if mode == "hybrid" else 1)) / 4
+    loss = cm.loss_time(prof, n)
+    opt = cm.optimizer_time(prof, params)
+    compute = sum(fwd) + sum(bwd) + loss + opt
+    wait, nbytes = {}, {}
+    # backward timeline: layer i finishes at done[i]
+    done, t = {}, 0.0
+    for i in range(L - 1, -1, -1):
+        t += bwd[i]
+        done[i] = t
+    t_end = t
+    free = 0.0  # the overlapped reductions, one after another
+    blocking = 0.0
+    for kind, group, b, moved, phase in collectives(shape, mode, p, n, (D, M), scheme):
+        nbytes[kind] = nbytes.get(kind, 0) + int(b)
+        c = comm_cost(link, kind, group, moved)
+        if isinstance(phase, tuple):
+            launch = done.get(phase[1], t_end)
+            start = max(launch, free)
+            if start < t_end and overlap > 0:
+                window = t_end - start
+                end = start + c / overlap if overlap * window >= c else \
+                    t_end + (c - overlap * window)
+            else:
+                end = max(start, t_end) + c
+            free = end
+            wait[kind] = wait.get(kind, 0.0) + c
+        else:
+            blocking += c
+            wait[kind] = wait.get(kind, 0.0) + c
+    exposed = max(0.0, free - t_end)
+    step = compute + blocking + exposed
+    hidden = sum(c for k, c in wait.items()) - blocking - exposed
+    return {"step_s": step, "compute_s": compute, "exposed_s": blocking + exposed,
+            "hidden_s": max(0.0, hidden), "wait_s": wait, "bytes": nbytes,
+            "images_per_s": p * n / step}
+
+
+def efficiency(prof, shape, mode, nodes, ranks_per_node, n, link, overlap=0.0, grid=None,
+               scheme="a"):
+    """(speedup over one rank at the same per-rank batch, parallel efficiency)."""
+    one = predict(prof, shape, "data", 1, 1, n, link)
+    many = predict(prof, shape, mode, nodes, ranks_per_node, n, link, overlap, grid, scheme)
+    s = many["images_per_s"] / one["images_per_s"]
+    return s, s / (nodes * ranks_per_node)
+
+
+# files ------------------------------------------------------------------------------------
+def load_links(path):
+    """{link: {"kinds": {kind: (alpha, beta)}, "overlap": w}} from ``alphabeta.json`` plus the
+    named interconnects (the same alpha and beta for every kind)."""
+    links = {}
+    if path and os.path.exists(path):
+        try:
+            with open(path) as f:
+                doc = json.load(f)
+            for name, v in doc["links"].items():
+                links[name] = {"kinds": {k: tuple(x) for k, x in v["kinds"].items()},
+                               "overlap": float(v.get("overlap", 0.0))}
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise HpcnnError(f"{path}: not an alpha-beta fit file ({e})") from None
+    for name, (alpha, beta) in ab.INTERCONNECTS.items():
+        links[name] = {"kinds": {k: (alpha, beta) for k in ab.KINDS}, "overlap": None}
+    return links
+
+
+def load_profile(path):
+    try:
+        with open(path) as f:
+            prof = json.load(f)
+        prof["batches"] and prof["layers"]  # noqa: B018 (presence)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise HpcnnError(f"{path}: not a compute profile ({e})") from None
+    return prof
+
+
+def fit_links(comm_dir):
+    """Fit every ``comm_<link>_<nodes>_<algo>.json`` of ``comm_dir``: {link: {kind: (a, b)}},
+    all node counts of a link in one fit per kind, and the samples' worst relative error."""
+    groups = {}
+    for name in sorted(os.listdir(comm_dir)):
+        if not (name.startswith("comm_") and name.endswith(".json")):
+            continue
+        with open(os.path.join(comm_dir, name)) as f:
+            doc = json.load(f)
+        algo = doc.get("allreduce_algorithm", "auto")
+        kmap = {"allreduce": {"ring": "allreduce_ring",
+                              "recursive_doubling": "allreduce_rd"}.get(algo, "allreduce")}
+        for kind, rows in doc["results"].items():
+            k = kmap.get(kind, kind)
+            for r in rows:
+                groups.setdefault(doc["link"], {}).setdefault(k, []).append(
+                    (k, doc["ranks"], r["bytes"], r["avg_us"] * 1e-6))
+    fits = {}
+    for link, kinds in groups.items():
+        fits[link] = {}
+        for k, samples in kinds.items():
+            alpha, beta = ab.fit(samples)
+            worst = max(abs(ab.cost(k, p, n, alpha, beta) / t - 1) for _, p, n, t in samples)
+            fits[link][k] = {"alpha_s": alpha, "beta_s_per_byte": beta,
+                             "bandwidth_MBps": (1e-6 / beta) if beta else None,
+                             "samples": len(samples), "ranks": sorted({s[1] for s in samples}),
+                             "worst_rel_error": worst}
+    return fits
+
+
+def fit_overlap(rows, profs, shapes, links):
+    """The ``overlap`` fraction per link that best predicts the measured data-parallel points
+    (least squares of the relative step-time error over a grid of 0 .. 1)."""
+    out = {}
+    for link in sorted({r["link"] for r in rows}):
+        pts = [r for r in rows if r["link"] == link and r["parallel"] == "data"
+               and r["ranks"] > 1 and r["net"] in profs and link in links]
+        if not pts:
+            continue
+        best = None
+        for k in range(21):
+            w = k / 20
+            err = 0.0
+            for r in pts:
+                pr = predict(profs[r["net"]], shapes[r["net"]], "data", r["nodes"],
+                             r["ranks_per_node"], r["batch_per_rank"], links[link]["kinds"], w)
+                err += (pr["step_s"] / r["step_s_max"] - 1) ** 2
+            if best is None or err < best[0] - 1e-12:
+                best = (err, w)
+        out[link] = best[1]
+    return out
+
+
+# command line ---------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def main(argv):
+    from hpcnn import argtypes as at
+    from hpcnn.nn import NETS
+
+    p = _Parser(prog="python -m hpcnn.scaling model", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd")
+    f = sub.add_parser("fit", help="alpha-beta per kind and link from bench comm JSONs")
+    f.add_argument("--comm-dir", default="results/scaling/comm")
+    f.add_argument("--csv", default="results/scaling/points.csv",
+                   help="measured points (the overlap fraction is fitted to them)")
+    f.add_argument("--profiles", default="results/scaling")
+    f.add_argument("--out", default="results/scaling/alphabeta.json")
+    c = sub.add_parser("compute", help="per-layer compute time of a net (timed: take the lock)")
+    c.add_argument("--net", required=True)
+    c.add_argument("--batches", default="16,64,256")
+    c.add_argument("--threads", type=at.thread_count, default=1)
+    c.add_argument("--reps", type=at.positive_int, default=5)
+    c.add_argument("--out", default=None, help="default results/scaling/compute_NET.json")
+    q = sub.add_parser("predict", help="one prediction")
+    q.add_argument("--net", required=True)
+    q.add_argument("--parallel", default="data")
+    q.add_argument("--scheme", default="a")
+    q.add_argument("--grid", default=None)
+    q.add_argument("--nodes", type=at.positive_int, default=2)
+    q.add_argument("--ranks-per-node", type=at.positive_int, default=1)
+    q.add_argument("--batch-per-rank", type=at.positive_int, default=64)
+    q.add_argument("--link", default="1gbit")
+    q.add_argument("--fits", default="results/scaling/alphabeta.json")
+    q.add_argument("--profiles", default="results/scaling")
+    try:
+        a = p.parse_args(argv)
+        if a.cmd is None:
+            raise UsageError("python -m hpcnn.scaling model: choose fit, compute or predict")
+        if getattr(a, "net", None) is not None and a.net not in NETS:
+            raise UsageError(f"unknown --net {a.net!r}; choose from {', '.join(NETS)}")
+        return {"fit": _cmd_fit, "compute": _cmd_compute, "predict": _cmd_predict}[a.cmd](a)
+    except HpcnnError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _write_json(path, doc):
+    from hpcnn.atomic import atomic_path
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        json.dump(doc, f, indent=1)
+
+
+def _cmd_compute(a):
+    from hpcnn import threads
+
+    try:
+        batches = [int(b) for b in a.batches.split(",")]
+    except ValueError:
+        raise UsageError(f"--batches takes comma-separated integers, got {a.batches!r}") from None
+    if not batches or min(batches) < 1:
+        raise UsageError(f"--batches must be positive, got {a.batches!r}")
+    threads.pin_env(a.threads)
+    threads.apply(a.threads)
+    prof = cm.measure_net(a.net, batches, a.threads, a.reps)
+    prof["command"] = f"python -m hpcnn.scaling model compute --net {a.net} --batches " \
+                      f"{a.batches} --threads {a.threads} --reps {a.reps}"
+    out = a.out or f"results/scaling/compute_{a.net}.json"
+    _write_json(out, prof)
+    for b, v in prof["batches"].items():
+        print(f"{a.net} batch {b}: forward {1e3 * sum(v['fwd']):.1f} ms, backward "
+              f"{1e3 * sum(v['bwd']):.1f} ms, optimizer {1e3 * v['optimizer']:.1f} ms -> {out}")
+    return 0
+
+
+def load_profiles(folder):
+    profs = {}
+    if os.path.isdir(folder):
+        for name in os.listdir(folder):
+            if name.startswith("compute_") and name.endswith(".json"):
+                prof = load_profile(os.path.join(folder, name))
+                profs[prof["net"]] = prof
+    return profs
+
+
+def _cmd_fit(a):
+    from hpcnn.scaling.csvio import read_rows
+
+    if not os.path.isdir(a.comm_dir):
+        raise UsageError(f"--comm-dir {a.comm_dir}: no such folder (run python -m "
+                         f"hpcnn.scaling run --comm ... first)")
+    fits = fit_links(a.comm_dir)
+    links = {name: {"kinds": {k: (v["alpha_s"], v["beta_s_per_byte"]) for k, v in kinds.items()},
+                    "overlap": 0.0} for name, kinds in fits.items()}
+    overlap = {}
+    if a.csv and os.path.exists(a.csv):
+        rows = read_rows(a.csv)
+        profs = load_profiles(a.profiles)
+        shapes = {n: NetShape.of(n) for n in profs}
+        overlap = fit_overlap(rows, profs, shapes, links)
+    doc = {"command": "python -m hpcnn.scaling model fit --comm-dir " + a.comm_dir,
+           "links": {name: {"kinds": {k: [v["alpha_s"], v["beta_s_per_byte"]]
+                                      for k, v in fits[name].items()},
+                            "overlap": overlap.get(name, 0.0), "detail": fits[name]}
+                     for name in fits}}
+    _write_json(a.out, doc)
+    for name, kinds in fits.items():
+        print(f"link {name} (overlap {overlap.get(name, 0.0):.2f}):")
+        for k, v in kinds.items():
+            bw = f"{v['bandwidth_MBps']:.0f} MB/s" if v["bandwidth_MBps"] else "-"
+            print(f"  {k:<15} alpha {1e6 * v['alpha_s']:9.2f} us  beta^-1 {bw:>12}  "
+                  f"({v['samples']} samples on {v['ranks']} ranks, worst error "
+                  f"{100 * v['worst_rel_error']:.0f}%)")
+    print(f"-> {a.out}")
+    return 0
+
+
+def _cmd_predict(a):
+    from hpcnn.parallel.factory import parse_grid
+
+    links = load_links(a.fits)
+    if a.link not in links:
+        raise UsageError(f"unknown --link {a.link!r}; known: {', '.join(links)}")
+    profs = load_profiles(a.profiles)
+    if a.net not in profs:
+        raise UsageError(f"no compute profile of {a.net} in {a.profiles} (run python -m "
+                         f"hpcnn.scaling model compute --net {a.net})")
+    if a.parallel not in ("data", "hybrid"):
+        raise UsageError(f"--parallel takes data or hybrid, got {a.parallel!r}")
+    grid = parse_grid(a.grid) if a.grid else None
+    lk = links[a.link]
+    w = lk["overlap"] if lk["overlap"] is not None else 0.0
+    shape = NetShape.of(a.net)
+    r = predict(profs[a.net], shape, a.parallel, a.nodes, a.ranks_per_node, a.batch_per_rank,
+                lk["kinds"], w, grid, a.scheme)
+    s, e = efficiency(profs[a.net], shape, a.parallel, a.nodes, a.ranks_per_node,
+                      a.batch_per_rank, lk["kinds"], w, grid, a.scheme)
+    print(f"{a.net} {a.parallel}{' ' + a.scheme if a.parallel == 'hybrid' else ''} on "
+          f"{a.nodes} node(s) x {a.ranks_per_node} over {a.link}, batch {a.batch_per_rank}/rank: "
+          f"{r['images_per_s']:.1f} img/s, step {1e3 * r['step_s']:.1f} ms (compute "
+          f"{1e3 * r['compute_s']:.1f}, exposed comm {1e3 * r['exposed_s']:.1f}), speedup "
+          f"{s:.2f}x, efficiency {100 * e:.0f}%")
+    for k, v in r["wait_s"].items():
+        print(f"  {k:<15} {1e3 * v:9.2f} ms  {r['bytes'][k] / 2**20:9.2f} MiB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,318 @@
+"""The scaling study without timing: the alpha-beta formulas on hand-checked cases, the fit, the
+model's timeline, the CSV round trip and its refusals, the command lines' bad input, the report."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from hpcnn.scaling import alphabeta as ab
+from hpcnn.scaling import compute as cm
+from hpcnn.scaling import csvio
+from hpcnn.scaling import model as md
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# alpha-beta ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind,p,n,want", [
+    ("allreduce_ring", 4, 1000, (6, 1500)),          # 2(p-1), 2(p-1)/p n
+    ("allreduce_ring", 2, 1000, (2, 1000)),
+    ("allreduce_rd", 8, 1000, (3, 3000)),            # log2 p, log2 p n
+    ("allreduce_rd", 5, 100, (3, 300)),              # a non-power of 2: one more round
+    ("allreduce", 4, 1024, (2, 2048)),               # short: recursive doubling
+    ("allreduce", 4, 4096, (4, 6144)),               # long: Rabenseifner 2 log2 p, 2(p-1)/p n
+    ("reduce_scatter", 4, 1000, (3, 750)),           # (p-1), (p-1)/p n
+    ("allgather", 4, 100, (3, 300)),                 # (p-1), (p-1) n (own block)
+    ("bcast", 4, 100, (2, 200)),                     # binomial
+    ("bcast", 4, 100000, (5, 150000)),               # scatter + all-gather
+    ("reduce", 8, 1024, (3, 3072)),                  # binomial
+    ("reduce", 8, 4096, (6, 7168)),                  # Rabenseifner
+    ("alltoall", 2, 1000, (1, 500)),                 # pairwise
+    ("allreduce", 1, 1000, (0, 0)),                  # one rank: nothing
+    ("allgather", 4, 0, (0, 0)),
+])
+def test_coefficients_by_hand(kind, p, n, want):
+    assert ab.coefficients(kind, p, n) == pytest.approx(want)
+
+
+def test_cost_is_alpha_and_beta_terms():
+    # ring allreduce of 1 MB on 4 ranks, 10 us and 1 GB/s: 6 * 10us + 1.5 MB / 1 GB/s = 1.56 ms
+    assert ab.cost("allreduce_ring", 4, 10**6, 10e-6, 1e-9) == pytest.approx(1.56e-3)
+
+
+def test_unknown_kind_is_refused():
+    with pytest.raises(ValueError, match="unknown collective kind"):
+        ab.coefficients("gossip", 2, 10)
+
+
+def test_fit_recovers_alpha_beta_exactly():
+    alpha, beta = 7e-6, 1 / 3e8
+    samples = [(k, p, n, ab.cost(k, p, n, alpha, beta))
+               for k in ("allreduce_ring", "allgather", "bcast") for p in (2, 4, 8)
+               for n in (4, 1024, 65536, 1 << 22)]
+    got = ab.fit(samples)
+    assert got == pytest.approx((alpha, beta), rel=1e-9)
+
+
+def test_fit_with_noise_and_nonnegative():
+    rng = np.random.default_rng(0)
+    alpha, beta = 20e-6, 1 / 1.1e8
+    samples = [("allreduce", 2, n, ab.cost("allreduce", 2, n, alpha, beta)
+                * (1 + 0.02 * rng.standard_normal())) for n in 4 * 4 ** np.arange(12)]
+    a, b = ab.fit(samples)
+    assert a == pytest.approx(alpha, rel=0.05) and b == pytest.approx(beta, rel=0.05)
+    # pure latency (every size costs the same): beta would go negative; clamped to 0
+    flat = [("allgather", 2, n, 5e-6) for n in (4, 400, 40000)]
+    a, b = ab.fit(flat)
+    assert b == 0.0 and a == pytest.approx(5e-6, rel=0.3)
+
+
+def test_fit_needs_samples():
+    with pytest.raises(ValueError, match="no samples"):
+        ab.fit([("allreduce", 1, 100, 1e-3)])
+
+
+# compute interpolation -----------------------------------------------------------------------
+PROF = {"net": "toy", "layers": [{"name": "c", "part": "feature", "params": 30},
+                                 {"name": "f", "part": "head", "params": 70}],
+        "params_feature": 30, "params_head": 70,
+        "batches": {"16": {"fwd": [1.6, 0.16], "bwd": [3.2, 0.32], "loss": 0.016,
+                           "optimizer": 0.5},
+                    "64": {"fwd": [4.0, 0.64], "bwd": [8.0, 1.28], "loss": 0.064,
+                           "optimizer": 0.5}}}
+
+
+def test_layer_time_interpolates():
+    assert cm.layer_time(PROF, 16, 0, "fwd") == 1.6  # measured
+    assert cm.layer_time(PROF, 40, 0, "fwd") == pytest.approx(2.8)  # linear in between
+    assert cm.layer_time(PROF, 8, 0, "fwd") == pytest.approx(0.8)  # per sample below
+    assert cm.layer_time(PROF, 128, 1, "bwd") == pytest.approx(2.56)  # per sample above
+    assert cm.stage_time(PROF, 64, "head", "bwd") == pytest.approx(1.28)
+    assert cm.optimizer_time(PROF, 35) == pytest.approx(0.175)
+    assert cm.layer_time(PROF, 0, 0, "fwd") == 0.0
+
+
+# the model -----------------------------------------------------------------------------------
+class ToyShape:
+    """A two-layer net: conv (layer 0, 30 params) | fc (layer 1, 70 params: 7 out, 9 in)."""
+    name, head_start, num_layers = "toy", 1, 2
+    data_buckets = [(280, 1), (120, 0)]  # bytes, ready layer
+    feature_buckets = [(120, 0)]
+    feature_bytes, head_bytes = 120, 280
+    fc_out, fc_in, in_features = [7], [9], 9
+
+
+FREE = {k: (0.0, 0.0) for k in ab.KINDS}
+LINK = {k: (1e-3, 1e-3) for k in ab.KINDS}  # 1 ms per message, 1 ms per byte
+
+
+def test_no_communication_is_compute_only():
+    one = md.predict(PROF, ToyShape, "data", 1, 1, 16, LINK)
+    compute = 1.6 + 0.16 + 3.2 + 0.32 + 0.016 + 0.5
+    assert one["step_s"] == pytest.approx(compute) and one["wait_s"] == {}
+    free = md.predict(PROF, ToyShape, "data", 2, 1, 16, FREE)
+    assert free["step_s"] == pytest.approx(compute)
+    assert free["images_per_s"] == pytest.approx(32 / compute)
+
+
+def test_data_parallel_without_overlap_adds_every_bucket():
+    r = md.predict(PROF, ToyShape, "data", 2, 1, 16, LINK, overlap=0.0)
+    # 2 ranks, Rabenseifner (n > 2 KiB? no: 280 and 120 B are short: recursive doubling)
+    cost = sum(1e-3 * 1 + 1e-3 * 1 * b for b in (280, 120))
+    assert r["exposed_s"] == pytest.approx(cost)
+    assert r["step_s"] == pytest.approx(r["compute_s"] + cost)
+    assert r["bytes"] == {"allreduce": 400}
+
+
+def test_overlap_hides_a_bucket_behind_backward():
+    link = {k: (0.0, 1e-3) for k in ab.KINDS}
+    # bucket 0 (280 B, 0.28 s) is ready after the head's backward (0.32 s), with 3.2 s of conv
+    # backward left to hide it: fully hidden at overlap 1; bucket 1 (0.12 s) starts at the end
+    r = md.predict(PROF, ToyShape, "data", 2, 1, 16, link, overlap=1.0)
+    assert r["exposed_s"] == pytest.approx(0.12)
+    # at overlap 0.05 only 0.05 * 3.2 = 0.16 s of bucket 0 is done by the end: 0.12 + 0.12 left
+    r = md.predict(PROF, ToyShape, "data", 2, 1, 16, link, overlap=0.05)
+    assert r["exposed_s"] == pytest.approx(0.12 + 0.12)
+
+
+def test_hybrid_a_collectives_and_head_split():
+    cols = md.collectives(ToyShape, "hybrid", 2, 16, (1, 2), "a")
+    kinds = [(k, g, b) for k, g, b, _, _ in cols]
+    assert kinds == [("allgather", 2, 8), ("allgather", 2, 128), ("allgather", 2, 4 * 16 * 9),
+                     ("allreduce_loss", 2, 8 * 32), ("allreduce_loss", 2, 16 * 32),
+                     ("reduce_scatter", 2, 4 * 2 * 16 * 9), ("allreduce", 2, 120)]
+    r = md.predict(PROF, ToyShape, "hybrid", 2, 1, 16, FREE, grid=(1, 2), scheme="a")
+    # the head runs on 32 examples split in 2: half of its time at batch 32
+    head = (cm.layer_time(PROF, 32, 1, "fwd") + cm.layer_time(PROF, 32, 1, "bwd")) / 2
+    opt = cm.optimizer_time(PROF, 30 + 70 / 2)
+    assert r["compute_s"] == pytest.approx(1.6 + 3.2 + head + 0.016 + opt)
+
+
+def test_hybrid_b_broadcasts_move_every_round():
+    cols = md.collectives(ToyShape, "hybrid", 2, 4, (1, 2), "b")
+    bc = [(sent, moved) for k, _, sent, moved, _ in cols if k == "bcast"]
+    assert bc == [(144, 144), (0, 144)]
+    assert md.predict_bytes(ToyShape, "hybrid", 2, 4, (1, 2), "b")["reduce"] == 2 * 144
+
+
+def test_model_bytes_data_parallel_equal_the_gradient_buffer():
+    from hpcnn.nn import NETS, build_net
+
+    model = build_net("owt_cifar", NETS["owt_cifar"][2], 10, narrow=16)
+    shape = md.NetShape(model)
+    assert md.predict_bytes(shape, "data", 4, 8) == {"allreduce": model.group.nbytes()}
+    assert md.predict_bytes(shape, "data", 1, 8) == {}
+    assert shape.feature_bytes + shape.head_bytes == model.group.nbytes()
+
+
+# the CSV -------------------------------------------------------------------------------------
+def _row(**kw):
+    row = {c: 0.0 for c in csvio.COLUMNS}
+    row.update({c: 1 for c in csvio.INTS})
+    row.update(time_utc="2026-12-01T00:00:00Z", cpu="test cpu", net="cifar10_quick",
+               parallel="data", scheme="", grid="1x1", link="shm", command="python -m x 'a,b'",
+               images_per_s=100.0, batch_per_rank=16, global_batch=16)
+    row.update(kw)
+    return row
+
+
+def test_csv_round_trip(tmp_path):
+    path = str(tmp_path / "sub" / "points.csv")
+    rows = [_row(), _row(net="owt_cifar", parallel="hybrid", scheme="b", grid="1x2", ranks=2,
+                         images_per_s=1.0 / 3, command='say "hi", twice')]
+    for r in rows:
+        csvio.append_row(path, r)
+    with open(path) as f:
+        text = f.read()
+    assert text.count("time_utc,") == 1  # one header
+    back = csvio.read_rows(path)
+    assert back == rows
+
+
+def test_csv_refuses_malformed(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b,c\n1,2,3\n")
+    with pytest.raises(csvio.CsvError, match="line 1 is not the scaling study's header"):
+        csvio.read_rows(str(bad))
+    with pytest.raises(csvio.CsvError, match="header is not the scaling study's"):
+        csvio.append_row(str(bad), _row())
+    good = tmp_path / "good.csv"
+    csvio.append_row(str(good), _row())
+    with open(good, "a") as f:
+        f.write("1,2,3\n")
+    with pytest.raises(csvio.CsvError, match=r"line 3: 3 fields, expected \d+"):
+        csvio.read_rows(str(good))
+    nan = tmp_path / "nan.csv"
+    csvio.append_row(str(nan), _row(images_per_s=float("nan")))
+    with pytest.raises(csvio.CsvError, match="not a finite number"):
+        csvio.read_rows(str(nan))
+    with pytest.raises(csvio.CsvError, match="cannot read"):
+        csvio.read_rows(str(tmp_path / "missing.csv"))
+    with pytest.raises(ValueError, match="row columns differ"):
+        csvio.format_row({"net": "x"})
+
+
+# command lines: bad input is one line and exit 2 ---------------------------------------------
+def _cli(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=120)
+
+
+@pytest.mark.parametrize("args,msg", [
+    (("hpcnn.scaling",), "usage"),
+    (("hpcnn.scaling", "frobnicate"), "unknown command"),
+    (("hpcnn.scaling", "point", "--net", "nope", "--csv", "x.csv"), "unknown --net"),
+    (("hpcnn.scaling", "point", "--parallel", "data", "--scheme", "b", "--csv", "x.csv"),
+     "need --parallel hybrid"),
+    (("hpcnn.scaling", "point", "--steps", "0", "--csv", "x.csv"), "must be positive"),
+    (("hpcnn.scaling", "run", "--layouts", "2y1:fast", "--dry-run"), "a layout looks like"),
+    (("hpcnn.scaling", "run", "--layouts", "2x1:shm", "--dry-run"), "need a link rate"),
+    (("hpcnn.scaling", "run", "--modes", "data,z", "--dry-run"), "unknown 'z'"),
+    (("hpcnn.scaling", "run", "--comm", "1:1gbit", "--dry-run"), "NODES >= 2"),
+    (("hpcnn.scaling", "model"), "choose fit, compute or predict"),
+    (("hpcnn.scaling", "model", "predict", "--net", "owt_cifar", "--link", "carrier-pigeon"),
+     "unknown --link"),
+    (("hpcnn.bench", "comm", "--kinds", "gossip"), "unknown --kinds"),
+    (("hpcnn.bench", "comm", "--allreduce-algorithm", "magic"), "unknown --allreduce-algorithm"),
+])
+def test_bad_command_line_is_one_line_exit_2(args, msg):
+    r = _cli(*args)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and msg in lines[0], r.stderr
+
+
+def test_report_refuses_malformed_csv(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("nodes,ranks\n1,2\n")
+    r = _cli("hpcnn.scaling", "report", "--csv", str(bad), "--out", str(tmp_path))
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        f"error: {bad}: line 1 is not the scaling study's header (2 columns, expected "
+        f"{len(csvio.COLUMNS)}; 'nodes' where 'time_utc' belongs)"]
+
+
+def test_run_dry_run_lists_the_matrix():
+    r = _cli("hpcnn.scaling", "run", "--dry-run", "--layouts", "1x1:shm,2x1:1gbit",
+             "--nets", "owt_cifar", "--batches", "16,64", "--csv", "/tmp/none.csv")
+    assert r.returncode == 0, r.stderr
+    labels = [ln.split("] ")[1].split(":")[0] + ":" + ln.split(":")[3].split(" ")[0]
+              for ln in r.stdout.splitlines() if ln.startswith("[")]
+    # one rank: data only; two nodes: data and the three hybrid schemes
+    assert len(labels) == 2 + 2 * 4
+    assert labels[0] == "owt_cifar/data/b16/1x1:shm"
+    assert "cluster-local.sh" in r.stdout and "-ppn 1 -n 2" in r.stdout
+
+
+# the report ----------------------------------------------------------------------------------
+def test_report_builds_from_a_small_csv(tmp_path):
+    from hpcnn.scaling import report
+
+    # a profile of owt_cifar's layer list, with made-up times
+    shape = md.NetShape.of("owt_cifar")
+    from hpcnn.nn import NETS, build_net
+
+    model = build_net("owt_cifar", NETS["owt_cifar"][2], 10)
+    layers = [{"name": lay.name, "part": "feature" if i < model.head_start else "head",
+               "params": int(sum(p.data.size for p in lay.params()))}
+              for i, lay in enumerate(model.layers)]
+    L = len(layers)
+    prof = {"net": "owt_cifar", "threads": 1, "cpu": "t", "layers": layers,
+            "params_feature": shape.feature_bytes // 4, "params_head": shape.head_bytes // 4,
+            "batches": {str(b): {"fwd": [1e-4 * b] * L, "bwd": [2e-4 * b] * L,
+                                 "loss": 1e-5 * b, "optimizer": 0.02} for b in (16, 64)}}
+    with open(tmp_path / "compute_owt_cifar.json", "w") as f:
+        json.dump(prof, f)
+    fits = {"links": {"1gbit": {"kinds": {k: [50e-6, 1 / 1.1e8] for k in ab.KINDS},
+                                "overlap": 0.2, "detail": {}}}}
+    with open(tmp_path / "alphabeta.json", "w") as f:
+        json.dump(fits, f)
+    csv_path = str(tmp_path / "points.csv")
+    csvio.append_row(csv_path, _row(net="owt_cifar", batch_per_rank=16, images_per_s=20.0))
+    csvio.append_row(csv_path, _row(net="owt_cifar", batch_per_rank=16, images_per_s=12.0,
+                                    ranks=2, nodes=2, link="1gbit", grid="2x1",
+                                    global_batch=32))
+    csvio.append_row(csv_path, _row(net="owt_cifar", batch_per_rank=16, images_per_s=35.0,
+                                    ranks=2, nodes=2, link="1gbit", parallel="hybrid",
+                                    scheme="a", grid="1x2", global_batch=32))
+    out = str(tmp_path / "out")
+    assert report.main(["--csv", csv_path, "--fits", str(tmp_path / "alphabeta.json"),
+                        "--profiles", str(tmp_path), "--comm-dir", str(tmp_path / "none"),
+                        "--out", out]) == 0
+    text = open(os.path.join(out, "report.md")).read()
+    assert "| owt_cifar | hybrid a | 2x1 | 1gbit | 16 | 35.0 |" in text
+    assert "2.92x** measured" in text  # 35 / 12
+    assert "Projection to 864 nodes" in text and "772x" in text
+    assert "Model error" in text and md.ASSUMPTIONS.splitlines()[0] in text
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert "No PNGs: matplotlib is not installed" in text
+        pytest.skip("matplotlib is not installed: the PNGs are not made (the report says so)")
+    for name in ("speedup_owt_cifar.png", "breakdown.png", "batch_owt_cifar.png"):
+        assert os.path.getsize(os.path.join(out, name)) > 1000
+        assert f"]({name})" in text
