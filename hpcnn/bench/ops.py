@@ -24,7 +24,6 @@ import subprocess
 import sys
 import time
 
-
 # ---------------------------------------------------------------------------------------------
 # workloads: each returns {"unit": what one repetition is, "ops": {impl: {kind: seconds}}}
 
@@ -55,7 +54,7 @@ def sae_workload(reps, visible=64, hidden=25, n=10000, seed=0):
         model = ae.SparseAutoencoder(cfg, None, np.float32, ops)
         model.loss_and_grad(theta, x, n)  # warm-up (compiles)
 
-        def run():
+        def run(model=model):
             t = OpTimer()
             model.loss_and_grad(theta, x, n, timer=t)
             return t.seconds
@@ -79,7 +78,7 @@ def fista_workload(reps, visible=64, atoms=256, n=10000, iters=20, seed=0):
     for ops in (NUMPY_OPS, KERNEL_OPS):
         fi.fista(X[:10], D, 0.1, 2, L=L, ops=ops)  # warm-up
 
-        def run():
+        def run(ops=ops):
             t = OpTimer()
             fi.fista(X, D, 0.1, iters, L=L, ops=ops, timer=t)
             return t.seconds
