@@ -30,7 +30,7 @@ TRAJECTORY_KEYS = ("dataset", "seed", "batch_size", "batch_per_rank", "lr", "lr_
                    "lr_scaling", "warmup_epochs", "momentum", "weight_decay", "sync",
                    "average_every", "average_optimizer_state", "synthetic_train",
                    "synthetic_test", "synthetic_shape", "hidden", "algo", "parallel", "grid",
-                   "hybrid_scheme")
+                   "hybrid_scheme", "text", "bptt")
 
 
 @dataclass
@@ -116,6 +116,7 @@ class Checkpointer:
             "step": pos.step, "epoch": pos.epoch, "index": pos.index,
             "loss_sum": pos.loss_sum, "loss_n": pos.loss_n, "net": self.args.net,
             "input_shape": list(model.input_shape), "num_params": self.strategy.num_params(),
+            "model": getattr(model, "meta", None),  # e.g. an rnn's vocabulary
             "arrays": {k: list(v) for k, v in self.strategy.expected_state().items()},
             "rows": rows, "config": vars(self.args), "ranks": self.size,
             "sync": self.args.sync, "strategy": self.strategy.describe(),

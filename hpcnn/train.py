@@ -32,7 +32,7 @@ from hpcnn.argtypes import nonneg_float, positive_float, positive_int
 from hpcnn.errors import DataError, HpcnnError, RankLocalError, UsageError, end_job
 from hpcnn.parallel.runtime import reduce_timing
 
-DATASET_CHOICES = ("mnist", "fashion-mnist", "cifar10", "synthetic")
+DATASET_CHOICES = ("mnist", "fashion-mnist", "cifar10", "synthetic", "text")
 SYNC_CHOICES = ("grad", "average")
 LR_SCALING_CHOICES = ("none", "linear")
 LARGE_BATCH = 8192  # Goyal et al. (2017): linear scaling + warm-up holds up to about 8k images
@@ -50,7 +50,8 @@ def build_parser():
 
     p = _Parser(prog="python -m hpcnn.train", description=__doc__.split("\n\n")[0],
                 formatter_class=_HelpFormatter)
-    p.add_argument("--net", default="lenet5", help="lenet5, mlp or cifar10_quick")
+    p.add_argument("--net", default="lenet5",
+                   help="lenet5, mlp, cifar10_quick, owt_cifar, or rnn (with --dataset text)")
     p.add_argument("--dataset", default="mnist", help=", ".join(DATASET_CHOICES))
     p.add_argument("--data-dir", default=None,
                    help="folder holding the dataset's files (default $HPCNN_DATA/<dataset>, "
@@ -89,7 +90,12 @@ def build_parser():
                    help="end with a table of where the time went, per op kind and per layer")
     p.add_argument("--trace", default=None, metavar="FILE",
                    help="write a Chrome trace-event JSON timeline of every rank (Perfetto)")
-    p.add_argument("--hidden", type=at.width, default=300, help="hidden width of mlp")
+    p.add_argument("--hidden", type=at.width, default=300, help="hidden width of mlp and rnn")
+    p.add_argument("--text", default=None, metavar="PATH",
+                   help="--dataset text: a UTF-8 text file (a character-level language model)")
+    p.add_argument("--bptt", type=int, default=None, metavar="T",
+                   help="rnn: window of T steps of truncated backpropagation through time "
+                        "(default 50)")
     p.add_argument("--algo", default="auto", help="convolution strategy (hpcnn.kernels)")
     p.add_argument("--synthetic-train", type=positive_int, default=10000,
                    help="synthetic training images")
@@ -140,12 +146,14 @@ def parse_args(argv=None):
 
 def validate(args):
     """Checks that need no data and no MPI: identical on every rank, so safe to raise anywhere."""
+    from hpcnn import lm
     from hpcnn.kernels import conv as conv_kernels
     from hpcnn.nn import NETS
     from hpcnn.optim import LR_POLICIES
 
-    if args.net not in NETS:
-        raise UsageError(f"unknown net {args.net!r}; choose from {', '.join(NETS)}")
+    if args.net not in NETS and args.net != lm.NET:
+        raise UsageError(f"unknown net {args.net!r}; choose from {', '.join(NETS)}, {lm.NET}")
+    lm.validate(args)
     if args.dataset not in DATASET_CHOICES and not args.dataset.startswith("h5:"):
         raise UsageError(f"unknown dataset {args.dataset!r}; choose from "
                          f"{', '.join(DATASET_CHOICES)}")
@@ -270,8 +278,10 @@ class Metrics:
 
 def load_data(args, input_shape):
     """Load the dataset, or synthetic data when asked or (with --fallback-synthetic) needed."""
-    from hpcnn import data
+    from hpcnn import data, lm
 
+    if args.dataset == lm.DATASET:
+        return lm.load(args), None
     if args.dataset == "synthetic":
         shape = args.synthetic_shape or input_shape
         return data.load_dataset("synthetic", synthetic_shape=shape,
@@ -329,7 +339,7 @@ def eval_batch_sizes(n, size, batch=EVAL_BATCH):
     return sorted({b - a for rank in range(size) for a, b in eval_pieces(n, size, rank, batch)})
 
 
-def warm_kernel_cache(comm, model, x, y, eval_batches=()):
+def warm_kernel_cache(comm, model, x, y, eval_batches=(), loss=None):
     """Rank 0 compiles (or loads) every kernel of a step and tunes the convolutions first; the
     others wait, then load the kernels and adopt rank 0's choices of convolution strategy.
 
@@ -343,7 +353,8 @@ def warm_kernel_cache(comm, model, x, y, eval_batches=()):
     here too (a forward of the feature stage on zeros). The choices shared are those of the
     autotuners of the model's "auto" layers (``layer.tuner``; None: the kernels' default one).
     """
-    from hpcnn.kernels import _jit, conv, softmax_cross_entropy
+    from hpcnn.kernels import _jit, conv
+    from hpcnn.nn.loss import SOFTMAX_CE
 
     if comm is None or comm.Get_size() == 1:
         return
@@ -357,7 +368,7 @@ def warm_kernel_cache(comm, model, x, y, eval_batches=()):
     if not (_jit.CACHE or auto):
         return
     if comm.Get_rank() == 0:
-        _, dlogits = softmax_cross_entropy(model.forward(x), y)
+        _, dlogits = (loss or SOFTMAX_CE)(model.forward(x), y)
         model.backward(dlogits)
         model.zero_grad()
         for n in eval_batches if auto else ():
@@ -399,6 +410,7 @@ class RunConfig:
     total_steps: int = 0
     policy_args: dict = field(default_factory=dict)
     warmup_steps: int = 0
+    per_example: int = 1  # items per example of a batch, for the rates: T characters of a text
 
     @classmethod
     def resolve(cls, args, solver, size):
@@ -442,7 +454,7 @@ class RunConfig:
                     policy_args=self.policy_args, warmup_steps=self.warmup_steps)
 
 
-def make_strategy(args, comm, model, cfg):
+def make_strategy(args, comm, model, cfg, loss=None):
     """The parallel strategy the options ask for, with SGD over the parameters a rank holds."""
     from functools import partial
 
@@ -453,7 +465,7 @@ def make_strategy(args, comm, model, cfg):
     return build_strategy(comm, model, optimizer, parallel=args.parallel, sync=args.sync,
                           grid=args.grid, scheme=args.hybrid_scheme, bucket_mb=args.bucket_mb,
                           overlap=not args.no_overlap, average_every=args.average_every,
-                          average_optimizer_state=args.average_optimizer_state)
+                          average_optimizer_state=args.average_optimizer_state, loss=loss)
 
 
 def run(args, comm, threads):
@@ -471,6 +483,7 @@ class Log:
 
     def __init__(self, master, interval):
         self.master, self.interval = master, interval
+        self.unit = "img"  # what the rates count: "char" for a text
         self.reset_window()
 
     def say(self, msg):
@@ -489,12 +502,13 @@ class Log:
             rate = self.img_win / (now - self.t_win)
             eta = (total - step) * images / rate
             print(f"epoch {epoch} step {step}/{total} loss {self.win_loss / self.win_n:.4f} "
-                  f"{rate:,.0f} img/s eta {fmt_time(eta)}", flush=True)
+                  f"{rate:,.0f} {self.unit}/s eta {fmt_time(eta)}", flush=True)
             self.reset_window()
 
     def header(self, args, ds, strategy, cfg, size, threads, solver):
-        from hpcnn import __version__
+        from hpcnn import __version__, lm
 
+        self.unit = "char" if lm.is_text(ds) else "img"
         self.say(f"hpcnn {__version__} | net {args.net} ({strategy.num_params():,} parameters) "
                  f"| dataset {ds.name} {'x'.join(map(str, ds.input_shape))}, "
                  f"{len(ds.x_train)} train / {len(ds.x_test)} test")
@@ -520,9 +534,16 @@ class Log:
         c, w, d = (timing[k] for k in TIMING_KEYS)
         kinds = ", ".join(f"{k} {v / 2**20:.2f}" for k, v in sorted(record["bytes_per_step"]
                                                                     .items()) if v)
-        print(f"epoch {record['epoch']} done: train loss {record['train_loss']:.4f} | test "
-              f"accuracy {100 * record['test_accuracy']:.2f}% | "
-              f"{record['images_per_second']:,.0f} img/s | per step compute "
+        if "test_perplexity" in record:
+            scores = (f"train loss {record['train_loss']:.4f} (perplexity "
+                      f"{record['train_perplexity']:.2f}) | held-out perplexity "
+                      f"{record['test_perplexity']:.2f}, next-char accuracy "
+                      f"{100 * record['test_accuracy']:.2f}%")
+        else:
+            scores = (f"train loss {record['train_loss']:.4f} | test accuracy "
+                      f"{100 * record['test_accuracy']:.2f}%")
+        print(f"epoch {record['epoch']} done: {scores} | "
+              f"{record['images_per_second']:,.0f} {self.unit}/s | per step compute "
               f"{1e3 * c['mean']:.1f} ms, comm wait {1e3 * w['mean']:.1f} ms (max "
               f"{1e3 * w['max']:.1f}), data {1e3 * d['mean']:.1f} ms"
               + (f", MiB sent {kinds}" if kinds else "")
@@ -559,7 +580,7 @@ def run_epoch(strategy, ctl, batches, log, cfg, epoch, step, first, loss_sum, lo
         res.steps += 1
         res.loss_sum += loss
         res.loss_n += 1
-        log.progress(epoch, step, cfg.total_steps, loss, cfg.batch)
+        log.progress(epoch, step, cfg.total_steps, loss, cfg.batch * cfg.per_example)
         if ctl.after_step(step, epoch, i + 1, loss, res.loss_sum, res.loss_n):
             res.stopped = True  # a stop signal: checkpoint written
             break
@@ -585,12 +606,13 @@ def _fault_hooks(rank):
 
 def _setup(args, comm, log):
     """Data, model, strategy and the resolved configuration, checked alike on every rank."""
+    from hpcnn import lm
     from hpcnn.kernels import autotune, conv
     from hpcnn.nn import NETS, build_net
     from hpcnn.parallel import agree
 
     rank, size = comm.Get_rank(), comm.Get_size()
-    _, solver, net_shape = NETS[args.net]
+    _, solver, net_shape = lm.ENTRY if args.net == lm.NET else NETS[args.net]
     cfg = RunConfig.resolve(args, solver, size)
     step_fault, data_fault = _fault_hooks(rank)
 
@@ -601,6 +623,14 @@ def _setup(args, comm, log):
     ds, why = agree(comm, load, args, net_shape)
     if why:
         log.say(f"data: {why}")
+    if lm.is_text(ds):  # windows of characters: agree, the text may be too short
+        cfg.per_example = ds.bptt
+        cfg.fit(args, agree(comm, ds.train_examples, cfg.batch))
+        model, loss = lm.build(args, ds)
+        x, y = lm.sample_batch(ds, cfg.per_rank, args.hidden)
+        warm_kernel_cache(comm, model, x, y, loss=loss)
+        return ds, agree(comm, make_strategy, args, comm, model, cfg, loss), cfg, solver, \
+            step_fault
     cfg.fit(args, len(ds.x_train))
     kwargs = {"algo": args.algo}
     if args.net == "mlp":
@@ -638,6 +668,7 @@ def _epoch_record(comm, strategy, res, epoch, step, acc, images_per_second, t0, 
 
 def _epoch(args, ds, strategy, ctl, log, cfg, epoch, step, pos, rank, step_fault):
     """This rank's steps of one epoch (from ``pos`` when it is the resumed one)."""
+    from hpcnn import lm
     from hpcnn.data.batches import EpochBatches
 
     # One global shuffle per epoch, identical on every rank (seeded by seed and epoch).
@@ -645,8 +676,12 @@ def _epoch(args, ds, strategy, ctl, log, cfg, epoch, step, pos, rank, step_fault
     resumed = epoch == pos.epoch
     first = pos.index if resumed else 0
     in_memory = isinstance(ds.x_train, np.ndarray)  # else an h5: store, read ahead
-    batches = EpochBatches(ds.x_train, ds.y_train, order, cfg.batch, cfg.per_rank, rank, first,
-                           cfg.steps_per_epoch, 0 if in_memory else args.prefetch)
+    if lm.is_text(ds):  # the rank's streams in order, their hidden states carried
+        batches = ds.epoch_batches(cfg.batch, cfg.per_rank, rank, first, cfg.steps_per_epoch,
+                                   lm.hidden(strategy))
+    else:
+        batches = EpochBatches(ds.x_train, ds.y_train, order, cfg.batch, cfg.per_rank, rank,
+                               first, cfg.steps_per_epoch, 0 if in_memory else args.prefetch)
     strategy.reset_timings()
     log.reset_window()
     t = time.perf_counter()
@@ -676,14 +711,24 @@ class Throughput:
 
 def _end_of_epoch(comm, ds, strategy, res, epoch, step, cfg, speed, metrics, log):
     """Evaluate, then log and record the epoch; returns (test accuracy, metrics record)."""
+    from hpcnn import lm
+
     size = comm.Get_size()
-    ips = speed.add(res, cfg.batch)
+    ips = speed.add(res, cfg.batch * cfg.per_example)
     if size > 1:
         res.loss_sum = comm.allreduce(res.loss_sum) / size
+    text = {}
     with profile.region("evaluate"):
-        acc = evaluate(strategy, ds.x_test, ds.y_test, comm)
+        if lm.is_text(ds):  # held-out perplexity; "accuracy": of the next character
+            ppl, acc, loss = ds.evaluate(strategy, comm, cfg.batch, lm.hidden(strategy))
+            train = res.loss_sum / max(1, res.loss_n)
+            text = {"train_perplexity": float(np.exp(train)), "test_perplexity": ppl,
+                    "test_loss": loss, "chars_per_second": ips}
+        else:
+            acc = evaluate(strategy, ds.x_test, ds.y_test, comm)
     record, timing = _epoch_record(comm, strategy, res, epoch, step, acc, ips, speed.t0,
                                    cfg.lr_at(max(0, step - 1)))
+    record.update(text)
     metrics.write(record)
     log.epoch_line(record, timing)
     return acc, record
@@ -732,8 +777,10 @@ def _finish(args, comm, threads, ds, strategy, cfg, ctl, metrics, log, record, s
                    **ctl.finish())
     metrics.write(summary)
     metrics.close()
-    log.say(f"finished: {step} steps | test accuracy {100 * acc:.2f}% | "
-            f"{summary.get('images_per_second', 0):,.0f} img/s | "
+    ppl = (f"held-out perplexity {summary['test_perplexity']:.2f}, "
+           if "test_perplexity" in summary else "")
+    log.say(f"finished: {step} steps | {ppl}test accuracy {100 * acc:.2f}% | "
+            f"{summary.get('images_per_second', 0):,.0f} {log.unit}/s | "
             f"total {fmt_time(summary['elapsed_s'])}")
     if profile.enabled():
         profile.disable()

@@ -34,7 +34,8 @@ class SoftmaxCrossEntropy:
 
 
 class SequenceCrossEntropy:
-    """Per-step softmax cross-entropy over a window: logits (T, B, V) time-major, targets (B, T).
+    """Per-step softmax cross-entropy over a window: logits (T*B, V) in time-major rows (or
+    (T, B, V)), targets (B, T) (row ``t*B + b`` predicts ``y[b, t]``).
 
     The mean is over the B*T predicted characters of this rank; with ``scale`` = 1/ranks (every
     rank predicting as many characters) the summed gradient is that of the loss normalised by
@@ -55,17 +56,17 @@ class SequenceCrossEntropy:
         from hpcnn.kernels.rnn import softmax_ce_steps
 
         z, labels = self._flat(logits, y)
-        total, _ = softmax_ce_steps(z, labels, 0.0)
+        total, _ = softmax_ce_steps(z, labels, 0.0, grad=False)
         return total, int((np.argmax(z, axis=1) == labels).sum()), len(labels)
 
     @staticmethod
     def _flat(logits, y):
-        t, b, v = logits.shape
         y = np.asarray(y)
-        if y.shape != (b, t):
-            raise ValueError(f"sequence_cross_entropy: targets {y.shape} do not match logits "
-                             f"{logits.shape} (want targets (B, T) = ({b}, {t}))")
-        return logits.reshape(t * b, v), np.ascontiguousarray(y.T).reshape(-1)
+        v = logits.shape[-1]
+        if y.ndim != 2 or logits.size != y.size * v:
+            raise ValueError(f"sequence_cross_entropy: targets {y.shape} (B, T) do not match "
+                             f"logits {logits.shape} (T*B, V)")
+        return logits.reshape(-1, v), np.ascontiguousarray(y.T).reshape(-1)
 
 
 SOFTMAX_CE = SoftmaxCrossEntropy()
