@@ -10,7 +10,8 @@ buffer of a broadcast or a reduce, a rank's whole send buffer of an all-to-all.
 OSU style (osu_allreduce): for each size the buffers are allocated once, the first iterations are
 warm-up, a ``Barrier`` starts the timed loop and ``MPI.Wtime`` times it. The iteration count is
 rank 0's choice (enough for ``--budget`` seconds, within OSU's counts), broadcast so every rank
-loops alike. Rank 0 prints the mean over ranks (and the slowest rank) and writes the JSON.
+loops alike. Rank 0 prints the mean over ranks (and the slowest rank's), the slowest rank's
+median of the iterations (each timed alone) and writes the JSON.
 
 ``--allreduce-algorithm ring|recursive_doubling|...`` sets MPICH's
 ``MPIR_CVAR_ALLREDUCE_INTRA_ALGORITHM`` before MPI starts (what the alpha-beta model's ring and
@@ -78,10 +79,13 @@ def _op(comm, kind, nbytes):
 
 
 def measure(comm, kind, nbytes, iters, warmup, budget=None):
-    """Seconds per ``kind`` collective of ``nbytes`` on this rank (the timed loop only).
+    """(mean seconds, median seconds, iterations) of ``kind`` collectives of ``nbytes`` on this
+    rank (the timed loop only). The median of the iterations, each timed alone, is what a
+    preempted iteration does not move: the machines are shared.
 
     With ``budget`` (seconds), rank 0 lowers ``iters`` to what fits the budget after timing the
     warm-up, and every rank follows (one ``bcast``)."""
+    import numpy as np
     from mpi4py import MPI
 
     op = _op(comm, kind, nbytes)
@@ -92,11 +96,14 @@ def measure(comm, kind, nbytes, iters, warmup, budget=None):
     if budget is not None:
         per = (MPI.Wtime() - t) / max(1, warmup)
         iters = comm.bcast(max(3, min(iters, int(budget / max(per, 1e-9)))), root=0)
+    each = np.empty(iters)
     comm.Barrier()
     t = MPI.Wtime()
-    for _ in range(iters):
+    for i in range(iters):
+        t0 = MPI.Wtime()
         op()
-    return (MPI.Wtime() - t) / iters, iters
+        each[i] = MPI.Wtime() - t0
+    return (MPI.Wtime() - t) / iters, float(np.median(each)), iters
 
 
 class _Parser(argparse.ArgumentParser):
@@ -180,21 +187,23 @@ def main(argv):
             print(f"# {kind} (float32), {size} ranks on {nodes} node(s), link {a.link}{algo}, "
                   f"{library}")
             print(f"# {'bytes':>10} {'iters':>6} {'avg us':>11} {'max us':>11} "
-                  f"{'algbw MB/s':>11}", flush=True)
+                  f"{'median us':>11} {'algbw MB/s':>11}", flush=True)
         rows = []
         for nbytes in sizes(a.min_bytes, a.max_bytes, a.factor):
             iters, warm = iterations(nbytes, a.iter_scale)
-            t, iters = measure(comm, kind, nbytes, iters, warm, a.budget)
-            t = np.array([t], dtype=np.float64)
-            tsum, tmax = np.zeros(1), np.zeros(1)
+            t, med, iters = measure(comm, kind, nbytes, iters, warm, a.budget)
+            t = np.array([t, med], dtype=np.float64)
+            tsum, tmax = np.zeros(2), np.zeros(2)
             comm.Reduce(t, tsum, op=MPI.SUM, root=0)
             comm.Reduce(t, tmax, op=MPI.MAX, root=0)
             if rank == 0:
                 avg = tsum[0] / size
+                med = tmax[1]  # the slowest rank's median: a collective ends with its last rank
                 rows.append({"bytes": nbytes, "iterations": iters, "avg_us": avg * 1e6,
-                             "max_us": tmax[0] * 1e6, "algbw_MBps": nbytes / avg / 1e6})
+                             "max_us": tmax[0] * 1e6, "median_us": med * 1e6,
+                             "algbw_MBps": nbytes / avg / 1e6})
                 print(f"  {nbytes:>10} {iters:>6} {avg * 1e6:>11.2f} {tmax[0] * 1e6:>11.2f} "
-                      f"{nbytes / avg / 1e6:>11.1f}", flush=True)
+                      f"{med * 1e6:>11.2f} {nbytes / avg / 1e6:>11.1f}", flush=True)
         results[kind] = rows
     if rank == 0 and a.json:
         from hpcnn.atomic import atomic_path

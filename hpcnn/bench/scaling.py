@@ -61,68 +61,24 @@ def _batches(net_name, batch_per_rank, size, rank, seed, n_batches=4):
 
 
 def _worker_hpcnn(a):
-    from functools import partial
-
-    import numpy as np
     from mpi4py import MPI
 
-    from hpcnn.nn import build_net
-    from hpcnn.optim import SGD
-    from hpcnn.parallel import build_strategy, reduce_timing
-    from hpcnn.train import warm_kernel_cache
+    from hpcnn.scaling.point import measure
 
     comm = MPI.COMM_WORLD  # a worker is an entry point
-    size, rank = comm.Get_size(), comm.Get_rank()
-    ds, idx, solver, shape = _batches(a.net, a.batch_per_rank, size, rank, a.seed)
-    model = build_net(a.net, shape, 10, seed=a.seed)
-    # as hpcnn.train does: rank 0 compiles and tunes the convolutions on the whole model, every
-    # rank adopts its choices (tuned on each rank alone, the ranks can pick different strategies
-    # and then wait for the slowest at every collective)
-    k0 = idx[0]
-    warm_kernel_cache(comm, model, ds.x_train[k0], ds.y_train[k0])
-    opt = partial(SGD, lr=solver.lr, momentum=solver.momentum, weight_decay=solver.weight_decay)
     hybrid = a.parallel == "hybrid"
-    st = build_strategy(comm, model, opt, parallel=a.parallel,
-                        grid=(a.grid or f"1x{size}") if hybrid else None,
-                        scheme=a.scheme if hybrid else None, bucket_mb=a.bucket_mb,
-                        overlap=not a.no_overlap, progress=not a.no_polls)
-    t_data = t_step = 0.0
-    comm.Barrier()
-    t0 = MPI.Wtime()
-    for i in range(a.warmup + a.steps):
-        if i == a.warmup:
-            comm.Barrier()
-            t_data = t_step = 0.0
-            st.reset_timings()
-            t0 = MPI.Wtime()
-        ta = time.perf_counter()
-        k = idx[i % len(idx)]
-        x, y = ds.x_train[k], ds.y_train[k]
-        tb = time.perf_counter()
-        st.step(x, y, solver.lr)
-        t_data += tb - ta
-        t_step += time.perf_counter() - tb
-    elapsed = np.array([MPI.Wtime() - t0])
-    slowest = np.zeros(1)
-    comm.Reduce(elapsed, slowest, op=MPI.MAX, root=0)
-    n = a.steps
-    t = st.timings()
-    wait = sum(t["wait_s"].values())
-    timing = reduce_timing(comm, {"compute_s": (t_step - wait) / n, "allreduce_wait_s": wait / n,
-                                  "data_s": t_data / n, "step_s": elapsed[0] / n})
-    measured = {k: v / n for k, v in t["bytes"].items()}
-    analytic = st.bytes_per_step(a.batch_per_rank * size)
-    # bytes sent by the whole job per step: every rank's own (a hybrid rank's head differs)
-    job = np.array([sum(measured.values()), sum(analytic.values())], np.float64)
-    comm.Allreduce(MPI.IN_PLACE, job, op=MPI.SUM)
-    if rank == 0:
-        return {"images_per_second": n * a.batch_per_rank * size / slowest[0],
-                "buckets": len(getattr(st, "buckets", []) or []), "timing": timing,
-                "strategy": st.describe(), "bytes_per_step": measured,
-                "bytes_per_step_analytic": analytic, "job_bytes_per_step": float(job[0]),
-                "job_bytes_per_step_analytic": float(job[1]),
-                "wait_s_per_step": {k: v / n for k, v in t["wait_s"].items()}}
-    return None
+    res = measure(comm, a.net, a.parallel, a.scheme if hybrid else None, a.grid,
+                  a.batch_per_rank, a.steps, a.warmup, a.seed, a.bucket_mb,
+                  overlap=not a.no_overlap, progress=not a.no_polls)
+    if res is None:
+        return None
+    timing = dict(res["timing"], allreduce_wait_s=res["timing"]["wait_s"])
+    return {"images_per_second": res["mean_images_per_s"], "buckets": res["buckets"],
+            "timing": timing, "strategy": res["describe"], "bytes_per_step": res["rank0_bytes"],
+            "bytes_per_step_analytic": res["bytes_analytic"],
+            "job_bytes_per_step": res["job_bytes"],
+            "job_bytes_per_step_analytic": res["job_bytes_analytic"],
+            "wait_s_per_step": res["rank0_wait_s"]}
 
 
 def _worker_torch(a):

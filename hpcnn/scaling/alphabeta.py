@@ -129,9 +129,9 @@ def fit(samples):
 
 def fit_bench(results, p, kind_map=None):
     """(alpha, beta) per kind from one ``bench comm`` JSON's ``results`` ({kind: rows}) measured
-    on ``p`` ranks (seconds from each row's mean ``avg_us``)."""
+    on ``p`` ranks (seconds from each row's ``median_us``, else its mean ``avg_us``)."""
     out = {}
     for kind, rows in results.items():
         k = (kind_map or {}).get(kind, kind)
-        out[k] = fit([(k, p, r["bytes"], r["avg_us"] * 1e-6) for r in rows])
+        out[k] = fit([(k, p, r["bytes"], r.get("median_us", r["avg_us"]) * 1e-6) for r in rows])
     return out

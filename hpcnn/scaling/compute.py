@@ -66,10 +66,31 @@ def measure_net(net, batches, threads=1, reps=5, seed=0):
             if r:
                 tl.append(t1 - t0)
                 to.append(t2 - t1)
+        ts = []
+        for r in range(2 * reps + 1):  # whole training steps, as the loop runs them
+            t0 = time.perf_counter()
+            dp.step(x, y, solver.lr)
+            if r:
+                ts.append(time.perf_counter() - t0)
         model.zero_grad()
         out["batches"][str(b)] = {"fwd": fwd, "bwd": bwd, "loss": float(np.median(tl)),
-                                  "optimizer": float(np.median(to))}
+                                  "optimizer": float(np.median(to)),
+                                  "step": float(np.median(ts))}
     return out
+
+
+def calibration(prof, b):
+    """The factor on every layer's (and the loss's) time at batch ``b`` that makes the parts
+    add up to the whole training step measured at that batch (interpolated), the optimizer's
+    time kept: layers timed alone run with their inputs in cache, a training step does not.
+    1 when the profile holds no whole steps."""
+    if not all("step" in v for v in prof["batches"].values()):
+        return 1.0
+    parts = sum(_interp(prof, b, d, i) for d in ("fwd", "bwd")
+                for i in range(len(prof["layers"]))) + _interp(prof, b, "loss")
+    whole = _interp(prof, b, "step") - optimizer_time(prof, prof["params_feature"]
+                                                      + prof["params_head"])
+    return whole / parts if parts > 0 and whole > 0 else 1.0
 
 
 def _interp(prof, b, key, i=None):
@@ -88,11 +109,12 @@ def _interp(prof, b, key, i=None):
     raise AssertionError("unreachable")
 
 
-def layer_time(prof, b, i, direction):
-    """Seconds of layer ``i``'s forward or backward (``"fwd"``/``"bwd"``) at batch ``b``."""
+def layer_time(prof, b, i, direction, calibrate=True):
+    """Seconds of layer ``i``'s forward or backward (``"fwd"``/``"bwd"``) at batch ``b``,
+    scaled by :func:`calibration` unless ``calibrate`` is false."""
     if b <= 0:
         return 0.0
-    return _interp(prof, b, direction, i)
+    return _interp(prof, b, direction, i) * (calibration(prof, b) if calibrate else 1.0)
 
 
 def stage_time(prof, b, part, direction):
@@ -102,11 +124,12 @@ def stage_time(prof, b, part, direction):
 
 
 def loss_time(prof, b):
-    return _interp(prof, b, "loss") if b > 0 else 0.0
+    return _interp(prof, b, "loss") * calibration(prof, b) if b > 0 else 0.0
 
 
 def optimizer_time(prof, params):
-    """Seconds of an optimizer step over ``params`` parameters (the whole model's step, scaled)."""
+    """Seconds of an optimizer step over ``params`` parameters (the whole model's step, scaled;
+    its median over the batches: it does not depend on the batch)."""
     total = prof["params_feature"] + prof["params_head"]
     t = sorted(v["optimizer"] for v in prof["batches"].values())[len(prof["batches"]) // 2]
     return t * params / total

@@ -281,7 +281,7 @@ def fit_links(comm_dir):
             k = kmap.get(kind, kind)
             for r in rows:
                 groups.setdefault(doc["link"], {}).setdefault(k, []).append(
-                    (k, doc["ranks"], r["bytes"], r["avg_us"] * 1e-6))
+                    (k, doc["ranks"], r["bytes"], r.get("median_us", r["avg_us"]) * 1e-6))
     fits = {}
     for link, kinds in groups.items():
         fits[link] = {}
@@ -301,7 +301,7 @@ def fit_overlap(rows, profs, shapes, links):
     out = {}
     for link in sorted({r["link"] for r in rows}):
         pts = [r for r in rows if r["link"] == link and r["parallel"] == "data"
-               and r["ranks"] > 1 and r["net"] in profs and link in links]
+               and r["ranks"] > 1 and r["net"] in shapes and link in links]
         if not pts:
             continue
         best = None
@@ -309,8 +309,9 @@ def fit_overlap(rows, profs, shapes, links):
             w = k / 20
             err = 0.0
             for r in pts:
-                pr = predict(profs[r["net"]], shapes[r["net"]], "data", r["nodes"],
-                             r["ranks_per_node"], r["batch_per_rank"], links[link]["kinds"], w)
+                pr = predict(profile_for(profs, r["net"], r["ranks"]), shapes[r["net"]], "data",
+                             r["nodes"], r["ranks_per_node"], r["batch_per_rank"],
+                             links[link]["kinds"], w)
                 err += (pr["step_s"] / r["step_s_max"] - 1) ** 2
             if best is None or err < best[0] - 1e-12:
                 best = (err, w)
@@ -383,26 +384,52 @@ def _cmd_compute(a):
     if not batches or min(batches) < 1:
         raise UsageError(f"--batches must be positive, got {a.batches!r}")
     threads.pin_env(a.threads)
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD  # an entry point; under mpiexec -n K: K copies at once
     threads.apply(a.threads)
+    size = comm.Get_size()
+    comm.Barrier()
     prof = cm.measure_net(a.net, batches, a.threads, a.reps)
-    prof["command"] = f"python -m hpcnn.scaling model compute --net {a.net} --batches " \
-                      f"{a.batches} --threads {a.threads} --reps {a.reps}"
-    out = a.out or f"results/scaling/compute_{a.net}.json"
+    profs = comm.gather(prof, root=0)
+    if comm.Get_rank() != 0:
+        return 0
+    for b in prof["batches"]:  # the mean over the copies
+        for key in ("fwd", "bwd"):
+            prof["batches"][b][key] = [sum(q["batches"][b][key][i] for q in profs) / size
+                                       for i in range(len(prof["layers"]))]
+        for key in ("loss", "optimizer", "step"):
+            prof["batches"][b][key] = sum(q["batches"][b][key] for q in profs) / size
+    prof["concurrent"] = size
+    prof["command"] = (f"{'mpiexec -n %d ' % size if size > 1 else ''}python -m hpcnn.scaling "
+                       f"model compute --net {a.net} --batches {a.batches} --threads "
+                       f"{a.threads} --reps {a.reps}")
+    out = a.out or f"results/scaling/compute_{a.net}{'_x%d' % size if size > 1 else ''}.json"
     _write_json(out, prof)
     for b, v in prof["batches"].items():
-        print(f"{a.net} batch {b}: forward {1e3 * sum(v['fwd']):.1f} ms, backward "
-              f"{1e3 * sum(v['bwd']):.1f} ms, optimizer {1e3 * v['optimizer']:.1f} ms -> {out}")
+        print(f"{a.net} batch {b} ({size} cop{'ies' if size > 1 else 'y'} at once): forward "
+              f"{1e3 * sum(v['fwd']):.1f} ms, backward {1e3 * sum(v['bwd']):.1f} ms, optimizer "
+              f"{1e3 * v['optimizer']:.1f} ms, whole step {1e3 * v['step']:.1f} ms -> {out}")
     return 0
 
 
 def load_profiles(folder):
+    """{net: profile} of ``compute_NET.json`` (one process on the machine) and
+    {(net, K): profile} of ``compute_NET_xK.json`` (K processes at once)."""
     profs = {}
     if os.path.isdir(folder):
-        for name in os.listdir(folder):
+        for name in sorted(os.listdir(folder)):
             if name.startswith("compute_") and name.endswith(".json"):
                 prof = load_profile(os.path.join(folder, name))
-                profs[prof["net"]] = prof
+                k = int(prof.get("concurrent", 1))
+                profs[prof["net"] if k == 1 else (prof["net"], k)] = prof
     return profs
+
+
+def profile_for(profs, net, busy):
+    """The profile of ``net`` measured with ``busy`` processes on the machine, else the
+    single-process one (None when there is none)."""
+    return profs.get((net, busy)) if busy > 1 and (net, busy) in profs else profs.get(net)
 
 
 def _cmd_fit(a):
@@ -418,7 +445,7 @@ def _cmd_fit(a):
     if a.csv and os.path.exists(a.csv):
         rows = read_rows(a.csv)
         profs = load_profiles(a.profiles)
-        shapes = {n: NetShape.of(n) for n in profs}
+        shapes = {n: NetShape.of(n) for n in profs if isinstance(n, str)}
         overlap = fit_overlap(rows, profs, shapes, links)
     doc = {"command": "python -m hpcnn.scaling model fit --comm-dir " + a.comm_dir,
            "links": {name: {"kinds": {k: [v["alpha_s"], v["beta_s_per_byte"]]

@@ -7,9 +7,11 @@ Every rank trains the net on synthetic data (the same batches ``hpcnn.bench scal
 the strategy asked for; after ``--warmup`` untimed steps a barrier starts ``--steps`` timed ones.
 Rank 0 appends one row to the CSV (:mod:`hpcnn.scaling.csvio`): nodes (from the MPI
 shared-memory split), ranks, ranks per node, threads, the mode, per-rank and global batch, the
-link's label, images/s (the global images of the timed steps over the slowest rank's time), the
-step time split into compute, wait per collective kind and data (min, mean and max over ranks),
-the bytes each rank handed to each kind per step (mean over ranks), the command line and seed.
+link's label, images/s (the global batch over the slowest rank's median step time), that median
+step's time split into compute, wait per collective kind and data (min, mean and max over
+ranks), the bytes each rank handed to each kind per step (mean over ranks and steps), the
+command line and seed. Each rank's median step, not the mean: the machines are shared, and a
+step that another process preempted is not the typical one.
 """
 
 import argparse
@@ -97,9 +99,11 @@ def _fold(per_kind):
 
 
 def measure(comm, net, parallel, scheme, grid, batch_per_rank, steps, warmup, seed,
-            bucket_mb=25.0):
+            bucket_mb=25.0, overlap=True, progress=True):
     """Train ``net`` on synthetic data for ``warmup`` + ``steps`` steps; return (on rank 0; None
-    elsewhere) images/s, timing stats over ranks and bytes per step per kind.
+    elsewhere) images/s, timing stats over ranks (:func:`hpcnn.parallel.reduce_timing`), the
+    bytes per step per kind (mean over ranks, on the CSV's kinds), rank 0's own waits and bytes
+    per step per kind, and the job's total bytes per step, measured and analytic.
 
     Shared with ``python -m hpcnn.bench scaling`` (its workers call this)."""
     from functools import partial
@@ -124,40 +128,57 @@ def measure(comm, net, parallel, scheme, grid, batch_per_rank, steps, warmup, se
     hybrid = parallel == "hybrid"
     st = agree(comm, build_strategy, comm, model, opt, parallel=parallel,
                grid=(grid or f"1x{size}") if hybrid else None,
-               scheme=(scheme or "a") if hybrid else None, bucket_mb=bucket_mb)
-    t_data = t_step = 0.0
+               scheme=(scheme or "a") if hybrid else None, bucket_mb=bucket_mb,
+               overlap=overlap, progress=progress)
+    per_step = []  # (wall, data, step call, {kind: wait}, {kind: bytes}) of each timed step
     comm.Barrier()
-    t0 = MPI.Wtime()
+    t_start = MPI.Wtime()
     for i in range(warmup + steps):
         if i == warmup:
             comm.Barrier()
-            t_data = t_step = 0.0
-            st.reset_timings()
-            t0 = MPI.Wtime()
+            t_start = MPI.Wtime()
+        st.reset_timings()
         ta = time.perf_counter()
         k = idx[i % len(idx)]
         x, y = ds.x_train[k], ds.y_train[k]
         tb = time.perf_counter()
         st.step(x, y, solver.lr)
-        t_data += tb - ta
-        t_step += time.perf_counter() - tb
-    elapsed = MPI.Wtime() - t0
-    slowest = comm.allreduce(elapsed, op=MPI.MAX)
-    t = st.timings()
-    waits = _fold(t["wait_s"])
+        tc = time.perf_counter()
+        if i >= warmup:
+            t = st.timings()
+            per_step.append((tc - ta, tb - ta, tc - tb, t["wait_s"], t["bytes"]))
+    elapsed = MPI.Wtime() - t_start
+    # The median step of this rank (shared machines: a step another process preempted is not
+    # the typical one) and its breakdown; images/s from the slowest rank's median step.
+    order = sorted(range(steps), key=lambda j: per_step[j][0])
+    wall, data, call, wait_kinds, _ = per_step[order[(steps - 1) // 2]]
+    slowest = comm.allreduce(wall, op=MPI.MAX)
+    waits = _fold(wait_kinds)
     wait = sum(waits.values())
-    values = {"step_s": elapsed / steps, "compute_s": (t_step - wait) / steps,
-              "data_s": t_data / steps, "wait_s": wait / steps}
-    values.update({f"wait_{k}_s": waits[k] / steps for k in KINDS})
+    values = {"step_s": wall, "compute_s": call - wait, "data_s": data, "wait_s": wait}
+    values.update({f"wait_{k}_s": waits[k] for k in KINDS})
     timing = reduce_timing(comm, values)
-    nbytes = np.array([_fold(t["bytes"])[k] / steps for k in KINDS], np.float64)
-    comm.Allreduce(MPI.IN_PLACE, nbytes, op=MPI.SUM)
+    total_bytes, total_wait = {}, {}
+    for _, _, _, w, b in per_step:
+        for kk, v in b.items():
+            total_bytes[kk] = total_bytes.get(kk, 0) + v
+        for kk, v in w.items():
+            total_wait[kk] = total_wait.get(kk, 0.0) + v
+    t = {"bytes": total_bytes, "wait_s": total_wait}
     analytic = st.bytes_per_step(batch_per_rank * size)
+    nbytes = np.array([_fold(t["bytes"])[k] / steps for k in KINDS]
+                      + [sum(analytic.values())], np.float64)
+    comm.Allreduce(MPI.IN_PLACE, nbytes, op=MPI.SUM)  # the job's: every rank's own
     if rank != 0:
         return None
-    return {"images_per_s": steps * batch_per_rank * size / slowest, "timing": timing,
-            "bytes": dict(zip(KINDS, (nbytes / size).tolist())), "bytes_analytic": analytic,
-            "describe": st.describe()}
+    return {"images_per_s": batch_per_rank * size / slowest, "timing": timing,
+            "mean_images_per_s": steps * batch_per_rank * size / elapsed,
+            "bytes": dict(zip(KINDS, (nbytes[:-1] / size).tolist())),
+            "job_bytes": float(nbytes[:-1].sum()), "job_bytes_analytic": float(nbytes[-1]),
+            "rank0_bytes": {k: v / steps for k, v in t["bytes"].items()},
+            "rank0_wait_s": {k: v / steps for k, v in t["wait_s"].items()},
+            "bytes_analytic": analytic, "describe": st.describe(),
+            "buckets": len(getattr(st, "buckets", []) or [])}
 
 
 def run(a, comm, argv):

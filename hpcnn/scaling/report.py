@@ -35,13 +35,14 @@ def _link_params(links, name):
 
 def predict_row(r, profs, shapes, links):
     """The model's prediction for a measured row (None when its net or link is unknown)."""
-    if r["net"] not in profs or r["link"] not in links:
+    prof = md.profile_for(profs, r["net"], r["ranks"])  # all ranks on this one machine
+    if prof is None or r["link"] not in links:
         return None
     kinds, w = _link_params(links, r["link"])
     mode = _mode(r)
     par = "data" if mode == "data" else "hybrid"
     grid = tuple(int(x) for x in r["grid"].split("x")) if par == "hybrid" else None
-    return md.predict(profs[r["net"]], shapes[r["net"]], par, r["nodes"], r["ranks_per_node"],
+    return md.predict(prof, shapes[r["net"]], par, r["nodes"], r["ranks_per_node"],
                       r["batch_per_rank"], kinds, w, grid, mode if par == "hybrid" else "a")
 
 
@@ -74,6 +75,8 @@ def crossover(prof, shape, n, kinds, w, max_nodes=1024):
 def build(rows, profs, fits_path, out, comm_dir=None, plots=True):
     """Write ``out``/report.md (and the PNGs); returns the report's text."""
     links = md.load_links(fits_path)
+    every = profs
+    profs = {k: v for k, v in every.items() if isinstance(k, str)}  # one process per machine
     shapes = {n: md.NetShape.of(n) for n in profs}
     os.makedirs(out, exist_ok=True)
     lines = ["# Scaling study", ""]
@@ -87,7 +90,7 @@ def build(rows, profs, fits_path, out, comm_dir=None, plots=True):
     for r in sorted(rows, key=lambda r: (r["net"], r["ranks"], LINK_ORDER.index(r["link"])
                                          if r["link"] in LINK_ORDER else 9, r["batch_per_rank"],
                                          _mode(r))):
-        pr = predict_row(r, profs, shapes, links)
+        pr = predict_row(r, every, shapes, links)
         b = base.get((r["net"], r["batch_per_rank"]))
         spd = r["images_per_s"] / b["images_per_s"] if b else float("nan")
         err = pr["images_per_s"] / r["images_per_s"] - 1 if pr else float("nan")
@@ -131,8 +134,8 @@ def build(rows, profs, fits_path, out, comm_dir=None, plots=True):
                     continue
                 hy = max((m for m in pts if m != "data"), key=lambda m: pts[m]["images_per_s"])
                 meas = pts[hy]["images_per_s"] / pts["data"]["images_per_s"]
-                pd = predict_row(pts["data"], profs, shapes, links)
-                ph = predict_row(pts[hy], profs, shapes, links)
+                pd = predict_row(pts["data"], every, shapes, links)
+                ph = predict_row(pts[hy], every, shapes, links)
                 pred = f"{ph['images_per_s'] / pd['images_per_s']:.2f}x" if pd and ph else "-"
                 lines.append(f"- {net}, {link}, batch {bsz}/rank: best hybrid ({MODE_NAMES[hy]}) "
                              f"{pts[hy]['images_per_s']:.1f} img/s against data parallelism "
@@ -214,7 +217,7 @@ def build(rows, profs, fits_path, out, comm_dir=None, plots=True):
         except ImportError:
             why = "matplotlib is not installed (pip install 'hpcnn[plot]')"
         else:
-            pngs = _plots(rows, profs, shapes, links, out, comm_dir)
+            pngs = _plots(rows, every, shapes, links, out, comm_dir)
     else:
         why = "plots were not asked for (--no-plots)"
     lines += ["## Plots", ""]
@@ -229,9 +232,10 @@ def build(rows, profs, fits_path, out, comm_dir=None, plots=True):
     return text
 
 
-def _plots(rows, profs, shapes, links, out, comm_dir):
+def _plots(rows, every, shapes, links, out, comm_dir):
     import matplotlib.pyplot as plt
 
+    profs = {k: v for k, v in every.items() if isinstance(k, str)}
     made = []
     colors = {"data": "C0", "a": "C1", "b": "C2", "c": "C3"}
     # speedup and efficiency against nodes, model curves with the measured points
@@ -265,10 +269,16 @@ def _plots(rows, profs, shapes, links, out, comm_dir):
             m = _mode(r)
             axes[0].plot(r["ranks"], s, "o", color=colors[m], mfc="none")
             axes[1].plot(r["ranks"], s / r["ranks"], "o", color=colors[m], mfc="none")
+            pr, pb = predict_row(r, every, shapes, links), predict_row(b, every, shapes, links)
+            if pr and pb:  # the model at that point (the machine's cores shared as measured)
+                ps = pr["images_per_s"] / pb["images_per_s"]
+                axes[0].plot(r["ranks"], ps, "x", color=colors[m])
+                axes[1].plot(r["ranks"], ps / r["ranks"], "x", color=colors[m])
         axes[0].set(xscale="log", yscale="log", xlabel="nodes (1 rank each)",
                     ylabel="speedup over 1 node", title=f"{net}, {bsz} images per rank")
         axes[1].set(xscale="log", xlabel="nodes", ylabel="efficiency", ylim=(0, 1.1),
-                    title="lines: model (hybrid a, grid 1xN); circles: measured")
+                    title="lines: model, a node per machine (hybrid a, 1xN);\ncircles: "
+                    "measured; x: model at the measured points")
         axes[0].legend(fontsize=7)
         fig.tight_layout()
         name = f"speedup_{net}.png"
@@ -290,7 +300,7 @@ def _plots(rows, profs, shapes, links, out, comm_dir):
                color="C3")
         ax.bar([i - 0.2 for i in x], data, 0.4, bottom=[c + w for c, w in zip(comp, wait)],
                label="data", color="C2")
-        preds = [predict_row(r, profs, shapes, links) for r in two]
+        preds = [predict_row(r, every, shapes, links) for r in two]
         pc = [1e3 * p["compute_s"] if p else 0 for p in preds]
         pe = [1e3 * p["exposed_s"] if p else 0 for p in preds]
         ax.bar([i + 0.2 for i in x], pc, 0.4, label="model compute", color="C0", alpha=0.45)
@@ -315,9 +325,10 @@ def _plots(rows, profs, shapes, links, out, comm_dir):
                 continue
             kinds, w = _link_params(links, link)
             nodes, per = (1, 2) if link == "shm" else (2, 1)
+            busy = md.profile_for(every, net, 2)  # both ranks on this machine, as measured
             for mode in ("data", "a", "b", "c"):
                 par = "data" if mode == "data" else "hybrid"
-                ips = [md.predict(prof, shapes[net], par, nodes, per, b, kinds, w, None,
+                ips = [md.predict(busy, shapes[net], par, nodes, per, b, kinds, w, None,
                                   mode if par == "hybrid" else "a")["images_per_s"] for b in bs]
                 ax.plot(bs, ips, ls, color=colors[mode],
                         label=f"{MODE_NAMES[mode]} {link}" if mode in ("data", "a") else None)
