@@ -106,8 +106,9 @@ class TextData:
     def train_examples(self, batch):
         """Windows of an epoch times streams: what a step count is derived from (the
         held-out text checked too, before any step is taken)."""
+        steps = self.steps_per_epoch(batch)
         self._streams(self.x_test, batch, "held-out")
-        return self.steps_per_epoch(batch) * batch
+        return steps * batch
 
     def window(self, ids, length, first_stream, count, start, steps):
         """Inputs and targets (count, steps) of streams ``first_stream ..`` from ``start``."""
