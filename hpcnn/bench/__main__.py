@@ -8,6 +8,8 @@ BENCHMARKS = {
     "scaling": "hpcnn.bench.scaling",
     "conv": "hpcnn.bench.conv",
     "node": "hpcnn.bench.node",
+    "ops": "hpcnn.bench.ops",
+    "mlp": "hpcnn.bench.mlp",
 }
 
 
