@@ -22,13 +22,21 @@ Assumptions (printed with every report):
    their layers and run one after another; while backward still computes they progress at a
    fraction ``overlap`` of full speed (MPICH moves a non-blocking collective only inside MPI
    calls: hpcnn polls once per layer), at full speed after it. ``overlap`` is fitted per link to
-   the measured data-parallel points (the one calibrated constant; 0 = no overlap, 1 = perfect).
+   the measured points (a calibrated constant; 0 = no overlap, 1 = perfect; 0 where not
+   measured, as on the named interconnects).
 4. Hybrid's collectives on the model axis are blocking: nothing hides them (schemes b and c post
    the next round's transfer early, but it too moves only inside MPI calls). Its feature
    gradients overlap backward like data parallelism's buckets.
-5. Ranks are in step: no load imbalance, no stragglers; the data step costs nothing (the batch
-   is in memory). Several ranks per node are charged the link's costs too (a conservative
-   simplification; the study runs one rank per node on links).
+5. The data step costs nothing (the batch is in memory). Several ranks per node are charged the
+   link's costs too (a conservative simplification; the study runs one rank per node on links).
+6. Jitter: where ranks wait for each other (every blocking collective, the end of the
+   overlapped reductions) a rank on a machine shared with other processes waits on average
+   ``jitter`` seconds for a peer that the OS had descheduled. Fitted per link with ``overlap``
+   to the measured points (the second calibrated constant); 0 on the named interconnects and in
+   every projection (a node to itself). Compute on this machine also depends on how many of its
+   2 cores are busy: measured points are predicted from a profile taken with as many copies
+   running at once as the point had ranks (``compute_NET_x2.json``), projections from the
+   single-process profile.
 """
 
 import argparse
@@ -175,10 +183,13 @@ def comm_cost(link, kind, group, nbytes):
 
 
 def predict(prof, shape, mode, nodes, ranks_per_node, n, link, overlap=0.0, grid=None,
-            scheme="a"):
+            scheme="a", jitter=0.0):
     """Predicted step of ``mode`` ("data" or "hybrid") on ``nodes`` x ``ranks_per_node`` ranks with
-    ``n`` examples per rank, over ``link`` ({kind: (alpha, beta)}). Returns {"step_s",
-    "compute_s", "wait_s": {kind: s}, "bytes": {kind: n}, "images_per_s"}."""
+    ``n`` examples per rank, over ``link`` ({kind: (alpha, beta)}). ``jitter``: seconds added at
+    every point where the ranks wait for each other (each blocking collective, and the end of
+    the overlapped reductions): on a shared machine a rank waits there for a peer that another
+    process has preempted (assumption 6). Returns {"step_s", "compute_s", "exposed_s",
+    "wait_s": {kind: s}, "bytes": {kind: n}, "images_per_s"}."""
     p = nodes * ranks_per_node
     L = len(prof["layers"])
     hs = shape.head_start
@@ -217,9 +228,9 @@ def predict(prof, shape, mode, nodes, ranks_per_node, n, link, overlap=0.0, grid
             free = end
             wait[kind] = wait.get(kind, 0.0) + c
         else:
-            blocking += c
-            wait[kind] = wait.get(kind, 0.0) + c
-    exposed = max(0.0, free - t_end)
+            blocking += c + jitter
+            wait[kind] = wait.get(kind, 0.0) + c + jitter
+    exposed = max(0.0, free - t_end) + (jitter if free > 0 else 0.0)
     step = compute + blocking + exposed
     hidden = sum(c for k, c in wait.items()) - blocking - exposed
     return {"step_s": step, "compute_s": compute, "exposed_s": blocking + exposed,
@@ -238,8 +249,9 @@ def efficiency(prof, shape, mode, nodes, ranks_per_node, n, link, overlap=0.0, g
 
 # files ------------------------------------------------------------------------------------
 def load_links(path):
-    """{link: {"kinds": {kind: (alpha, beta)}, "overlap": w}} from ``alphabeta.json`` plus the
-    named interconnects (the same alpha and beta for every kind)."""
+    """{link: {"kinds": {kind: (alpha, beta)}, "overlap": w, "jitter": s}} from
+    ``alphabeta.json`` plus the named interconnects (the same alpha and beta for every kind;
+    overlap None: not measured, taken as 0; no jitter: dedicated nodes)."""
     links = {}
     if path and os.path.exists(path):
         try:
@@ -247,11 +259,13 @@ def load_links(path):
                 doc = json.load(f)
             for name, v in doc["links"].items():
                 links[name] = {"kinds": {k: tuple(x) for k, x in v["kinds"].items()},
-                               "overlap": float(v.get("overlap", 0.0))}
+                               "overlap": float(v.get("overlap", 0.0)),
+                               "jitter": float(v.get("jitter_s", 0.0))}
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise HpcnnError(f"{path}: not an alpha-beta fit file ({e})") from None
     for name, (alpha, beta) in ab.INTERCONNECTS.items():
-        links[name] = {"kinds": {k: (alpha, beta) for k in ab.KINDS}, "overlap": None}
+        links[name] = {"kinds": {k: (alpha, beta) for k in ab.KINDS}, "overlap": None,
+                       "jitter": 0.0}
     return links
 
 
@@ -295,27 +309,40 @@ def fit_links(comm_dir):
     return fits
 
 
-def fit_overlap(rows, profs, shapes, links):
-    """The ``overlap`` fraction per link that best predicts the measured data-parallel points
-    (least squares of the relative step-time error over a grid of 0 .. 1)."""
+OVERLAPS = [k / 20 for k in range(21)]
+JITTERS = [0.0, 1e-4, 2e-4, 5e-4, 1e-3, 1.5e-3, 2e-3, 3e-3, 4e-3, 5e-3, 6e-3, 8e-3]
+
+
+def point_args(r):
+    """(mode, grid, scheme) of a measured CSV row, as :func:`predict` takes them."""
+    if r["parallel"] != "hybrid":
+        return "data", None, "a"
+    return "hybrid", tuple(int(x) for x in r["grid"].split("x")), r["scheme"]
+
+
+def fit_link_constants(rows, profs, shapes, links):
+    """{link: (overlap, jitter)}: the two calibrated constants of each link (assumptions 3 and
+    6), by least squares of the relative step-time error over the link's measured points of
+    several ranks (a grid search: :data:`OVERLAPS` x :data:`JITTERS`)."""
     out = {}
     for link in sorted({r["link"] for r in rows}):
-        pts = [r for r in rows if r["link"] == link and r["parallel"] == "data"
-               and r["ranks"] > 1 and r["net"] in shapes and link in links]
+        pts = [r for r in rows if r["link"] == link and r["ranks"] > 1 and r["net"] in shapes
+               and link in links]
         if not pts:
             continue
         best = None
-        for k in range(21):
-            w = k / 20
-            err = 0.0
-            for r in pts:
-                pr = predict(profile_for(profs, r["net"], r["ranks"]), shapes[r["net"]], "data",
-                             r["nodes"], r["ranks_per_node"], r["batch_per_rank"],
-                             links[link]["kinds"], w)
-                err += (pr["step_s"] / r["step_s_max"] - 1) ** 2
-            if best is None or err < best[0] - 1e-12:
-                best = (err, w)
-        out[link] = best[1]
+        for w in OVERLAPS:
+            for j in JITTERS:
+                err = 0.0
+                for r in pts:
+                    mode, grid, scheme = point_args(r)
+                    pr = predict(profile_for(profs, r["net"], r["ranks"]), shapes[r["net"]],
+                                 mode, r["nodes"], r["ranks_per_node"], r["batch_per_rank"],
+                                 links[link]["kinds"], w, grid, scheme, j)
+                    err += (pr["step_s"] / r["step_s_max"] - 1) ** 2
+                if best is None or err < best[0] - 1e-12:
+                    best = (err, w, j)
+        out[link] = best[1:]
     return out
 
 
@@ -441,20 +468,22 @@ def _cmd_fit(a):
     fits = fit_links(a.comm_dir)
     links = {name: {"kinds": {k: (v["alpha_s"], v["beta_s_per_byte"]) for k, v in kinds.items()},
                     "overlap": 0.0} for name, kinds in fits.items()}
-    overlap = {}
+    consts = {}
     if a.csv and os.path.exists(a.csv):
         rows = read_rows(a.csv)
         profs = load_profiles(a.profiles)
         shapes = {n: NetShape.of(n) for n in profs if isinstance(n, str)}
-        overlap = fit_overlap(rows, profs, shapes, links)
+        consts = fit_link_constants(rows, profs, shapes, links)
     doc = {"command": "python -m hpcnn.scaling model fit --comm-dir " + a.comm_dir,
            "links": {name: {"kinds": {k: [v["alpha_s"], v["beta_s_per_byte"]]
                                       for k, v in fits[name].items()},
-                            "overlap": overlap.get(name, 0.0), "detail": fits[name]}
+                            "overlap": consts.get(name, (0.0, 0.0))[0],
+                            "jitter_s": consts.get(name, (0.0, 0.0))[1], "detail": fits[name]}
                      for name in fits}}
     _write_json(a.out, doc)
     for name, kinds in fits.items():
-        print(f"link {name} (overlap {overlap.get(name, 0.0):.2f}):")
+        w, j = consts.get(name, (0.0, 0.0))
+        print(f"link {name} (overlap {w:.2f}, jitter {1e3 * j:.1f} ms per wait):")
         for k, v in kinds.items():
             bw = f"{v['bandwidth_MBps']:.0f} MB/s" if v["bandwidth_MBps"] else "-"
             print(f"  {k:<15} alpha {1e6 * v['alpha_s']:9.2f} us  beta^-1 {bw:>12}  "

@@ -15,6 +15,7 @@ step that another process preempted is not the typical one.
 """
 
 import argparse
+import math
 import shlex
 import sys
 import time
@@ -41,6 +42,9 @@ def build_parser():
                    help="split over the ranks (must divide evenly)")
     p.add_argument("--steps", type=at.positive_int, default=5, help="timed steps")
     p.add_argument("--warmup", type=at.nonneg_int, default=2, help="untimed steps first")
+    p.add_argument("--min-seconds", type=at.nonneg_float, default=0.0,
+                   help="time more steps than --steps when they would take less than this "
+                        "(rank 0 decides from the last warm-up step; the CSV keeps the count)")
     p.add_argument("--seed", type=at.seed_int, default=0)
     p.add_argument("--link", default="shm",
                    help="label of the network between the nodes (shm, 10gbit, 1gbit, ...)")
@@ -99,7 +103,7 @@ def _fold(per_kind):
 
 
 def measure(comm, net, parallel, scheme, grid, batch_per_rank, steps, warmup, seed,
-            bucket_mb=25.0, overlap=True, progress=True):
+            bucket_mb=25.0, overlap=True, progress=True, min_seconds=0.0):
     """Train ``net`` on synthetic data for ``warmup`` + ``steps`` steps; return (on rank 0; None
     elsewhere) images/s, timing stats over ranks (:func:`hpcnn.parallel.reduce_timing`), the
     bytes per step per kind (mean over ranks, on the CSV's kinds), rank 0's own waits and bytes
@@ -133,8 +137,13 @@ def measure(comm, net, parallel, scheme, grid, batch_per_rank, steps, warmup, se
     per_step = []  # (wall, data, step call, {kind: wait}, {kind: bytes}) of each timed step
     comm.Barrier()
     t_start = MPI.Wtime()
-    for i in range(warmup + steps):
+    last = None
+    i = 0
+    while i < warmup + steps:
         if i == warmup:
+            if min_seconds > 0 and last is not None:  # enough steps for a stable median
+                want = math.ceil(min_seconds / max(last, 1e-6))
+                steps = comm.bcast(max(steps, min(want, 200)), root=0)
             comm.Barrier()
             t_start = MPI.Wtime()
         st.reset_timings()
@@ -144,9 +153,11 @@ def measure(comm, net, parallel, scheme, grid, batch_per_rank, steps, warmup, se
         tb = time.perf_counter()
         st.step(x, y, solver.lr)
         tc = time.perf_counter()
+        last = tc - ta
         if i >= warmup:
             t = st.timings()
             per_step.append((tc - ta, tb - ta, tc - tb, t["wait_s"], t["bytes"]))
+        i += 1
     elapsed = MPI.Wtime() - t_start
     # The median step of this rank (shared machines: a step another process preempted is not
     # the typical one) and its breakdown; images/s from the slowest rank's median step.
@@ -177,7 +188,7 @@ def measure(comm, net, parallel, scheme, grid, batch_per_rank, steps, warmup, se
             "job_bytes": float(nbytes[:-1].sum()), "job_bytes_analytic": float(nbytes[-1]),
             "rank0_bytes": {k: v / steps for k, v in t["bytes"].items()},
             "rank0_wait_s": {k: v / steps for k, v in t["wait_s"].items()},
-            "bytes_analytic": analytic, "describe": st.describe(),
+            "bytes_analytic": analytic, "describe": st.describe(), "steps": steps,
             "buckets": len(getattr(st, "buckets", []) or [])}
 
 
@@ -195,7 +206,7 @@ def run(a, comm, argv):
     agree(comm, check_csv, a.csv)  # before the measurement: a bad file fails every rank now
     nodes, per_node = topology(comm)
     res = measure(comm, a.net, a.parallel, a.scheme, a.grid, a.batch_per_rank, a.steps,
-                  a.warmup, a.seed, a.bucket_mb)
+                  a.warmup, a.seed, a.bucket_mb, min_seconds=a.min_seconds)
     if res is None:
         return 0
     hybrid = a.parallel == "hybrid"
@@ -204,7 +215,7 @@ def run(a, comm, argv):
            "net": a.net, "parallel": a.parallel, "scheme": (a.scheme or "a") if hybrid else "",
            "grid": (a.grid or f"1x{size}") if hybrid else f"{size}x1",
            "batch_per_rank": a.batch_per_rank, "global_batch": a.batch_per_rank * size,
-           "link": a.link, "steps": a.steps, "warmup": a.warmup,
+           "link": a.link, "steps": res["steps"], "warmup": a.warmup,
            "images_per_s": res["images_per_s"], "seed": a.seed,
            "command": "python -m hpcnn.scaling point " + shlex.join(argv)}
     for t in TIMES:

@@ -39,11 +39,10 @@ def predict_row(r, profs, shapes, links):
     if prof is None or r["link"] not in links:
         return None
     kinds, w = _link_params(links, r["link"])
-    mode = _mode(r)
-    par = "data" if mode == "data" else "hybrid"
-    grid = tuple(int(x) for x in r["grid"].split("x")) if par == "hybrid" else None
+    par, grid, scheme = md.point_args(r)
     return md.predict(prof, shapes[r["net"]], par, r["nodes"], r["ranks_per_node"],
-                      r["batch_per_rank"], kinds, w, grid, mode if par == "hybrid" else "a")
+                      r["batch_per_rank"], kinds, w, grid, scheme,
+                      links[r["link"]].get("jitter", 0.0))
 
 
 def best_hybrid(prof, shape, nodes, n, kinds, w, max_m=64):
@@ -156,10 +155,12 @@ def build(rows, profs, fits_path, out, comm_dir=None, plots=True):
             lines.append(f"| {name} | {k} | {1e6 * d['alpha_s']:.1f} | {bw} | {d['samples']} | "
                          f"{','.join(map(str, d['ranks']))} | {100 * d['worst_rel_error']:.0f}% |")
     lines.append("")
-    ov = {n: v.get("overlap") for n, v in fitdoc.get("links", {}).items()}
+    ov = {n: (v.get("overlap", 0.0), v.get("jitter_s", 0.0))
+          for n, v in fitdoc.get("links", {}).items()}
     if ov:
-        lines += ["Overlap fraction fitted to the data-parallel points (assumption 3): "
-                  + ", ".join(f"{n} {w:.2f}" for n, w in ov.items()) + ".", ""]
+        lines += ["Calibrated constants, fitted to the measured points of each link (assumptions "
+                  "3 and 6): " + ", ".join(f"{n}: overlap {w:.2f}, jitter {1e3 * j:.1f} ms per "
+                                           f"wait" for n, (w, j) in ov.items()) + ".", ""]
     lines += ["Named interconnects (the same alpha and beta for every kind; sources in "
               "`hpcnn/scaling/alphabeta.py`): "
               + ", ".join(f"{n} alpha {1e6 * a:.1f} us, {1e-9 / b:.2f} GB/s"
@@ -317,7 +318,7 @@ def _plots(rows, every, shapes, links, out, comm_dir):
         plt.close(fig)
         made.append(("breakdown.png", "step-time breakdown"))
     # batch sweep: images/s against per-rank batch, 2 nodes, each link
-    for net, prof in sorted(profs.items()):
+    for net in sorted(profs):
         fig, ax = plt.subplots(figsize=(6.5, 4.2))
         bs = [8, 16, 32, 64, 128, 256, 512]
         for link, ls in (("shm", ":"), ("10gbit", "-"), ("1gbit", "--")):
@@ -329,7 +330,8 @@ def _plots(rows, every, shapes, links, out, comm_dir):
             for mode in ("data", "a", "b", "c"):
                 par = "data" if mode == "data" else "hybrid"
                 ips = [md.predict(busy, shapes[net], par, nodes, per, b, kinds, w, None,
-                                  mode if par == "hybrid" else "a")["images_per_s"] for b in bs]
+                                  mode if par == "hybrid" else "a",
+                                  links[link].get("jitter", 0.0))["images_per_s"] for b in bs]
                 ax.plot(bs, ips, ls, color=colors[mode],
                         label=f"{MODE_NAMES[mode]} {link}" if mode in ("data", "a") else None)
             for r in rows:

@@ -76,6 +76,8 @@ def build_parser():
                    help="global batch sizes instead (each split over the ranks)")
     p.add_argument("--steps", type=at.positive_int, default=5)
     p.add_argument("--warmup", type=at.nonneg_int, default=2)
+    p.add_argument("--min-seconds", type=at.nonneg_float, default=3.0,
+                   help="each point times at least this long (more steps than --steps)")
     p.add_argument("--threads", type=at.thread_count, default=1)
     p.add_argument("--seed", type=at.seed_int, default=0)
     p.add_argument("--csv", default="results/scaling/points.csv")
@@ -165,7 +167,8 @@ def point_argv(a, net, mode, b, link):
     if mode != "data":
         argv += ["--scheme", mode]
     argv += ["--global-batch" if a.global_batches else "--batch-per-rank", str(b),
-             "--steps", str(a.steps), "--warmup", str(a.warmup), "--seed", str(a.seed),
+             "--steps", str(a.steps), "--warmup", str(a.warmup),
+             "--min-seconds", f"{a.min_seconds:g}", "--seed", str(a.seed),
              "--link", link, "--csv", _repo_path(a.csv), "--threads", str(a.threads)]
     return argv
 
