@@ -237,6 +237,16 @@ def rows_of(workload, res):
     return rows
 
 
+def _ms_row(r):
+    """A row of another benchmark (seconds: ``numpy_s``, ``hpcnn_s``) in this table's units,
+    with a total row's speedup computed the same way."""
+    out = {"workload": r.get("workload", "rnn"), "op": r["op"], "unit": r.get("unit", "")}
+    for impl in ("numpy", "hpcnn"):
+        out[f"{impl}_ms"] = r[f"{impl}_ms"] if f"{impl}_ms" in r else 1e3 * r[f"{impl}_s"]
+    out["speedup"] = out["numpy_ms"] / out["hpcnn_ms"] if out["hpcnn_ms"] > 0 else None
+    return out
+
+
 def cpu_model():
     """The first "model name" of /proc/cpuinfo, and the core count."""
     name = "unknown CPU"
@@ -269,7 +279,12 @@ def worker_main(argv):
             except ImportError:
                 notes.append("rnn: hpcnn.bench.rnn.ops_rows is not available; no RNN rows")
                 continue
-            rows += [dict(r, workload=r.get("workload", "rnn")) for r in ops_rows(a.threads)]
+            rnn = [_ms_row(r) for r in ops_rows(a.threads)]
+            total = {k: sum(r[k] for r in rnn) for k in ("numpy_ms", "hpcnn_ms")}
+            rows += [dict(r, unit="one window of B x T characters (hpcnn.bench.rnn sizes)")
+                     for r in rnn]
+            rows.append(_ms_row({"workload": "rnn", "op": "total", "unit": rnn[0]["unit"],
+                                 **total}))
             continue
         rows += rows_of(name, WORKLOADS[name](a.reps))
     print("RESULT " + json.dumps({"rows": rows, "notes": notes}), flush=True)
@@ -287,14 +302,14 @@ def _spawn(threads, reps, workloads):
 
 
 def format_table(rows):
-    lines = [f"  {'workload':<10} {'op':<15} {'NumPy ms':>10} {'hpcnn ms':>10} {'speedup':>8}"]
+    lines = [f"  {'workload':<10} {'op':<28} {'NumPy ms':>10} {'hpcnn ms':>10} {'speedup':>8}"]
     last = None
     for r in rows:
         if r["workload"] != last:
             lines.append(f"  {r['workload']}: {r.get('unit', '')}")
             last = r["workload"]
         sp = f"{r['speedup']:.2f}x" if r.get("speedup") else "-"
-        lines.append(f"  {'':<10} {r['op']:<15} {r['numpy_ms']:10.2f} {r['hpcnn_ms']:10.2f} "
+        lines.append(f"  {'':<10} {r['op']:<28} {r['numpy_ms']:10.2f} {r['hpcnn_ms']:10.2f} "
                      f"{sp:>8}")
     return "\n".join(lines)
 
