@@ -96,8 +96,9 @@ def test_cli_learns_and_saves(tmp_path, capsys):
     path = tmp_path / "d.npy"
     rc = main(["fista", "--dataset", "synthetic", "--patches", "200", "--iters", "20",
                "--atoms", "12", "--learn", "3", "--save-dictionary", str(path),
+               "--png", str(tmp_path / "d.png"),
                "--threads", "1"])
-    assert rc == 0 and np.load(path).shape == (64, 12)
+    assert rc == 0 and np.load(path).shape == (64, 12) and (tmp_path / "d.png").exists()
     assert "dictionary step    3" in capsys.readouterr().out
     rc = main(["fista", "--dataset", "synthetic", "--patches", "50", "--iters", "5",
                "--dictionary", str(path), "--threads", "1"])

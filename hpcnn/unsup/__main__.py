@@ -68,6 +68,7 @@ def build_parser():
                    help="also solve with a long float64 ISTA and print the relative gap")
     f.add_argument("--reference-iters", type=at.positive_int, default=20000)
     f.add_argument("--save-dictionary", default=None, help="write D here (.npy)")
+    f.add_argument("--png", default=None, help="write the dictionary's atoms here (PNG)")
     return p
 
 
@@ -267,6 +268,11 @@ def run_fista(args, comm, say):
     if args.save_dictionary and comm.Get_rank() == 0:
         np.save(args.save_dictionary, D)
         say(f"dictionary: {args.save_dictionary}")
+    if args.png and comm.Get_rank() == 0:
+        from hpcnn.unsup.patches import filter_grid, write_png
+
+        write_png(args.png, filter_grid(D.T, args.patch_size))
+        say(f"atoms: {args.png}")
     return result
 
 
