@@ -316,3 +316,34 @@ def test_report_builds_from_a_small_csv(tmp_path):
     for name in ("speedup_owt_cifar.png", "breakdown.png", "batch_owt_cifar.png"):
         assert os.path.getsize(os.path.join(out, name)) > 1000
         assert f"]({name})" in text
+
+
+def test_jitter_is_paid_at_every_wait_point():
+    base = md.predict(PROF, ToyShape, "hybrid", 2, 1, 16, FREE, grid=(1, 2), scheme="a")
+    jit = md.predict(PROF, ToyShape, "hybrid", 2, 1, 16, FREE, grid=(1, 2), scheme="a",
+                     jitter=0.01)
+    # 6 blocking collectives (counts, labels, features, 2 loss sums, reduce-scatter) and the
+    # end of the overlapped feature reduction
+    assert jit["step_s"] - base["step_s"] == pytest.approx(7 * 0.01)
+    one = md.predict(PROF, ToyShape, "data", 1, 1, 16, FREE, jitter=0.01)
+    assert one["step_s"] == pytest.approx(base["step_s"] - base["compute_s"]
+                                          + one["compute_s"])  # one rank never waits
+
+
+def test_link_constants_recover_a_made_up_link():
+    # points made by the model itself at overlap 0.25, jitter 2 ms: the fit finds them again
+    shapes = {"toy": ToyShape}
+    profs = {"toy": PROF}
+    link = {k: (1e-4, 1e-2) for k in ab.KINDS}  # buckets only partly hidden: overlap shows
+    rows = []
+    for mode, scheme, grid in (("data", "", "2x1"), ("hybrid", "a", "1x2"),
+                               ("hybrid", "b", "1x2")):
+        for b in (16, 64):
+            r = {"link": "x", "ranks": 2, "nodes": 2, "ranks_per_node": 1, "net": "toy",
+                 "parallel": mode, "scheme": scheme, "grid": grid, "batch_per_rank": b}
+            m, g, s = md.point_args(r)
+            r["step_s_max"] = md.predict(PROF, ToyShape, m, 2, 1, b, link, 0.25, g, s,
+                                         2e-3)["step_s"]
+            rows.append(r)
+    got = md.fit_link_constants(rows, profs, shapes, {"x": {"kinds": link}})
+    assert got == {"x": (0.25, 2e-3)}
