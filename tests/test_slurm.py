@@ -1,14 +1,23 @@
-"""Under a real Slurm (``srun``): a 2-rank run succeeds, and one rank's crash ends the whole job.
+"""Under a real Slurm: srun and sbatch of the job scripts in jobs/, and the peer watchdog.
 
-Skipped, in well under a second or two, unless ``sinfo`` answers and shows an idle node: CI
-without Slurm skips them, and ``jobs/slurm-local.sh up`` (root, Debian) brings up a local one.
+The module needs a Slurm with 2 nodes. When none answers it brings one up with
+``jobs/slurm-local.sh up`` (root; apt-get installs slurmctld, slurmd, slurm-client and munge when
+missing) as 2 slurmd nodes n1, n2 on this host with Slurm's stock ``KillOnBadExit=0``, and takes it
+down after the module (only when it started it). It skips, with the reason, where that cannot be
+done (not root, no apt-get and no Slurm, apt-get failing offline), except under CI=true, where
+these tests must run and a reason to skip fails them instead.
 
-Every step is launched the way ``jobs/train.sbatch`` should launch it:
-``srun --mpi=pmi2 --kill-on-bad-exit=1``. ``--kill-on-bad-exit`` matters: without it (and with
-Slurm's default ``KillOnBadExit=0``) a rank killed by SIGKILL leaves the other rank blocked in
-its allreduce, spinning, until the job's time limit (measured: still running 120 s later).
+Jobs: ``sbatch --wait -n 2 jobs/train.sbatch`` (no arguments: a short synthetic training) and a
+2-node ``jobs/scaling.sbatch`` with two points, each checked for exit 0 and what it wrote; 2-rank
+training under ``srun``; a rank's crash or SIGKILL ending the job, with ``--kill-on-bad-exit=1``
+and without it (``--kill-on-bad-exit=0``, Slurm's default), where only hpcnn's peer watchdog
+ends the job: it must within 10 s (without it the survivor spins in its allreduce until the
+time limit, jobs/README-slurm.md).
 """
 
+import csv
+import glob
+import json
 import os
 import shutil
 import signal
@@ -22,9 +31,11 @@ import uuid
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SLURM_LOCAL = os.path.join(ROOT, "jobs", "slurm-local.sh")
 SMALL = ["--net", "mlp", "--dataset", "synthetic", "--synthetic-test", "64", "--threads", "1",
          "--batch-size", "32"]
-SRUN = shutil.which("srun")
+NODES = 2
+CI = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 
 
 def _controller_unreachable():
@@ -57,9 +68,9 @@ def _controller_unreachable():
     return f"slurmctld not reachable at {', '.join(hosts) or '?'}:{port}" if hosts else None
 
 
-def _slurm_idle():
-    """Why the tests cannot run here, or ``None`` when ``sinfo`` shows an idle node."""
-    if SRUN is None or shutil.which("sinfo") is None:
+def _slurm_ready():
+    """Why the Slurm that answers here will not do, or ``None`` when it has NODES usable nodes."""
+    if shutil.which("srun") is None or shutil.which("sinfo") is None:
         return "no srun/sinfo on PATH"
     why = _controller_unreachable()
     if why:
@@ -71,13 +82,57 @@ def _slurm_idle():
         return f"sinfo did not answer: {e}"
     if r.returncode != 0:
         return f"sinfo failed: {r.stderr.strip()[:200]}"
-    if "idle" not in r.stdout.split():
-        return f"no idle Slurm node (sinfo: {' '.join(r.stdout.split()) or 'nothing'})"
+    states = r.stdout.split()
+    usable = [s for s in states if s.rstrip("*~#") in ("idle", "mixed", "allocated", "completing")]
+    if len(usable) < NODES:
+        return f"fewer than {NODES} usable Slurm nodes (sinfo: {' '.join(states) or 'nothing'})"
     return None
 
 
-_WHY_NOT = _slurm_idle()
-pytestmark = pytest.mark.skipif(_WHY_NOT is not None, reason=f"Slurm: {_WHY_NOT}")
+def _cannot_start():
+    """Why ``slurm-local.sh up`` cannot be tried here, or ``None``."""
+    if sys.platform != "linux":
+        return "Linux only"
+    if os.geteuid() != 0:
+        return "no Slurm with 2 nodes up, and bringing one up needs root"
+    have = all(os.path.exists(f"/usr/sbin/{d}") for d in ("slurmctld", "slurmd", "munged"))
+    if not have and shutil.which("apt-get") is None:
+        return "no Slurm installed and no apt-get to install it"
+    return None
+
+
+def _skip_or_fail(why):
+    if CI:
+        pytest.fail(f"CI=true, so the Slurm tests must run, but: {why}", pytrace=False)
+    pytest.skip(f"Slurm: {why}")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def slurm():
+    """A Slurm with 2 nodes for the module: the one running, or one brought up (and down)."""
+    if _slurm_ready() is None:
+        yield
+        return
+    why = _cannot_start()
+    if why:
+        _skip_or_fail(why)
+    was_up = subprocess.run([SLURM_LOCAL, "status"], capture_output=True,
+                            stdin=subprocess.DEVNULL, timeout=30).returncode == 0
+    e = dict(os.environ, SLURM_LOCAL_NODES=str(NODES), SLURM_LOCAL_KILL_ON_BAD_EXIT="0")
+    r = subprocess.run([SLURM_LOCAL, "up"], capture_output=True, text=True, env=e,
+                       stdin=subprocess.DEVNULL, timeout=600)
+    if r.returncode != 0:
+        if "apt-get" in r.stderr:
+            _skip_or_fail(r.stderr.strip().splitlines()[-1])
+        pytest.fail(f"jobs/slurm-local.sh up failed: {r.stderr[-2000:]}", pytrace=False)
+    try:
+        why = _slurm_ready()
+        assert why is None, why
+        yield
+    finally:
+        if not was_up:
+            subprocess.run([SLURM_LOCAL, "down"], capture_output=True, stdin=subprocess.DEVNULL,
+                           timeout=120)
 
 
 def env(**extra):
@@ -89,8 +144,9 @@ def env(**extra):
     return e
 
 
-def srun_cmd(name, *args):
-    return [SRUN, "-J", name, "-n", "2", "--mpi=pmi2", "--kill-on-bad-exit=1", "--time=5",
+def srun_cmd(name, *args, kill_on_bad_exit=1, nodes=1):
+    return ["srun", "-J", name, "-N", str(nodes), "-n", "2", "--mpi=pmi2",
+            f"--kill-on-bad-exit={kill_on_bad_exit}", "--time=5",
             sys.executable, "-m", "hpcnn.train", *SMALL, *args]
 
 
@@ -106,10 +162,11 @@ def _scancel(name):
 class Job:
     """``srun`` in the background; a thread reads its merged output (none lost, none blocking)."""
 
-    def __init__(self, *args, **extra):
+    def __init__(self, *args, kill_on_bad_exit=1, nodes=1, **extra):
         self.name = _name()
         self.lines = []
-        self.p = subprocess.Popen(srun_cmd(self.name, *args), env=env(**extra), cwd=ROOT,
+        cmd = srun_cmd(self.name, *args, kill_on_bad_exit=kill_on_bad_exit, nodes=nodes)
+        self.p = subprocess.Popen(cmd, env=env(**extra), cwd=ROOT,
                                   stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, text=True)
         self.reader = threading.Thread(target=self._read, daemon=True)
@@ -216,3 +273,61 @@ def test_exception_on_one_rank_ends_the_srun_job_and_names_the_rank():
         assert "finished" not in job.output
     finally:
         job.close()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc to find the rank")
+@pytest.mark.parametrize("nodes", [1, 2])
+def test_kill_9_without_kill_on_bad_exit_ends_the_srun_job_within_10s(nodes):
+    """Slurm's default: srun leaves the survivors running; hpcnn's peer watchdog ends them."""
+    job = Job("--synthetic-train", "2000", "--epochs", "1000", kill_on_bad_exit=0, nodes=nodes)
+    try:
+        assert job.wait_for("ranks 2 x threads", 90), job.output
+        pid = _rank_pid(job.name, 1)
+        assert pid is not None, "rank 1's python process not found"
+        time.sleep(0.5)  # inside the training loop, blocked in or near an allreduce
+        t = time.monotonic()
+        os.kill(pid, signal.SIGKILL)
+        rc = job.wait(timeout=60)
+        took = time.monotonic() - t
+        assert rc != 0 and took < 10, (rc, took, job.output)
+        assert "rank 0: peer rank 1 died; ending the job" in job.output, job.output
+        assert "finished" not in job.output
+    finally:
+        job.close()
+
+
+def _sbatch(tmp_path, script, *options, **extra):
+    """``sbatch --wait`` of a job script in ``tmp_path``: (exit status, job id, its output)."""
+    e = env(HPCNN_PYTHON=sys.executable, NUMBA_CACHE_DIR="", **extra)
+    r = subprocess.run(["sbatch", "--wait", "--parsable", "-J", _name(), "--time=10",
+                        "-o", "job-%j.out", *options, os.path.join(ROOT, "jobs", script)],
+                       cwd=tmp_path, env=e, capture_output=True, text=True, timeout=600,
+                       stdin=subprocess.DEVNULL)
+    job_id = r.stdout.strip().split(";")[0]
+    out = tmp_path / f"job-{job_id}.out"
+    return r.returncode, job_id, (out.read_text() if out.exists() else r.stderr)
+
+
+def test_train_sbatch_with_no_arguments_runs_a_short_synthetic_training(tmp_path):
+    rc, job_id, out = _sbatch(tmp_path, "train.sbatch", "-n", "2")
+    assert rc == 0, out
+    assert "ranks 2 x threads 1" in out and "finished" in out, out
+    records = [json.loads(line) for line in
+               (tmp_path / f"metrics-{job_id}-0.jsonl").read_text().splitlines()]
+    assert records[-1]["ranks"] == 2 and records[-1]["epoch"] == 1, records
+    assert glob.glob(str(tmp_path / f"ckpt-{job_id}" / "*.h5")), os.listdir(tmp_path)
+
+
+def test_scaling_sbatch_two_points_on_two_nodes(tmp_path):
+    rc, _, out = _sbatch(tmp_path, "scaling.sbatch", "-N", "2", "--ntasks-per-node=1",
+                         HPCNN_SCALING_NODES="1 2", HPCNN_SCALING_BATCHES="16",
+                         HPCNN_SCALING_NETS="lenet5", HPCNN_SCALING_STEPS="2",
+                         HPCNN_SCALING_WARMUP="1", HPCNN_SCALING_CSV="points.csv")
+    assert rc == 0, out
+    assert "2 of 2 point(s) done" in out, out
+    with open(tmp_path / "points.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["ranks"]) for r in rows] == [1, 2], rows
+    for r in rows:
+        assert r["net"] == "lenet5" and r["parallel"] == "data" and r["link"] == "slurm", r
+        assert int(r["batch_per_rank"]) == 16 and float(r["images_per_s"]) > 0, r
