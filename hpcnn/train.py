@@ -177,9 +177,10 @@ def validate(args):
             raise UsageError(f"synthetic data of {args.synthetic_train} + {args.synthetic_test} "
                              f"images of {c}x{h}x{w} would take {gib:.3g} GiB of float32 per "
                              f"rank, more than the 4 GiB allowed")
-    from hpcnn.kernels import conv
+    from hpcnn.kernels import conv, isa
 
     conv.DEFAULT_TUNER.mode()  # a bad HPCNN_AUTOTUNE is a UsageError here, before any work
+    isa.select()  # likewise a bad HPCNN_ISA, or one wider than this CPU runs
     validate_sync(args)
     control.validate(args)
 

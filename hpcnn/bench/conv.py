@@ -4,9 +4,12 @@ For every reference layer (hpcnn/bench/conv_layers.json: cifar10_quick at batch 
 GoogLeNet layers of Sakiyama et al.), every thread count and every strategy of
 :data:`hpcnn.kernels.conv.ALGOS` plus "auto", forward and backward apart: the best (``--stat
 min``, default) or median time of ``--repeats`` interleaved rounds after one warm-up, GFLOP/s
-(forward 2*N*K*P*Q*C*R*S flops, backward twice that: data and weight gradients), the fraction
-of an SGEMM ceiling (a 2048^3 SGEMM timed in the same process at the same thread count), the
-strategy's workspace (computed from the shapes and
+on two counts: the nominal one (forward 2*N*K*P*Q*C*R*S flops, backward twice that: data and
+weight gradients) and the real one, without the multiply-adds of taps that fall on the zero
+border (:func:`hpcnn.kernels.direct.real_macs`: what "direct" and oneDNN do); the fraction of the
+core's FMA peak on the real count (:func:`hpcnn.kernels.peak.fma_peak`: independent FMAs in
+registers, measured in the same process at the same thread count for the ISA in force) and of
+an SGEMM ceiling (a 2048^3 SGEMM, likewise); the strategy's workspace (computed from the shapes and
 its chunk plan, see :func:`hpcnn.kernels.conv.workspace_bytes`), and, when PyTorch is importable,
 ``torch.nn.functional.conv2d`` forward and backward on the same arrays and threads, and the ratio
 PyTorch time / hpcnn time (1.0 = parity, above 1 = hpcnn faster). GoogLeNet rows also show the
@@ -18,6 +21,10 @@ Thread counts are set in-process for Numba (``numba.set_num_threads``), for ever
 OpenMP pool (threadpoolctl, through :func:`hpcnn.threads.apply`) and for PyTorch
 (``torch.set_num_threads``): the same count for both libraries. "auto" is tuned (untimed) on its
 first call; its tuning time is reported apart.
+
+The header and the JSON name the CPU model and the vector ISA the kernels run
+(:mod:`hpcnn.kernels.isa`); ``--isa avx512,avx2`` measures every path the CPU runs, one after
+the other, in the same run (as ``HPCNN_ISA`` would force each).
 """
 
 import argparse
@@ -25,6 +32,8 @@ import json
 import os
 import statistics
 import time
+
+from hpcnn.errors import HpcnnError
 
 DEFAULT_LAYERS = os.path.join(os.path.dirname(__file__), "conv_layers.json")
 SETS = ("cifar10_quick", "googlenet")
@@ -137,11 +146,25 @@ def _torch_timers(torch, x, w, b, dy, stride, pad):
     return fwd, bwd
 
 
-def bench_layer(layer, algos, repeats, threads, ceiling, torch, seed=0):
-    """One layer at the thread count in force: {"algos": {name: {...}}, "torch": {...}}."""
+def _rates(row, flops, real, peak, ceiling):
+    """GFLOP/s on the nominal and the real counts, and the fractions of the FMA peak (real
+    count) and of the SGEMM ceiling (nominal count), forward and backward (twice the flops)."""
+    for d, k in (("forward", 1), ("backward", 2)):
+        ms = row[f"{d}_ms"]
+        row[f"{d}_gflops"] = k * flops / ms / 1e6
+        row[f"{d}_real_gflops"] = k * real / ms / 1e6
+        row[f"{d}_frac_fma_peak"] = row[f"{d}_real_gflops"] / peak
+        row[f"{d}_frac_peak"] = row[f"{d}_gflops"] / ceiling
+
+
+def bench_layer(layer, algos, repeats, threads, ceiling, torch, seed=0, peak=None):
+    """One layer at the thread count in force: {"algos": {name: {...}}, "torch": {...}}.
+    ``peak``: the FMA peak (GFLOP/s) at this thread count; ``ceiling``: the SGEMM ceiling."""
     import numpy as np
 
-    from hpcnn.kernels import autotune, conv
+    from hpcnn.kernels import autotune, conv, direct
+
+    peak = peak or ceiling
 
     N, C, H, W, K, R = (layer[k] for k in ("N", "C", "H", "W", "K", "R"))
     S = layer.get("S", R)
@@ -153,9 +176,11 @@ def bench_layer(layer, algos, repeats, threads, ceiling, torch, seed=0):
     P, Q = (H + 2 * p - R) // s + 1, (W + 2 * p - S) // s + 1
     dy = rng.standard_normal((N, K, P, Q), dtype=np.float32)
     flops = 2.0 * N * K * P * Q * C * R * S
+    real = 2.0 * direct.real_macs(x.shape, w.shape, (s, s), (p, p))
     out = {"layer": layer["name"], "shape": {"N": N, "C": C, "H": H, "W": W, "K": K, "R": R,
                                              "S": S, "stride": s, "pad": p},
-           "threads": threads, "gflop_forward": flops / 1e9, "algos": {}}
+           "threads": threads, "gflop_forward": flops / 1e9, "real_gflop_forward": real / 1e9,
+           "algos": {}}
     if "paper_speedup" in layer:
         out["paper_speedup"] = layer["paper_speedup"]
     runs = {}  # label -> (forward, backward) callables; timed interleaved below
@@ -189,10 +214,8 @@ def bench_layer(layer, algos, repeats, threads, ceiling, torch, seed=0):
                 fwd_ms, bwd_ms = times[chose["forward"]][0], times[chose["backward"]][1]
         other = "median" if STAT == "min" else "min"
         row[f"forward_ms_{other}"], row[f"backward_ms_{other}"] = times[(name, "other")]
-        row.update(forward_ms=fwd_ms, backward_ms=bwd_ms,
-                   forward_gflops=flops / fwd_ms / 1e6, backward_gflops=2 * flops / bwd_ms / 1e6)
-        row["forward_frac_peak"] = row["forward_gflops"] / ceiling
-        row["backward_frac_peak"] = row["backward_gflops"] / ceiling
+        row.update(forward_ms=fwd_ms, backward_ms=bwd_ms)
+        _rates(row, flops, real, peak, ceiling)
         ws = {}
         for d, bwd in (("forward", False), ("backward", True)):
             real = row["chose"][d] if name == "auto" else name
@@ -203,8 +226,7 @@ def bench_layer(layer, algos, repeats, threads, ceiling, torch, seed=0):
         t = dict(zip(("forward_ms", "backward_ms"), times["torch"], strict=True))
         other = "median" if STAT == "min" else "min"
         t[f"forward_ms_{other}"], t[f"backward_ms_{other}"] = times[("torch", "other")]
-        t["forward_gflops"] = flops / t["forward_ms"] / 1e6
-        t["backward_gflops"] = 2 * flops / t["backward_ms"] / 1e6
+        _rates(t, flops, real, peak, ceiling)
         out["torch"] = t
         for row in out["algos"].values():  # PyTorch time / hpcnn time: > 1 = hpcnn faster
             row["ratio_vs_torch_forward"] = t["forward_ms"] / row["forward_ms"]
@@ -239,11 +261,12 @@ def lowering_share(pair, repeats):
     return sum(kinds[k]["self_s"] for k in ("lowering", "col2im") if k in kinds) / wall
 
 
-def _print_layer(r, ceiling):
+def _print_layer(r):
     sh = r["shape"]
     head = (f"{r['layer']} N={sh['N']} C={sh['C']} {sh['H']}x{sh['W']} K={sh['K']} "
             f"{sh['R']}x{sh['S']}/s{sh['stride']}/p{sh['pad']}, {r['threads']} thread(s), "
-            f"{r['gflop_forward']:.3f} GFLOP fwd")
+            f"{r['gflop_forward']:.3f} GFLOP fwd "
+            f"({100 * r['real_gflop_forward'] / r['gflop_forward']:.0f}% on real pixels)")
     if "lowering_share" in r:
         head += f" | lowering+col2im {100 * r['lowering_share']:.0f}% of lowering's time"
     if "pipelined_speedup" in r:
@@ -251,26 +274,27 @@ def _print_layer(r, ceiling):
         if "paper_speedup" in r:
             head += f" (paper {r['paper_speedup']:.2f}x)"
     print(head)
-    print(f"  {'algo':<16} {'fwd ms':>8} {'GF/s':>6} {'peak':>5} {'bwd ms':>8} {'GF/s':>6} "
-          f"{'peak':>5} {'ws MiB':>7} {'vs torch f/b/tot':>17}")
+    print(f"  {'algo':<16} {'fwd ms':>8} {'GF/s':>6} {'real':>6} {'FMA%':>5} {'bwd ms':>8} "
+          f"{'GF/s':>6} {'real':>6} {'FMA%':>5} {'ws MiB':>7} {'vs torch f/b/tot':>17}")
     for name, a in r["algos"].items():
         label = name
         if name == "auto":
             label = f"auto({a['chose']['forward'][:4]}/{a['chose']['backward'][:4]})"
         ws = max(a["workspace"]["forward"]["total_bytes"],
                  a["workspace"]["backward"]["total_bytes"]) / 2 ** 20
-        line = (f"  {label:<16} {a['forward_ms']:8.2f} {a['forward_gflops']:6.1f} "
-                f"{100 * a['forward_frac_peak']:4.0f}% {a['backward_ms']:8.2f} "
-                f"{a['backward_gflops']:6.1f} {100 * a['backward_frac_peak']:4.0f}% {ws:7.2f}")
+        line = f"  {label:<16} {_rate_cols(a)} {ws:7.2f}"
         if "ratio_vs_torch_total" in a:
             line += (f" {a['ratio_vs_torch_forward']:5.2f}/{a['ratio_vs_torch_backward']:4.2f}/"
                      f"{a['ratio_vs_torch_total']:4.2f}")
         print(line)
     if "torch" in r:
         t = r["torch"]
-        print(f"  {'torch':<16} {t['forward_ms']:8.2f} {t['forward_gflops']:6.1f} "
-              f"{100 * t['forward_gflops'] / ceiling:4.0f}% {t['backward_ms']:8.2f} "
-              f"{t['backward_gflops']:6.1f} {100 * t['backward_gflops'] / ceiling:4.0f}%")
+        print(f"  {'torch':<16} {_rate_cols(t)}")
+
+
+def _rate_cols(a):
+    return " ".join(f"{a[f'{d}_ms']:8.2f} {a[f'{d}_gflops']:6.1f} {a[f'{d}_real_gflops']:6.1f} "
+                    f"{100 * a[f'{d}_frac_fma_peak']:4.0f}%" for d in ("forward", "backward"))
 
 
 SHARE_BAR = 0.25
@@ -282,16 +306,27 @@ def _total_ms(row):
     return row["forward_ms"] + row["backward_ms"]
 
 
+MID_CHANNELS = range(32, 65)
+"""The "32-64 channel" layers (input and output channels both in this range), where the
+summary lists auto's fraction of the FMA peak on the real count."""
+
+
 def summarize(results):
     """Per (set, threads): over the layers, auto's fwd+bwd ratio to PyTorch (median, minimum),
     auto's speedup over plain lowering (minimum), and pipelined's speedup over plain lowering on
     the layers where lowering + col2im take >= SHARE_BAR of plain lowering's time."""
     groups = {}
     for r in results:
-        groups.setdefault((r["set"], r["threads"]), []).append(r)
+        groups.setdefault((r["set"], r["threads"], r.get("isa")), []).append(r)
     out = []
-    for (name, t), rs in groups.items():
-        s = {"set": name, "threads": t, "layers": len(rs)}
+    for (name, t, isa), rs in groups.items():
+        s = {"set": name, "threads": t, "isa": isa, "layers": len(rs)}
+        mid = [r for r in rs if r["shape"]["C"] in MID_CHANNELS
+               and r["shape"]["K"] in MID_CHANNELS and "auto" in r["algos"]]
+        if mid:
+            s["fma_peak_mid_layers"] = {
+                r["layer"]: {d: r["algos"]["auto"][f"{d}_frac_fma_peak"]
+                             for d in ("forward", "backward")} for r in mid}
         vs_torch = [(r["algos"]["auto"]["ratio_vs_torch_total"], r["layer"]) for r in rs
                     if "ratio_vs_torch_total" in r["algos"].get("auto", {})]
         if vs_torch:
@@ -318,7 +353,8 @@ def summarize(results):
 def _print_summary(summary):
     print("\nsummary (fwd+bwd; ratios above 1 favour the first named)")
     for s in summary:
-        head = f"  {s['set']:<14} {s['threads']} thread(s), {s['layers']} layers:"
+        head = (f"  {s['set']:<14} {s['isa'] or ''} {s['threads']} thread(s), {s['layers']} "
+                "layers:")
         if "median_ratio_auto_vs_torch" in s:
             print(f"{head} auto vs PyTorch median {s['median_ratio_auto_vs_torch']:.2f}x, min "
                   f"{s['min_ratio_auto_vs_torch']:.2f}x ({s['min_layer']})")
@@ -333,6 +369,12 @@ def _print_summary(summary):
                   f"{100 * SHARE_BAR:.0f}% ({len(s['lowering_heavy_layers'])} layers): min "
                   f"{s['min_pipelined_vs_lowering_heavy']:.2f}x "
                   f"({s['min_pipelined_vs_lowering_heavy_layer']})")
+            head = " " * len(head)
+        if "fma_peak_mid_layers" in s:
+            cells = ", ".join(f"{n} {100 * v['forward']:.0f}%/{100 * v['backward']:.0f}%"
+                              for n, v in s["fma_peak_mid_layers"].items())
+            print(f"{head} auto, FMA peak on real multiply-adds (fwd/bwd), 32-64 channel "
+                  f"layers: {cells}")
 
 
 def main(argv=None):
@@ -350,6 +392,9 @@ def main(argv=None):
     p.add_argument("--algos", default=None,
                    help=f"comma-separated strategies (default: all of {', '.join(conv.ALGOS)} "
                         "and auto)")
+    p.add_argument("--isa", default=None,
+                   help="comma-separated vector ISAs to measure in turn (of avx512, avx2, "
+                        "generic; default: $HPCNN_ISA, else the widest this CPU runs)")
     p.add_argument("--no-torch", action="store_true", help="skip PyTorch even when installed")
     p.add_argument("--json", default=None, help="write the results here")
     a = p.parse_args(argv)
@@ -369,26 +414,38 @@ def main(argv=None):
     _set_stat(a.stat)
     layers = load_layers(a.layers, a.set, a.batch)
     from hpcnn import threads as thr
-    from hpcnn.kernels import _native, autotune
+    from hpcnn.kernels import _native, autotune, peak
+    from hpcnn.kernels import isa as isa_mod
 
-    results, ceilings = [], {}
-    for t in (int(v) for v in a.threads.split(",")):
-        t = _set_threads(t, torch)
-        ceilings[t] = sgemm_ceiling()
-        print(f"== {t} thread(s): SGEMM ceiling {ceilings[t]:.1f} GFLOP/s; threads "
-              f"{thr.current()}; BLAS {_native.BLAS_INFO}; CPU {autotune.cpu_model()}",
-              flush=True)
-        for set_name, layer in layers:
-            r = bench_layer(layer, algos, a.repeats, t, ceilings[t], torch)
-            r["set"] = set_name
-            _print_layer(r, ceilings[t])
-            results.append(r)
+    try:
+        isas = [isa_mod.select(n) for n in a.isa.split(",")] if a.isa else [isa_mod.select()]
+    except HpcnnError as e:
+        p.error(str(e))
+    host = isa_mod.host_isa()
+    results, ceilings, peaks = [], {}, {}
+    for isa in isas:
+        os.environ[isa_mod.ENV] = isa.name  # every kernel, and the autotuner's keys, follow it
+        for t in (int(v) for v in a.threads.split(",")):
+            t = _set_threads(t, torch)
+            if t not in ceilings:
+                ceilings[t] = sgemm_ceiling()
+            pk = peaks.setdefault(isa.name, {})[t] = peak.fma_peak(isa, t)
+            print(f"== CPU {autotune.cpu_model()} | ISA {isa.name} ({isa.lanes} lanes; host "
+                  f"{host.name}) | {t} thread(s): FMA peak {pk:.1f} GFLOP/s, SGEMM ceiling "
+                  f"{ceilings[t]:.1f} | threads {thr.current()} | BLAS {_native.BLAS_INFO}",
+                  flush=True)
+            for set_name, layer in layers:
+                r = bench_layer(layer, algos, a.repeats, t, ceilings[t], torch, peak=pk)
+                r["set"], r["isa"] = set_name, isa.name
+                _print_layer(r)
+                results.append(r)
     summary = summarize(results)
     if summary:
         _print_summary(summary)
     if a.json:
-        meta = {"cpu": autotune.cpu_model(), "blas": _native.BLAS_INFO, "repeats": a.repeats,
-                "stat": a.stat,
+        meta = {"cpu": autotune.cpu_model(), "host_isa": host.name,
+                "isas": [i.name for i in isas], "blas": _native.BLAS_INFO, "repeats": a.repeats,
+                "stat": a.stat, "fma_peak_gflops": peaks,
                 "sgemm_ceiling_gflops": ceilings, "torch": getattr(torch, "__version__", None)}
         with open(a.json, "w") as f:
             json.dump({"meta": meta, "results": results, "summary": summary}, f, indent=1)

@@ -11,11 +11,11 @@ and oneDNN. The tile's shape comes from the ISA (:mod:`hpcnn.kernels.isa`): 14 r
 16 floats (28 of AVX-512's 32 registers), 6 x 2 vectors of 8 on AVX2 (12 of 16), 6 x 2 of 4 for
 any other LLVM target.
 
-``tile(isa, nv, m, A, a0, aoffs, a_step, a_inc, B, b0, b_step, b_inc, nseg, L, out, o0, ooffs,
-acc)`` computes, with ``lanes`` the ISA's vector width, for i < m and n < nv * lanes,
+``tile(isa, nv, m, A, a0, aoffs, a_step, B, b0, b_step, b_inc, nseg, L, out, o0, ooffs, acc)``
+computes, with ``lanes`` the ISA's vector width, for i < m and n < nv * lanes,
 
     out.flat[o0 + ooffs[i] + n] (+)= sum over t < nseg, j < L of
-        A.flat[a0 + aoffs[i] + t*a_step + j*a_inc] * B.flat[b0 + t*b_step + j*b_inc + n]
+        A.flat[a0 + aoffs[i] + t*a_step + j] * B.flat[b0 + t*b_step + j*b_inc + n]
 
 (``+=`` when ``acc`` is non-zero), for ``isa`` an :attr:`~hpcnn.kernels.isa.Isa.id`, ``nv`` 1 or
 2 and 1 <= m <= the ISA's rows; other values do nothing. Every (isa, nv, m) has its own code
@@ -51,9 +51,24 @@ def _for(builder, count):
     return cgutils.for_range(builder, count)
 
 
+def _fence(builder, after):
+    """An empty asm statement (no instruction) that takes the previous row's FMA results and
+    that memory accesses may not cross: the next row's broadcast is scheduled after them.
+    Without it LLVM's scheduler issues all the rows' broadcasts first, which needs more vector
+    registers than AVX-512 has beside 28 accumulators, and spills them."""
+    cons = ",".join(["v"] * len(after) + ["~{memory}"])
+    builder.asm(ir.FunctionType(ir.VoidType(), [a.type for a in after]), "", cons, after,
+                side_effect=True)
+
+
+def _opaque(builder, value):
+    """``value``, hidden from LLVM's loop analyses behind an empty asm statement."""
+    return builder.asm(ir.FunctionType(_I64, [_I64]), "", "=r,0", [value], side_effect=True)
+
+
 def emit_tile(builder, p, v, MR, NV, VL):
     """Emit one MR x (NV*VL) tile at the builder's position. ``p``: float*/i64* pointers "A",
-    "aoffs", "B", "out", "ooffs"; ``v``: i64 values "a0", "a_step", "a_inc", "b0", "b_step",
+    "aoffs", "B", "out", "ooffs"; ``v``: i64 values "a0", "a_step", "b0", "b_step",
     "b_inc", "nseg", "L", "o0", "acc" (see the module docstring)."""
     vt = ir.VectorType(_F32, VL)
     fma = _fma(builder.module, vt)
@@ -72,20 +87,27 @@ def emit_tile(builder, p, v, MR, NV, VL):
         for k in range(NV):
             q = builder.gep(p["B"], [builder.add(jb, ir.Constant(_I64, VL * k))])
             bs.append(builder.load(builder.bitcast(q, vt.as_pointer()), align=4))
+        done = []
         for i in range(MR):
+            _fence(builder, done)
             a = builder.load(builder.gep(p["A"], [builder.add(abase[i], ja)]))
             av = builder.shuffle_vector(builder.insert_element(undef, a, ir.Constant(_I32, 0)),
                                         undef, splat)
+            done = []
             for k in range(NV):
-                builder.store(builder.call(fma, [av, bs[k], builder.load(accs[i][k])]),
-                              accs[i][k])
+                done.append(builder.call(fma, [av, bs[k], builder.load(accs[i][k])]))
+                builder.store(done[-1], accs[i][k])
 
+    # The j loop's index is made opaque to LLVM (an empty asm): otherwise loop strength
+    # reduction gives each of the MR rows a pointer of its own, more than the 16 general
+    # registers, and the loop spends more on spilling them than on FMAs. This way a row costs a
+    # broadcast per step and, beyond the free registers, one reload of its base.
     with _for(builder, v["nseg"]) as seg:
         ja0 = builder.mul(seg.index, v["a_step"])
         jb0 = builder.add(v["b0"], builder.mul(seg.index, v["b_step"]))
         with _for(builder, v["L"]) as loop:
-            step(builder.add(ja0, builder.mul(loop.index, v["a_inc"])),
-                 builder.add(jb0, builder.mul(loop.index, v["b_inc"])))
+            j = _opaque(builder, loop.index)
+            step(builder.add(ja0, j), builder.add(jb0, builder.mul(j, v["b_inc"])))
     keep = builder.icmp_signed("!=", v["acc"], ir.Constant(_I64, 0))
     for i in range(MR):
         row = builder.add(v["o0"], at(p["ooffs"], i))
@@ -97,7 +119,7 @@ def emit_tile(builder, p, v, MR, NV, VL):
             builder.store(r, q, align=4)
 
 
-_ARGS = ("isa", "nv", "m", "A", "a0", "aoffs", "a_step", "a_inc", "B", "b0", "b_step", "b_inc",
+_ARGS = ("isa", "nv", "m", "A", "a0", "aoffs", "a_step", "B", "b0", "b_step", "b_inc",
          "nseg", "L", "out", "o0", "ooffs", "acc")
 _FLOATS = ("A", "B", "out")
 _OFFSETS = ("aoffs", "ooffs")
@@ -125,9 +147,9 @@ def _emit_switch(builder, p, v):
     builder.position_at_end(done)
 
 
-def _tile_typer(typingctx, isa, nv, m, A, a0, aoffs, a_step, a_inc, B, b0, b_step, b_inc, nseg, L,
+def _tile_typer(typingctx, isa, nv, m, A, a0, aoffs, a_step, B, b0, b_step, b_inc, nseg, L,
                 out, o0, ooffs, acc):
-    ty = dict(zip(_ARGS, (isa, nv, m, A, a0, aoffs, a_step, a_inc, B, b0, b_step, b_inc, nseg,
+    ty = dict(zip(_ARGS, (isa, nv, m, A, a0, aoffs, a_step, B, b0, b_step, b_inc, nseg,
                           L, out, o0, ooffs, acc)))
     if not all(isinstance(ty[a], types.Array) and ty[a].dtype == types.float32 for a in _FLOATS):
         return None
@@ -183,7 +205,7 @@ def assembly(module, cpu, features=""):
     mod = llvm.parse_assembly(str(module))
     mod.triple = "x86_64-unknown-linux-gnu"
     mod.verify()
-    pto = llvm.create_pipeline_tuning_options(speed_level=3, size_level=0)
+    pto = llvm.create_pipeline_tuning_options(speed_level=3)
     pb = llvm.create_pass_builder(tm, pto)
     pb.getModulePassManager().run(mod, pb)
     return tm.emit_assembly(mod)

@@ -32,9 +32,9 @@ Environment (read at every call, so tests can switch them):
     are merged in and written back atomically. A file that cannot be parsed (not UTF-8, not
     JSON, nested too deep, larger than 16 MiB), or is not such a file, never stops a run and is
     never overwritten: "auto" warns once, ignores it and keeps its choices in memory. Entries for
-    another CPU model or thread count do not match the key and are left alone; an entry naming
-    an unknown strategy is ignored (warned once) and retuned, and so is an entry whose timings
-    lack a candidate of today (it was tuned by an hpcnn without that strategy).
+    another CPU model, vector ISA or thread count do not match the key and are left alone; an
+    entry naming an unknown strategy is ignored (warned once) and retuned, and so is an entry
+    whose timings lack a candidate of today (it was tuned by an hpcnn without that strategy).
 
 Reproducibility: without a cache file two runs can choose differently when two strategies are
 close, and the strategies round differently (each is deterministic by itself). Use a cache file,
@@ -55,6 +55,7 @@ import numpy as np
 
 from hpcnn.atomic import atomic_path, temporary_name
 from hpcnn.errors import UsageError
+from hpcnn.kernels import isa as isa_mod
 
 FORMAT = "hpcnn-autotune"
 VERSION = 1
@@ -103,7 +104,8 @@ def make_key(x_shape, w_shape, stride, padding, dtype, threads=None):
         return "x".join(str(int(v)) for v in t)
 
     threads = numba.get_num_threads() if threads is None else int(threads)
-    return (f"cpu={_CPU};threads={threads};dtype={np.dtype(dtype).name};x={dims(x_shape)};"
+    return (f"cpu={_CPU};isa={isa_mod.select().name};threads={threads};"
+            f"dtype={np.dtype(dtype).name};x={dims(x_shape)};"
             f"w={dims(w_shape)};stride={dims(stride)};pad={dims(padding)}")
 
 

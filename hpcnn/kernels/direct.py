@@ -76,6 +76,28 @@ def window_classes(out, size, k, stride, pad):
     return np.array(rows, dtype=np.int64).reshape(-1, 4)
 
 
+PER_ROW_STEPS = 64
+"""A forward tile takes one kernel row at a time when a kernel row holds at least this many
+taps (S*C): its j loop is long enough, and every pixel whose input row is real for r shares the
+tile. With fewer (a first layer's 3 channels), a tile takes all the kernel rows that are real for
+its output rows at once (:func:`row_jobs`)."""
+
+
+def row_jobs(P, H, R, stride, pad, per_row):
+    """The forward's row jobs, int64 rows (o0, o1, r0, r1): output rows o0 <= oh < o1 add kernel
+    rows r0 <= r < r1. ``per_row``: one job per kernel row r, over the output rows whose input
+    row is real for r; else one per run of :func:`window_classes`."""
+    classes = window_classes(P, H, R, stride, pad)
+    if not per_row:
+        return classes
+    jobs = []
+    for r in range(R):
+        inside = [(o0, o1) for o0, o1, t0, t1 in classes if t0 <= r < t1]
+        if inside:  # a kernel row's real output rows are one run
+            jobs.append((inside[0][0], inside[-1][1], r, r + 1))
+    return np.array(jobs, dtype=np.int64).reshape(-1, 4)
+
+
 def _panels(K, isa):
     """Widths of the output-channel panels: two vectors wide, then one or two for the rest."""
     wide, narrow = isa.widths
@@ -106,12 +128,12 @@ def _pack_weights(w, isa):
 
 
 @pnjit
-def _forward_kernel(x, wp, widths, offsets, bias, y, R, S, sh, sw, ph, pw, rows, cols, band,
+def _forward_kernel(x, wp, widths, offsets, bias, y, R, S, sh, sw, ph, pw, jobs, cols, band,
                     isa, lanes, mr, xp, yt, ao, oo):
-    """y (N, K, P, Q) = conv(x, w) + bias; wp/widths/offsets from :func:`_pack_weights`,
-    rows/cols from :func:`window_classes` (output rows, output columns). Scratch per group g:
-    xp[g] (Hp*Wp*C + SLACK floats), yt[g] (band*Q pixels, panel widths summed), ao[g], oo[g]
-    (band*Q: a tile's input and output offsets)."""
+    """y (N, K, P, Q) = conv(x, w) + bias; wp/widths/offsets from :func:`_pack_weights`, jobs
+    from :func:`row_jobs`, cols from :func:`window_classes`. Scratch per group g: xp[g]
+    (Hp*Wp*C + SLACK floats), yt[g] (band*Q pixels, panel widths summed), ao[g], oo[g] (band*Q:
+    a tile's input and output offsets)."""
     N, C, H, W = x.shape
     K, P, Q = y.shape[1], y.shape[2], y.shape[3]
     G = xp.shape[0]
@@ -128,27 +150,29 @@ def _forward_kernel(x, wp, widths, offsets, bias, y, R, S, sh, sw, ph, pw, rows,
             for oh0 in range(0, P, band):
                 oh1 = min(oh0 + band, P)
                 outf[:(oh1 - oh0) * Q * Kp] = 0.0
-                for r in range(R):
+                for jb in range(jobs.shape[0]):
+                    a, b = max(jobs[jb, 0], oh0), min(jobs[jb, 1], oh1)
+                    r0, r1 = jobs[jb, 2], jobs[jb, 3]
+                    if a >= b or r1 <= r0:
+                        continue
                     for cc in range(cols.shape[0]):
                         q0, q1, s0, s1 = cols[cc, 0], cols[cc, 1], cols[cc, 2], cols[cc, 3]
                         if s1 <= s0:
                             continue
-                        cnt = 0  # the pixels of this band and columns whose input row is real
-                        for rc in range(rows.shape[0]):
-                            if rows[rc, 2] <= r < rows[rc, 3]:
-                                for oh in range(max(rows[rc, 0], oh0), min(rows[rc, 1], oh1)):
-                                    for q in range(q0, q1):
-                                        aof[cnt] = (oh * sh + r) * row + (q * sw + s0) * C
-                                        oof[cnt] = ((oh - oh0) * Q + q) * Kp
-                                        cnt += 1
+                        cnt = 0
+                        for oh in range(a, b):
+                            for q in range(q0, q1):
+                                aof[cnt] = (oh * sh + r0) * row + (q * sw + s0) * C
+                                oof[cnt] = ((oh - oh0) * Q + q) * Kp
+                                cnt += 1
                         k0 = 0
                         for pi in range(widths.shape[0]):
                             width = widths[pi]
-                            b0 = offsets[pi] + (r * S + s0) * C * width
+                            b0 = offsets[pi] + (r0 * S + s0) * C * width
                             for t0 in range(0, cnt, mr):
-                                tile(isa, width // lanes, min(mr, cnt - t0), buf, 0, aof[t0:], 0,
-                                     1, wp, b0, 0, width, 1, (s1 - s0) * C, outf, k0, oof[t0:],
-                                     1)
+                                tile(isa, width // lanes, min(mr, cnt - t0), buf, 0, aof[t0:],
+                                     row, wp, b0, SC * width, width, r1 - r0, (s1 - s0) * C,
+                                     outf, k0, oof[t0:], 1)
                             k0 += width
                 # to NCHW with the bias: 8x8 blocks transposed in registers, the rest one by one
                 p_lo, p_hi = oh0 * Q, oh1 * Q
@@ -210,11 +234,11 @@ def _wgrad_kernel(dy, x, R, S, sh, sw, ph, pw, band, jt, isa, lanes, mr, oo_dw, 
                             for i in range(m):
                                 aof[i] = (k0 + i) * PQ
                             if nj == width:  # accumulate straight into the group's dW
-                                tile(isa, width // lanes, m, dy, a0, aof, Q, 1, buf, b0, sh * row,
+                                tile(isa, width // lanes, m, dy, a0, aof, Q, buf, b0, sh * row,
                                      sw * C, hi - lo, q1 - q0, dwgf, k0 * RSC + r * SC + j0,
                                      oo_dw, 1)
                             else:
-                                tile(isa, width // lanes, m, dy, a0, aof, Q, 1, buf, b0, sh * row,
+                                tile(isa, width // lanes, m, dy, a0, aof, Q, buf, b0, sh * row,
                                      sw * C, hi - lo, q1 - q0, t, 0, oo_t, 0)
                                 for i in range(m):
                                     d = dwg[k0 + i, r * SC + j0:r * SC + j0 + nj]
@@ -279,9 +303,9 @@ def _forward(x, w, b, stride, padding, isa):
     ao = np.empty((G, band * Q), dtype=np.int64)
     oo = np.empty((G, band * Q), dtype=np.int64)
     yt = np.empty((G, band * Q, int(widths.sum())), dtype=x.dtype)
-    rows = window_classes(P, H, R, sh, ph)
+    jobs = row_jobs(P, H, R, sh, ph, S * C >= PER_ROW_STEPS)
     cols = window_classes(Q, W, S, sw, pw)
-    _forward_kernel(x, wp, widths, offsets, bias, y, R, S, sh, sw, ph, pw, rows, cols, band,
+    _forward_kernel(x, wp, widths, offsets, bias, y, R, S, sh, sw, ph, pw, jobs, cols, band,
                     isa.id, isa.lanes, isa.rows, xp, yt, ao, oo)
     return y
 
@@ -359,7 +383,7 @@ def workspace_bytes(x_shape, w_shape, stride, padding, itemsize=4, threads=None,
     isa = _isa(isa)
     N, C, H, W = x_shape
     K, _, R, S = w_shape
-    (sh, sw), (ph, pw) = stride, padding
+    ph, pw = padding
     P, Q = _out_size(H, W, R, S, stride, padding)
     Hp, Wp = H + 2 * ph, W + 2 * pw
     G = max(1, min(threads or numba.get_num_threads(), N))

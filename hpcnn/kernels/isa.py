@@ -20,10 +20,11 @@ All three paths are compiled into the same kernels and chosen at run time by a s
 (:attr:`Isa.id`): Numba's on-disk cache stays valid whichever path a process uses.
 """
 
+import functools
 import os
 from dataclasses import dataclass
 
-from hpcnn.errors import HpcnnError
+from hpcnn.errors import UsageError
 
 ENV = "HPCNN_ISA"
 
@@ -51,11 +52,12 @@ ISAS = {
 ORDER = ("avx512", "avx2", "generic")  # widest first
 
 
+@functools.lru_cache(maxsize=1)
 def host_features():
     """The set of CPU features LLVM sees on this host (e.g. {"avx2", "fma", "avx512f"})."""
     import llvmlite.binding as llvm
 
-    return {k for k, v in llvm.get_host_cpu_features().items() if v}
+    return frozenset(k for k, v in llvm.get_host_cpu_features().items() if v)
 
 
 def host_isa(features=None):
@@ -71,18 +73,18 @@ def host_isa(features=None):
 def select(name=None, features=None):
     """The path to run: ``name`` (or ``$HPCNN_ISA``), else the host's widest.
 
-    Raises :class:`HpcnnError` for an unknown name, or one wider than the host runs.
+    Raises :class:`hpcnn.errors.UsageError` for an unknown name, or one wider than the host runs.
     """
     name = os.environ.get(ENV, "") if name is None else name
     host = host_isa(features)
     if not name:
         return host
     if name not in ISAS:
-        raise HpcnnError(f"{ENV}={name!r} is not a vector ISA; choose one of "
+        raise UsageError(f"{ENV}={name!r} is not a vector ISA; choose one of "
                          f"{', '.join(ORDER)}")
     want = ISAS[name]
     if ORDER.index(want.name) < ORDER.index(host.name):
-        raise HpcnnError(f"{ENV}={name}: this CPU runs at most {host.name} "
+        raise UsageError(f"{ENV}={name}: this CPU runs at most {host.name} "
                          f"({', '.join(ORDER[ORDER.index(host.name):])} allowed)")
     return want
 

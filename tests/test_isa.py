@@ -1,0 +1,183 @@
+"""The vector-ISA paths of the "direct" convolution (hpcnn.kernels.isa, hpcnn.kernels._fma).
+
+- choosing a path: the host's widest by default, HPCNN_ISA narrower, a wider or unknown one a
+  usage error (one line, exit 2 from the command-line tools);
+- the code each path's tile becomes: the AVX-512 tile compiled for an AVX-512 target uses 512-bit
+  FMAs with its accumulators in registers (no vector spill in the inner loop), the AVX2 tile
+  256-bit ones (no need to run them: LLVM only compiles here);
+- every path this machine runs against the naive reference, forward and both gradients, on
+  awkward shapes: padding up to R-1 and beyond (windows wholly on the border), stride 2 and 3,
+  1x1 to 7x7 images, tiles of every row count, output channels across panel widths;
+- finite differences through each path; the count of real multiply-adds against brute force;
+- the autotuner keys its choices by path.
+"""
+
+import os
+import re
+import subprocess
+import sys
+
+import numba
+import numpy as np
+import pytest
+
+from hpcnn.errors import UsageError
+from hpcnn.kernels import _fma, autotune, direct, isa
+from tests import reference as ref
+
+RUNNABLE = [i.name for i in isa.runnable()]
+THREADS = [1, 2] if numba.config.NUMBA_NUM_THREADS >= 2 else [1]
+
+
+def test_select_host_env_and_errors(monkeypatch):
+    avx2_host = {"avx", "avx2", "fma"}
+    assert isa.host_isa(avx2_host).name == "avx2"
+    assert isa.host_isa({"avx512f", "avx2", "fma"}).name == "avx512"
+    assert isa.host_isa({"sse2"}).name == "generic"
+    monkeypatch.delenv(isa.ENV, raising=False)
+    assert isa.select(features=avx2_host).name == "avx2"
+    assert isa.select("generic", features=avx2_host).name == "generic"
+    with pytest.raises(UsageError, match="runs at most avx2"):
+        isa.select("avx512", features=avx2_host)
+    with pytest.raises(UsageError, match="not a vector ISA"):
+        isa.select("sse9", features=avx2_host)
+    monkeypatch.setenv(isa.ENV, "generic")
+    assert isa.select(features=avx2_host).name == "generic"
+    assert [i.name for i in isa.runnable(avx2_host)] == ["avx2", "generic"]
+
+
+def test_bad_isa_env_is_one_line_exit_2():
+    env = dict(os.environ, HPCNN_ISA="avx1024")
+    r = subprocess.run([sys.executable, "-m", "hpcnn.bench", "conv", "--algos", "direct",
+                        "--no-torch"], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert "HPCNN_ISA='avx1024' is not a vector ISA" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def _hot_loop(asm):
+    """The basic block with the most FMAs: the tile's inner loop."""
+    blocks = re.split(r"\n(?=\.LBB)", asm)
+    return max(blocks, key=lambda b: len(re.findall(r"vfmadd\w*ps", b)))
+
+
+@pytest.mark.parametrize("name,reg,width", [("avx512", "zmm", 32), ("avx2", "ymm", 16)])
+def test_generated_code_uses_the_isa_vectors(name, reg, width):
+    target = isa.ISAS[name]
+    asm = _fma.assembly(_fma.standalone_module(target), target.llvm_cpu)
+    loop = _hot_loop(asm)
+    fmas = re.findall(r"vfmadd\w*ps\s+(%\w+), (%\w+), (%\w+)", loop)
+    assert len(fmas) == target.rows * 2  # one FMA per accumulator and step
+    assert all(all(op.startswith("%" + reg) for op in f) for f in fmas), fmas
+    assert target.widths[0] == width
+    # the accumulators stay in registers: no vector register goes to or comes from the stack
+    assert not re.search(r"vmov\w+\s+%[xyz]mm\d+, -?\d*\(%rsp\)", loop), loop
+    assert not re.search(r"vmov\w+\s+-?\d*\(%rsp\), %[xyz]mm", loop), loop
+
+
+def _case(N, C, H, W, K, R, S, stride, pad, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+    w = rng.standard_normal((K, C, R, S)).astype(np.float32)
+    b = rng.standard_normal(K).astype(np.float32)
+    return x, w, b, ref.pair(stride), ref.pair(pad)
+
+
+def _close(got, want):
+    want = np.asarray(want, dtype=np.float64)
+    assert got.shape == want.shape and got.dtype == np.float32
+    tol = 1e-4 * max(1.0, float(np.abs(want).max()))
+    np.testing.assert_allclose(got.astype(np.float64), want, rtol=0, atol=tol)
+
+
+# (N, C, H, W, K, R, S, stride, padding)
+AWKWARD = [
+    (2, 3, 8, 8, 5, 5, 5, 1, 2),  # the first layer's 3 channels: weight-gradient tiles span s
+    (3, 32, 8, 8, 35, 5, 5, 1, 2),  # per-kernel-row forward, panels of 32 + narrow rest
+    (2, 16, 7, 7, 64, 3, 3, 1, 1),  # 7x7 outputs
+    (1, 17, 1, 1, 19, 3, 3, 1, 2),  # a 1x1 image, padding R-1: every window mostly border
+    (2, 4, 2, 3, 9, 3, 3, 1, 4),  # padding beyond R-1: windows wholly on the border
+    (2, 5, 7, 9, 7, 3, 3, 2, 1),  # stride 2
+    (2, 20, 7, 7, 40, 3, 3, 3, (0, 1)),  # stride 3
+    (2, 24, 6, 5, 13, 5, 3, (1, 2), (2, 1)),  # channels between one and two vectors
+    (1, 9, 4, 4, 30, 2, 2, 1, 1),  # even kernel
+    (3, 48, 5, 5, 16, 1, 1, 1, 0),  # 1x1
+]
+
+
+@pytest.mark.parametrize("n_threads", THREADS)
+@pytest.mark.parametrize("name", RUNNABLE)
+@pytest.mark.parametrize("case", AWKWARD, ids=str)
+def test_every_path_matches_the_reference(case, name, n_threads):
+    old = numba.get_num_threads()
+    numba.set_num_threads(n_threads)
+    try:
+        x, w, b, stride, pad = _case(*case, seed=len(name))
+        y_ref = ref.conv2d_forward(x, w, b, stride, pad)
+        dy = np.random.default_rng(1).standard_normal(y_ref.shape).astype(np.float32)
+        _close(direct.forward(x, w, b, stride, pad, isa=name), y_ref)
+        grads = direct.backward(dy, x, w, stride, pad, isa=name)
+        for got, want in zip(grads, ref.conv2d_backward(dy, x, w, stride, pad), strict=True):
+            _close(got, want)
+    finally:
+        numba.set_num_threads(old)
+
+
+@pytest.mark.parametrize("name", RUNNABLE)
+def test_every_path_by_finite_differences(name):
+    """y is linear in x, w and b: L(t + v) - L(t - v) = 2 <dL/dt, v> up to rounding."""
+    x, w, b, stride, pad = _case(2, 12, 6, 5, 20, 3, 3, 1, 1, seed=3)
+    rng = np.random.default_rng(4)
+    G = rng.standard_normal(direct.forward(x, w, b, stride, pad, isa=name).shape)
+    G = G.astype(np.float32)
+    grads = dict(zip("xwb", direct.backward(G, x, w, stride, pad, isa=name), strict=True))
+
+    def loss(**kw):
+        args = {"x": x, "w": w, "b": b, **kw}
+        y = direct.forward(args["x"], args["w"], args["b"], stride, pad, isa=name)
+        return float(np.sum(y.astype(np.float64) * G))
+
+    base = {"x": x, "w": w, "b": b}
+    for k, g in grads.items():
+        v = rng.standard_normal(g.shape).astype(np.float32)
+        fd = (loss(**{k: base[k] + v}) - loss(**{k: base[k] - v})) / 2
+        an = float(np.sum(g.astype(np.float64) * v))
+        assert abs(fd - an) <= 1e-3 * max(1.0, abs(an)), (k, fd, an)
+
+
+@pytest.mark.parametrize("case", AWKWARD, ids=str)
+def test_real_macs_counts_the_taps_on_real_pixels(case):
+    N, C, H, W, K, R, S, stride, pad = case
+    (sh, sw), (ph, pw) = ref.pair(stride), ref.pair(pad)
+    P, Q = (H + 2 * ph - R) // sh + 1, (W + 2 * pw - S) // sw + 1
+    real = sum(1 for p in range(P) for q in range(Q) for r in range(R) for s in range(S)
+               if 0 <= p * sh - ph + r < H and 0 <= q * sw - pw + s < W)
+    assert direct.real_macs((N, C, H, W), (K, C, R, S), (sh, sw), (ph, pw)) == N * K * C * real
+
+
+def test_peak_loop_computes_its_recurrence():
+    """The peak loop's result is the FMA recurrence it claims (so no work is skipped)."""
+    from hpcnn.kernels import peak
+
+    out = np.zeros(1, dtype=np.float32)
+    n = 1000
+    name = RUNNABLE[0]
+    peak._peak_kernel(isa.ISAS[name].id, n, out)
+    want = 0.0
+    for c in range(_fma.peak_chains(isa.ISAS[name])):
+        a = float(c)
+        for _ in range(n):
+            a = a * 0.999999 + 1e-6
+        want += a
+    assert abs(float(out[0]) - want) <= 1e-4 * want
+
+
+def test_autotune_key_names_the_path(monkeypatch):
+    args = ((2, 3, 8, 8), (4, 3, 3, 3), (1, 1), (1, 1), np.float32, 1)
+    keys = set()
+    for name in RUNNABLE:
+        monkeypatch.setenv(isa.ENV, name)
+        key = autotune.make_key(*args)
+        assert f"isa={name};" in key
+        keys.add(key)
+    assert len(keys) == len(RUNNABLE)
