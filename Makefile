@@ -13,7 +13,7 @@ STAMP  := $(VENV)/.installed
 # else the system's.
 MPIEXEC = $(shell if [ -x $(VENV)/bin/mpiexec ]; then echo $(VENV)/bin/mpiexec; else command -v mpiexec; fi)
 
-.PHONY: install train test test-serial test-mpi bench lint clean
+.PHONY: install train test test-serial test-mpi test-cluster bench lint clean
 
 install: $(STAMP)
 
@@ -45,6 +45,12 @@ test-serial: install
 test-mpi: install
 	$(MPIEXEC) -n 2 $(PY) -m pytest -q --with-mpi -m mpi tests
 	$(MPIEXEC) -n 4 $(PY) -m pytest -q --with-mpi -m mpi tests
+
+# The multi-node tests alone (part of test-serial): the peer watchdog, 2 emulated nodes
+# (network namespaces; root), and a local 2-node Slurm that they bring up and take down (root,
+# apt-get). They skip, with the reason, where that cannot be done (fail instead under CI=true).
+test-cluster: install
+	$(PY) -m pytest -q tests/test_watchdog.py tests/test_cluster_local.py tests/test_slurm.py
 
 bench: install
 	$(PY) -m hpcnn.bench train --net cifar10_quick
