@@ -318,7 +318,8 @@ def test_train_checkpoint_and_sample(tmp_path):
     ([], "", "the text file is empty"),
     ([], b"\xff\xfeA\x00B\x00", "not UTF-8 text"),
     (["--parallel", "hybrid"], TEXT, "--net rnn trains with --parallel data"),
-    (["--batch-size", "4096"], TEXT, "too short for 4096 streams"),
+    (["--batch-size", "4096"], TEXT, "fewer than one window of --bptt 50"),
+    (["--batch-size", "8192"], TEXT, "too short for 8192 streams"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, extra, content, message):
     text = tmp_path / "t.txt"
