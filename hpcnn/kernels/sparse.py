@@ -39,25 +39,29 @@ KL_EPS = 1e-12  # the mean activation is clipped to [eps, 1 - eps] before the lo
 # sigmoid
 
 
+# Every kernel takes ``one`` (1 in the arrays' dtype) and uses no float literal: a float64
+# literal would promote float32 arithmetic to float64 (measured ~20x slower for the sigmoid).
+
+
 @pnjit
-def _sigmoid_kernel(x, y):
+def _sigmoid_kernel(x, y, one):
     n = x.shape[0]
     for blk in prange((n + _BLOCK - 1) // _BLOCK):
         lo = blk * _BLOCK
         hi = min(lo + _BLOCK, n)
         for i in range(lo, hi):
-            y[i] = 1.0 / (1.0 + np.exp(-x[i]))
+            y[i] = one / (one + np.exp(-x[i]))
 
 
 @pnjit
-def _sigmoid_bwd_kernel(dy, y, dx):
+def _sigmoid_bwd_kernel(dy, y, dx, one):
     n = dy.shape[0]
     for blk in prange((n + _BLOCK - 1) // _BLOCK):
         lo = blk * _BLOCK
         hi = min(lo + _BLOCK, n)
         for i in range(lo, hi):
             v = y[i]
-            dx[i] = dy[i] * v * (1.0 - v)
+            dx[i] = dy[i] * v * (one - v)
 
 
 def sigmoid(x, out=None):
@@ -65,7 +69,7 @@ def sigmoid(x, out=None):
     fn = "sigmoid"
     x = _float_array(x, "x", fn)
     y = _check_out(out, x.shape, x.dtype, fn)
-    _sigmoid_kernel(x.reshape(-1), y.reshape(-1))
+    _sigmoid_kernel(x.reshape(-1), y.reshape(-1), x.dtype.type(1))
     return y
 
 
@@ -77,7 +81,7 @@ def sigmoid_backward(dy, y, out=None):
     if y.shape != dy.shape:
         raise ValueError(f"{fn}: dy has shape {dy.shape} but y has shape {y.shape}")
     dx = _check_out(out, dy.shape, dy.dtype, fn)
-    _sigmoid_bwd_kernel(dy.reshape(-1), y.reshape(-1), dx.reshape(-1))
+    _sigmoid_bwd_kernel(dy.reshape(-1), y.reshape(-1), dx.reshape(-1), dy.dtype.type(1))
     return dx
 
 
@@ -86,12 +90,12 @@ def sigmoid_backward(dy, y, out=None):
 
 
 @pnjit
-def _bias_sigmoid_kernel(z, b, a):
+def _bias_sigmoid_kernel(z, b, a, one):
     """a[n, j] = sigmoid(z[n, j] + b[j]); z, a (N, H); one row per parallel iteration."""
     N, H = z.shape
     for n in prange(N):
         for j in range(H):
-            a[n, j] = 1.0 / (1.0 + np.exp(-(z[n, j] + b[j])))
+            a[n, j] = one / (one + np.exp(-(z[n, j] + b[j])))
 
 
 @pnjit
@@ -138,7 +142,7 @@ def bias_sigmoid(z, b, out=None):
     z = _check_rows(z, "z", fn)
     b = _check_vec(b, "b", z.shape[1], fn, dtype=z.dtype)
     a = _check_out(out, z.shape, z.dtype, fn)
-    _bias_sigmoid_kernel(z, b, a)
+    _bias_sigmoid_kernel(z, b, a, z.dtype.type(1))
     return a
 
 
@@ -198,7 +202,7 @@ def kl_sparsity(rho_hat, rho, beta):
 
 
 @pnjit
-def _output_delta_kernel(a, x, scale, d):
+def _output_delta_kernel(a, x, scale, d, one):
     """d = (a - x) * a * (1 - a) * scale; returns sum (a - x)^2 (float64, fixed row blocks)."""
     N, V = a.shape
     nblk = (N + _ROWS - 1) // _ROWS
@@ -210,7 +214,7 @@ def _output_delta_kernel(a, x, scale, d):
                 v = a[n, j]
                 e = v - x[n, j]
                 s += np.float64(e) * e
-                d[n, j] = e * v * (1.0 - v) * scale
+                d[n, j] = e * v * (one - v) * scale
         part[k] = s
     total = 0.0
     for k in range(nblk):
@@ -219,13 +223,13 @@ def _output_delta_kernel(a, x, scale, d):
 
 
 @pnjit
-def _hidden_delta_kernel(da, g, a, d):
+def _hidden_delta_kernel(da, g, a, d, one):
     """d[n, j] = (da[n, j] + g[j]) * a[n, j] * (1 - a[n, j])."""
     N, H = da.shape
     for n in prange(N):
         for j in range(H):
             v = a[n, j]
-            d[n, j] = (da[n, j] + g[j]) * v * (1.0 - v)
+            d[n, j] = (da[n, j] + g[j]) * v * (one - v)
 
 
 def output_delta(a, x, scale, out=None):
@@ -247,7 +251,7 @@ def output_delta(a, x, scale, out=None):
     if x.shape != a.shape:
         raise ValueError(f"{fn}: a has shape {a.shape} but x has shape {x.shape}")
     d = _check_out(out, a.shape, a.dtype, fn)
-    sse = _output_delta_kernel(a, x, a.dtype.type(scale), d)
+    sse = _output_delta_kernel(a, x, a.dtype.type(scale), d, a.dtype.type(1))
     return float(sse), d
 
 
@@ -269,7 +273,7 @@ def hidden_delta(da, g, a, out=None):
         raise ValueError(f"{fn}: da has shape {da.shape} but a has shape {a.shape}")
     g = _check_vec(g, "g", da.shape[1], fn).astype(da.dtype, copy=False)
     d = _check_out(out, da.shape, da.dtype, fn)
-    _hidden_delta_kernel(da, g, a, d)
+    _hidden_delta_kernel(da, g, a, d, da.dtype.type(1))
     return d
 
 
@@ -283,14 +287,10 @@ def _soft_threshold_kernel(x, t, y):
     for blk in prange((n + _BLOCK - 1) // _BLOCK):
         lo = blk * _BLOCK
         hi = min(lo + _BLOCK, n)
-        for i in range(lo, hi):
+        zero = t - t
+        for i in range(lo, hi):  # branch-free, so it vectorizes
             v = x[i]
-            if v > t:
-                y[i] = v - t
-            elif v < -t:
-                y[i] = v + t
-            else:
-                y[i] = 0.0
+            y[i] = max(v - t, zero) + min(v + t, zero)
 
 
 @pnjit
@@ -301,14 +301,10 @@ def _fista_step_kernel(y, yg, xd, z, step, thr, mom):
     for blk in prange((n + _BLOCK - 1) // _BLOCK):
         lo = blk * _BLOCK
         hi = min(lo + _BLOCK, n)
-        for i in range(lo, hi):
+        zero = thr - thr
+        for i in range(lo, hi):  # branch-free, so it vectorizes (branches: 5x slower)
             u = y[i] - step * (yg[i] - xd[i])
-            if u > thr:
-                zn = u - thr
-            elif u < -thr:
-                zn = u + thr
-            else:
-                zn = u - u  # 0 of u's type
+            zn = max(u - thr, zero) + min(u + thr, zero)
             y[i] = zn + mom * (zn - z[i])
             z[i] = zn
 
