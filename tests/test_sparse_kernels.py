@@ -128,3 +128,17 @@ def test_soft_threshold_is_the_l1_prox():
 def test_bad_arguments(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_float32_sigmoid_accuracy_and_extremes():
+    # the float32 path computes exp itself (a polynomial): compare with the float64 sigmoid
+    x = np.concatenate([np.linspace(-100, 100, 40001), [-1e30, -88.5, 0.0, 88.5, 1e30]])
+    x32 = x.astype(np.float32)
+    with np.errstate(over="ignore"):
+        want = 1 / (1 + np.exp(-x32.astype(np.float64)))
+    got = S.sigmoid(x32).astype(np.float64)
+    np.testing.assert_allclose(got, want, rtol=3e-7, atol=1e-37)
+    assert got[x == 0.0][0] == 0.5 and got[-1] == 1.0 and 0.0 <= got[-5] < 1e-37
+    b = np.zeros(7, np.float32)
+    z = x32[:39998].reshape(-1, 7)
+    np.testing.assert_allclose(S.bias_sigmoid(z, b), S.sigmoid(z), rtol=0, atol=0)
