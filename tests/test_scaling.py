@@ -25,6 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ("allreduce_rd", 5, 100, (3, 300)),              # a non-power of 2: one more round
     ("allreduce", 4, 1024, (2, 2048)),               # short: recursive doubling
     ("allreduce", 4, 4096, (4, 6144)),               # long: Rabenseifner 2 log2 p, 2(p-1)/p n
+    ("iallreduce", 4, 4096, (4, 6144)),              # non-blocking: the same terms
     ("reduce_scatter", 4, 1000, (3, 750)),           # (p-1), (p-1)/p n
     ("allgather", 4, 100, (3, 300)),                 # (p-1), (p-1) n (own block)
     ("bcast", 4, 100, (2, 200)),                     # binomial

@@ -1,7 +1,8 @@
 """Collective latency and bandwidth, every kind hpcnn uses:
 ``mpiexec -n N python -m hpcnn.bench comm [--kinds ...] [--json FILE]``.
 
-Kinds: ``allreduce`` (in place, as the gradient buckets), ``reduce_scatter``, ``allgather``,
+Kinds: ``allreduce`` (in place), ``iallreduce`` (in place, non-blocking then waited for, as the
+gradient buckets run: MPICH picks other algorithms for it), ``reduce_scatter``, ``allgather``,
 ``bcast``, ``reduce`` and ``alltoall``, all float32 SUM where they reduce. The message size of a
 row is each rank's payload as the strategies count it (:mod:`hpcnn.parallel.strategy`): the
 buffer of an allreduce, a reduce-scatter's whole input, a rank's own block of an all-gather, the
@@ -23,7 +24,7 @@ import json
 import os
 import sys
 
-KINDS = ("allreduce", "reduce_scatter", "allgather", "bcast", "reduce", "alltoall")
+KINDS = ("allreduce", "iallreduce", "reduce_scatter", "allgather", "bcast", "reduce", "alltoall")
 ALLREDUCE_ALGORITHMS = ("auto", "ring", "recursive_doubling", "reduce_scatter_allgather")
 
 
@@ -57,6 +58,9 @@ def _op(comm, kind, nbytes):
     if kind == "allreduce":
         buf = np.zeros(n, np.float32)  # zeros stay finite over any number of sums
         return lambda: comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+    if kind == "iallreduce":  # non-blocking, then waited for: what the gradient buckets run
+        buf = np.zeros(n, np.float32)
+        return lambda: comm.Iallreduce(MPI.IN_PLACE, buf, op=MPI.SUM).Wait()
     if kind == "reduce_scatter":
         n = max(size, n - n % size)
         src, dst = np.zeros(n, np.float32), np.zeros(n // size, np.float32)

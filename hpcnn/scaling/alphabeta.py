@@ -16,6 +16,7 @@ allreduce ring          2 (p - 1)                   2 (p - 1) / p * n
 allreduce rec. doubl.   log2 p                      log2 p * n
 allreduce (MPICH)       rec. doubling for n <= 2 KiB, else Rabenseifner:
                         2 log2 p                    2 (p - 1) / p * n
+iallreduce              as allreduce (its own alpha and beta: the non-blocking algorithms)
 reduce-scatter          p - 1                       (p - 1) / p * n      (n: whole input)
 all-gather (ring)       p - 1                       (p - 1) * n          (n: own block)
 broadcast               binomial for n < 12 KiB: log2 p, log2 p * n; else scatter +
@@ -30,8 +31,8 @@ log2 p is rounded up (non-powers of two take one more round).
 
 import math
 
-KINDS = ("allreduce", "allreduce_ring", "allreduce_rd", "reduce_scatter", "allgather", "bcast",
-         "reduce", "alltoall")
+KINDS = ("allreduce", "iallreduce", "allreduce_ring", "allreduce_rd", "reduce_scatter",
+         "allgather", "bcast", "reduce", "alltoall")
 
 # Named interconnects: (alpha seconds, beta seconds per byte), with where the figures come from.
 INTERCONNECTS = {
@@ -67,6 +68,8 @@ def coefficients(kind, p, n):
         return 0.0, 0.0
     lg = _log2(p)
     frac = (p - 1) / p
+    if kind == "iallreduce":  # fitted on its own; MPICH's selection modelled like the blocking
+        kind = "allreduce"
     if kind == "allreduce_ring":
         return 2.0 * (p - 1), 2.0 * frac * n
     if kind == "allreduce_rd" or (kind == "allreduce" and n <= ALLREDUCE_SHORT):

@@ -17,7 +17,9 @@ Assumptions (printed with every report):
    in the batch. A head split over M ranks (hybrid) takes 1/M of the whole head's time on the same
    examples; the optimizer's time is proportional to the parameters a rank updates.
 2. Every collective costs ``A alpha + B beta`` with the algorithm MPICH picks for its size; alpha
-   and beta are fitted per kind and per link from ``bench comm`` (1 rank per node).
+   and beta are fitted per kind and per link from ``bench comm`` (1 rank per node). The gradient
+   buckets cost as ``iallreduce`` (non-blocking, then waited for), fitted apart: MPICH runs
+   other algorithms for it than for the blocking allreduce.
 3. Data parallelism's gradient buckets (25 MiB, reverse layer order) start as backward finishes
    their layers and run one after another; while backward still computes they progress at a
    fraction ``overlap`` of full speed (MPICH moves a non-blocking collective only inside MPI
@@ -215,8 +217,11 @@ def predict(prof, shape, mode, nodes, ranks_per_node, n, link, overlap=0.0, grid
     blocking = 0.0
     for kind, group, b, moved, phase in collectives(shape, mode, p, n, (D, M), scheme):
         nbytes[kind] = nbytes.get(kind, 0) + int(b)
-        c = comm_cost(link, kind, group, moved)
-        if isinstance(phase, tuple):
+        overlapped = isinstance(phase, tuple)
+        # the buckets run Iallreduce: its own fit where the link has one
+        c = comm_cost(link, "iallreduce" if overlapped and "iallreduce" in link else kind,
+                      group, moved)
+        if overlapped:
             launch = done.get(phase[1], t_end)
             start = max(launch, free)
             if start < t_end and overlap > 0:
@@ -470,7 +475,9 @@ def _cmd_fit(a):
                     "overlap": 0.0} for name, kinds in fits.items()}
     consts = {}
     if a.csv and os.path.exists(a.csv):
-        rows = read_rows(a.csv)
+        from hpcnn.scaling.report import best_rows
+
+        rows = best_rows(read_rows(a.csv))
         profs = load_profiles(a.profiles)
         shapes = {n: NetShape.of(n) for n in profs if isinstance(n, str)}
         consts = fit_link_constants(rows, profs, shapes, links)

@@ -84,7 +84,11 @@ def build_parser():
     p.add_argument("--only", default=None,
                    help="run only cells whose label matches this regular expression "
                         "(labels: NET/MODE/bBATCH/NODESxPER:LINK)")
-    p.add_argument("--skip-done", action="store_true", help="skip cells the CSV already holds")
+    p.add_argument("--skip-done", action="store_true",
+                   help="skip cells the CSV already holds --repeat times")
+    p.add_argument("--repeat", type=at.positive_int, default=1,
+                   help="rows wanted per cell with --skip-done (the report keeps each cell's "
+                        "fastest: the least disturbed run on a shared machine)")
     p.add_argument("--max-seconds", type=at.positive_float, default=None,
                    help="start no cell after this many seconds (run again to go on)")
     p.add_argument("--comm", default=None,
@@ -149,16 +153,17 @@ def cells(a):
 
 
 def done_labels(path, global_batches):
-    """Labels of the cells a CSV already holds."""
+    """{label: rows} of the cells a CSV already holds."""
     from hpcnn.scaling.csvio import read_rows
 
     if not os.path.exists(path) or os.path.getsize(path) == 0:
-        return set()
-    out = set()
+        return {}
+    out = {}
     for r in read_rows(path):
         mode = r["scheme"] if r["parallel"] == "hybrid" else "data"
         b = f"g{r['global_batch']}" if global_batches else f"b{r['batch_per_rank']}"
-        out.add(f"{r['net']}/{mode}/{b}/{r['nodes']}x{r['ranks_per_node']}:{r['link']}")
+        label = f"{r['net']}/{mode}/{b}/{r['nodes']}x{r['ranks_per_node']}:{r['link']}"
+        out[label] = out.get(label, 0) + 1
     return out
 
 
@@ -245,7 +250,7 @@ def run_points(a):
     todo = cells(a)
     if a.skip_done:
         done = done_labels(a.csv, bool(a.global_batches))
-        todo = [c for c in todo if c[0] not in done]
+        todo = [c for c in todo if done.get(c[0], 0) < a.repeat]
     print(f"{len(todo)} point(s) to run -> {a.csv}", flush=True)
     failed = ran = 0
     for layout, group in itertools.groupby(todo, key=lambda c: c[1]):
@@ -274,8 +279,8 @@ def run_comm(a):
         layout = (1, nodes, "shm") if link == "shm" else (nodes, 1, link)
         with Cluster(a, layout[0], link):
             for algo in ("auto", "ring", "recursive_doubling"):
-                kinds = ",".join(("allreduce", "reduce_scatter", "allgather", "bcast",
-                                  "reduce", "alltoall")) if algo == "auto" else "allreduce"
+                kinds = ",".join(("allreduce", "iallreduce", "reduce_scatter", "allgather",
+                                  "bcast", "reduce", "alltoall")) if algo == "auto" else "allreduce"
                 out = os.path.abspath(os.path.join(a.comm_dir, f"comm_{link}_{nodes}_{algo}.json"))
                 cmd = [sys.executable, "-m", "hpcnn.bench", "comm", "--kinds", kinds,
                        "--allreduce-algorithm", algo, "--factor", "4",
