@@ -121,3 +121,10 @@ def test_cli_bad_input_one_line_exit_2(argv, match, tmp_path, monkeypatch, capsy
     err = capsys.readouterr().err
     assert rc == 2
     assert err.count("\n") == 1 and err.startswith("error: ") and match in err
+
+
+def test_cli_dictionary_from_patches(capsys):
+    rc = main(["fista", "--dataset", "synthetic", "--patches", "100", "--iters", "10",
+               "--dictionary", "patches", "--atoms", "8", "--learn", "2", "--threads", "1"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "dictionary patches (64, 8)" in out

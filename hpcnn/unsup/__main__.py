@@ -60,7 +60,8 @@ def build_parser():
     f.add_argument("--lam", type=at.finite_float, default=0.1, help="L1 weight lambda, >= 0")
     f.add_argument("--atoms", type=at.width, default=64, help="atoms of a random dictionary")
     f.add_argument("--dictionary", default="random",
-                   help="random, an autoencoder checkpoint (.h5: its W1 rows), or a .npy (V, K)")
+                   help="random, patches (--atoms random patches, centred), an autoencoder "
+                        "checkpoint (.h5: its W1 rows), or a .npy (V, K)")
     f.add_argument("--iters", type=at.positive_int, default=200, help="FISTA iterations")
     f.add_argument("--learn", type=at.nonneg_int, default=0,
                    help="dictionary-learning steps (each: FISTA, then a step on D)")
@@ -186,7 +187,7 @@ def save_autoencoder(path, theta, cfg, result):
     write_checkpoint(path, arrays, meta)
 
 
-def load_dictionary(args, V):
+def load_dictionary(args, V, patches=None):
     """The (V, K) dictionary named by ``--dictionary``, columns unit length."""
     import numpy as np
 
@@ -195,6 +196,11 @@ def load_dictionary(args, V):
     src = args.dictionary
     if src == "random":
         return random_dictionary(V, args.atoms, args.seed)
+    if src == "patches":  # a common start for dictionary learning: atoms drawn from the data
+        rng = np.random.default_rng(args.seed + 1)
+        pick = patches[rng.choice(len(patches), args.atoms, replace=args.atoms > len(patches))]
+        pick = np.asarray(pick, np.float64)
+        return normalize_columns((pick - pick.mean(axis=1, keepdims=True)).T)
     if src.endswith(".npy"):
         try:
             D = np.load(src, allow_pickle=False)
@@ -227,7 +233,7 @@ def run_fista(args, comm, say):
     V = args.patch_size ** 2
     full = _agree(comm, all_patches, args)
     m, x = len(full), rank_block(full, comm)
-    D = _agree(comm, load_dictionary, args, V)
+    D = _agree(comm, load_dictionary, args, V, full)
     fi.check_problem(x, D, args.lam)
     say(f"FISTA: {m} patches {args.patch_size}x{args.patch_size} of {args.dataset} over "
         f"{comm.Get_size()} rank(s), dictionary {args.dictionary} {D.shape}, lambda {args.lam}, "
