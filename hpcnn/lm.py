@@ -74,6 +74,22 @@ def hidden(strategy):
     return strategy.model.layers[0].hidden
 
 
+def carried(strategy, per_rank, resuming):
+    """The hidden states (per_rank, H) of this rank's streams for an epoch: a checkpoint's when
+    resuming in the middle of the epoch it was written in, else zeros. Kept as the model's
+    ``carried`` so that checkpoints save them (:class:`hpcnn.parallel.strategy.Strategy`)."""
+    import numpy as np
+
+    model = strategy.model
+    shape = (per_rank, hidden(strategy))
+    state = getattr(model, "resumed_carried", None) if resuming else None
+    model.resumed_carried = None
+    if state is None or state.shape != shape:
+        state = np.zeros(shape, np.float32)
+    model.carried = state
+    return state
+
+
 def sample_batch(ds, per_rank, hidden_size):
     """The first window of a rank's streams (to compile the kernels before the run)."""
     return next(ds.epoch_batches(per_rank, per_rank, 0, 0, 1, hidden_size))

@@ -679,7 +679,8 @@ def _epoch(args, ds, strategy, ctl, log, cfg, epoch, step, pos, rank, step_fault
     in_memory = isinstance(ds.x_train, np.ndarray)  # else an h5: store, read ahead
     if lm.is_text(ds):  # the rank's streams in order, their hidden states carried
         batches = ds.epoch_batches(cfg.batch, cfg.per_rank, rank, first, cfg.steps_per_epoch,
-                                   lm.hidden(strategy))
+                                   lm.hidden(strategy),
+                                   lm.carried(strategy, cfg.per_rank, resumed and first > 0))
     else:
         batches = EpochBatches(ds.x_train, ds.y_train, order, cfg.batch, cfg.per_rank, rank,
                                first, cfg.steps_per_epoch, 0 if in_memory else args.prefetch)

@@ -353,3 +353,23 @@ def test_sample_refuses_a_cnn_checkpoint_and_a_missing_file(tmp_path):
                             meta)
     r = run_cli("hpcnn.sample", "--checkpoint", str(path))
     assert r.returncode == 2 and "not a checkpoint of an rnn" in r.stderr
+
+
+def test_resume_mid_epoch_is_exact(tmp_path):
+    """A run resumed from a checkpoint written in the middle of an epoch (hidden states of the
+    streams included) ends with the uninterrupted run's numbers."""
+    text = tmp_path / "t.txt"
+    text.write_text(TEXT, encoding="utf-8")
+    common = ["--net", "rnn", "--dataset", "text", "--text", str(text), "--hidden", "16",
+              "--bptt", "12", "--batch-size", "8", "--epochs", "2", "--threads", "1"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    r = run_cli("hpcnn.train", *common, "--checkpoint-dir", str(a), "--checkpoint-every", "20",
+                "--keep", "100", "--metrics", str(tmp_path / "a.jsonl"))
+    assert r.returncode == 0, r.stderr
+    r = run_cli("hpcnn.train", *common, "--checkpoint-dir", str(b), "--resume",
+                str(a / "ckpt-000000020.h5"), "--metrics", str(tmp_path / "b.jsonl"))
+    assert r.returncode == 0, r.stderr
+    assert "step 20, epoch 1, batch 20 of " in r.stdout
+    ends = [json.loads((tmp_path / f"{n}.jsonl").read_text().splitlines()[-1]) for n in "ab"]
+    for key in ("train_loss", "test_perplexity", "test_accuracy"):
+        assert ends[0][key] == ends[1][key], key

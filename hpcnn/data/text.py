@@ -116,14 +116,15 @@ class TextData:
         idx = base[:, None] + np.arange(steps)
         return ids[idx], ids[idx + 1]
 
-    def epoch_batches(self, batch, per_rank, rank, first, stop, hidden):
+    def epoch_batches(self, batch, per_rank, rank, first, stop, hidden, state=None):
         """This rank's ``(Windows, targets)`` for steps ``first .. stop - 1`` of an epoch; one
-        hidden state (per_rank, H) for its streams, zero at the start (also when resuming in
-        the middle of an epoch)."""
+        hidden state (per_rank, H) for its streams, carried from window to window: ``state``
+        (a resumed run's, updated in place), else zeros."""
         from hpcnn.nn.rnn import Windows
 
         length = self._streams(self.x_train, batch, "training")
-        state = np.zeros((per_rank, hidden), np.float32)
+        if state is None:
+            state = np.zeros((per_rank, hidden), np.float32)
         for i in range(first, stop):
             x, y = self.window(self.x_train, length, rank * per_rank, per_rank, i * self.bptt,
                                self.bptt)

@@ -245,9 +245,10 @@ class ParamAveraging(Strategy):
                 buf *= self._scale
 
     def extra_state(self):
-        return {"since_average": int(self.since)}
+        return dict(super().extra_state(), since_average=int(self.since))
 
     def load_extra_state(self, extra, same_layout):
+        super().load_extra_state(extra, same_layout)
         self.since = int(extra.get("since_average", 0)) if same_layout else 0
 
     def describe(self):

@@ -182,10 +182,37 @@ class Strategy:
         return buf
 
     def extra_state(self):
-        return {}
+        return self._carried_state()
 
     def load_extra_state(self, extra, same_layout):
-        pass
+        self._load_carried(extra, same_layout)
+
+    MAX_CARRIED = 1 << 18  # floats of carried state a checkpoint's metadata may hold
+
+    def _carried_state(self):
+        """A stateful model's per-rank rows (``model.carried``: an RNN's hidden states of this
+        rank's streams), gathered in rank order on rank 0 as ``{"carried": rows}`` (collective;
+        the other ranks return {}: only rank 0's is written). Omitted beyond MAX_CARRIED."""
+        carried = getattr(self.model, "carried", None)
+        if carried is None or carried.size * self.size > self.MAX_CARRIED:
+            return {}
+        parts = self.comm.gather(carried, root=0) if self.size > 1 else [carried]
+        return {"carried": np.concatenate(parts).tolist()} if self.rank == 0 else {}
+
+    def _load_carried(self, extra, same_layout):
+        """This rank's rows of a checkpoint's carried state, kept as ``model.resumed_carried``
+        for the resumed epoch (ignored unless the ranks and the rows split alike)."""
+        self.model.resumed_carried = None
+        rows = extra.get("carried")
+        if not rows or not same_layout:
+            return
+        try:
+            full = np.asarray(rows, dtype=np.float32)
+        except (TypeError, ValueError):
+            return
+        if full.ndim == 2 and len(full) % self.size == 0 and np.isfinite(full).all():
+            per = len(full) // self.size
+            self.model.resumed_carried = full[self.rank * per:(self.rank + 1) * per].copy()
 
     def expected_state(self):
         """{array name: full shape} this strategy saves and loads (rows excluded)."""
