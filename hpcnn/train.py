@@ -672,8 +672,6 @@ def _epoch(args, ds, strategy, ctl, log, cfg, epoch, step, pos, rank, step_fault
     from hpcnn import lm
     from hpcnn.data.batches import EpochBatches
 
-    # One global shuffle per epoch, identical on every rank (seeded by seed and epoch).
-    order = np.random.default_rng([args.seed, epoch]).permutation(len(ds.x_train))
     resumed = epoch == pos.epoch
     first = pos.index if resumed else 0
     in_memory = isinstance(ds.x_train, np.ndarray)  # else an h5: store, read ahead
@@ -682,6 +680,8 @@ def _epoch(args, ds, strategy, ctl, log, cfg, epoch, step, pos, rank, step_fault
                                    lm.hidden(strategy),
                                    lm.carried(strategy, cfg.per_rank, resumed and first > 0))
     else:
+        # One global shuffle per epoch, identical on every rank (seeded by seed and epoch).
+        order = np.random.default_rng([args.seed, epoch]).permutation(len(ds.x_train))
         batches = EpochBatches(ds.x_train, ds.y_train, order, cfg.batch, cfg.per_rank, rank,
                                first, cfg.steps_per_epoch, 0 if in_memory else args.prefetch)
     strategy.reset_timings()
