@@ -50,13 +50,18 @@ def load_model(path):
         raise DataError(f"{path}: not a checkpoint of an rnn (net {meta.get('net')!r}, no "
                         f"vocabulary in its metadata)")
     vocab = info["vocab"]
-    emb = arrays.get("param/rnn.emb")
-    if emb is None or emb.ndim != 2 or emb.shape[0] != len(vocab) or meta.get("rows", 1) != 1:
+    rows = meta.get("rows", 1)  # > 1: per-rank parameters (--sync average), averaged
+
+    def param(name):
+        a = np.asarray(arrays[f"param/{name}"], np.float64)
+        return (a.mean(axis=0) if rows > 1 else a).astype(np.float32)
+
+    emb = param("rnn.emb") if "param/rnn.emb" in arrays else None
+    if emb is None or emb.ndim != 2 or emb.shape[0] != len(vocab):
         raise DataError(f"{path}: its rnn.emb does not match its vocabulary of {len(vocab)}")
     model = build_rnn(len(vocab), emb.shape[1], 1)
     try:
-        model.load_state_dict({name: np.asarray(arrays[f"param/{name}"])
-                               for name, _ in model.named_params()})
+        model.load_state_dict({name: param(name) for name, _ in model.named_params()})
     except (KeyError, ValueError) as e:
         raise DataError(f"{path}: parameters do not match an rnn: {e}") from None
     return model, vocab

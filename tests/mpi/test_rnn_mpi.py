@@ -108,3 +108,33 @@ def test_unreadable_text_fails_on_every_rank(rank0_dir):
                        "--log-interval", "100"])
     with pytest.raises(DataError, match="not UTF-8 text"):
         run(args, world(), 1)
+
+
+@pytest.mark.mpi(min_size=2)
+def test_sample_reads_a_checkpoint_of_per_rank_parameters(rank0_dir):
+    """--sync average leaves ranks with different parameters between averages; the checkpoint
+    keeps a row per rank and hpcnn.sample takes their mean."""
+    from hpcnn.sample import load_model
+    from hpcnn.train import parse_args, run
+
+    comm = world()
+    path = os.path.join(rank0_dir, "t.txt")
+    if comm.Get_rank() == 0:
+        with open(path, "w") as f:
+            f.write(TEXT)
+    comm.Barrier()
+    ck = os.path.join(rank0_dir, "ck")
+    args = parse_args(["--net", "rnn", "--dataset", "text", "--text", path, "--hidden", "8",
+                       "--bptt", "5", "--batch-size", "4", "--max-steps", "4", "--sync",
+                       "average", "--average-every", "3", "--checkpoint-dir", ck,
+                       "--log-interval", "100"])
+    summary = run(args, comm, 1)
+    if comm.Get_rank() == 0:
+        import h5py
+
+        with h5py.File(summary["checkpoint"]) as f:
+            assert f["param/rnn.w_hh"].shape == (comm.Get_size(), 8, 8)
+            mean = f["param/rnn.w_hh"][...].mean(axis=0)
+        model, vocab = load_model(summary["checkpoint"])
+        assert vocab == "".join(sorted(set(TEXT)))
+        np.testing.assert_allclose(model.layers[0].w_hh.data, mean, rtol=1e-6)
