@@ -22,7 +22,7 @@ import uuid
 
 import pytest
 
-from tests.test_watchdog import Job, gone_after, rank_pids
+from tests.test_watchdog import Job, gone_after, rank_pids, shm_cleanup  # noqa: F401
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "jobs", "cluster-local.sh")
@@ -134,6 +134,7 @@ def test_training_across_two_nodes_writes_metrics_from_rank_0_only(cluster, tmp_
 
 
 @pytest.mark.parametrize("launcher_sees_it", [True, False], ids=["hydra", "watchdog-only"])
+@pytest.mark.usefixtures("shm_cleanup")
 def test_kill_9_of_the_rank_on_the_other_node_ends_the_job_within_10s(cluster, launcher_sees_it):
     prog = f"{sys.executable} -m tests.peer_kill --seconds 300"  # Allreduce in a loop
     # watchdog-only: a killed rank's shell lingers, so that Hydra never learns of the death

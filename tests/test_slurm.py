@@ -30,6 +30,8 @@ import uuid
 
 import pytest
 
+from tests.test_watchdog import shm_cleanup  # noqa: F401
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SLURM_LOCAL = os.path.join(ROOT, "jobs", "slurm-local.sh")
 SMALL = ["--net", "mlp", "--dataset", "synthetic", "--synthetic-test", "64", "--threads", "1",
@@ -237,6 +239,7 @@ def test_two_ranks_train_under_srun():
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc to find the rank")
+@pytest.mark.usefixtures("shm_cleanup")
 def test_kill_9_of_one_rank_ends_the_srun_job():
     job = Job("--synthetic-train", "2000", "--epochs", "1000")
     try:
@@ -258,6 +261,7 @@ def test_kill_9_of_one_rank_ends_the_srun_job():
         job.close()
 
 
+@pytest.mark.usefixtures("shm_cleanup")
 def test_exception_on_one_rank_ends_the_srun_job_and_names_the_rank():
     job = Job("--synthetic-train", "2000", "--epochs", "50",
               HPCNN_FAULT_RANK="1", HPCNN_FAULT_STEP="3")
@@ -277,6 +281,7 @@ def test_exception_on_one_rank_ends_the_srun_job_and_names_the_rank():
 
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc to find the rank")
 @pytest.mark.parametrize("nodes", [1, 2])
+@pytest.mark.usefixtures("shm_cleanup")
 def test_kill_9_without_kill_on_bad_exit_ends_the_srun_job_within_10s(nodes):
     """Slurm's default: srun leaves the survivors running; hpcnn's peer watchdog ends them."""
     job = Job("--synthetic-train", "2000", "--epochs", "1000", kill_on_bad_exit=0, nodes=nodes)

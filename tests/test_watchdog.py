@@ -243,6 +243,49 @@ def gone_after(pids, timeout):
     return time.monotonic() - t
 
 
+def remove_orphan_shm(since):
+    """Remove MPICH's shared-memory segments (/dev/shm/mpich_shm_*) made since ``since`` (a
+    time.time()) that no live process maps or holds open: a killed job's ranks never unlink
+    theirs, and Slurm or mpiexec may reuse the name for a later job, which then fails to start."""
+    folder = "/dev/shm"
+    try:
+        names = [n for n in os.listdir(folder) if n.startswith("mpich_shm_")]
+    except OSError:
+        return
+    fresh = set()
+    for n in names:
+        try:
+            if os.stat(os.path.join(folder, n)).st_mtime >= since - 1:
+                fresh.add(os.path.join(folder, n))
+        except OSError:
+            pass
+    if not fresh:
+        return
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/maps") as f:
+                fresh -= {line.split(None, 5)[-1].strip() for line in f if "/dev/shm/" in line}
+            for fd in os.listdir(f"/proc/{d}/fd"):
+                fresh.discard(os.path.realpath(f"/proc/{d}/fd/{fd}"))
+        except OSError:
+            continue
+    for path in fresh:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
+@pytest.fixture
+def shm_cleanup():
+    """After a test that kills ranks: remove the segments its killed job left in /dev/shm."""
+    since = time.time()
+    yield
+    remove_orphan_shm(since)
+
+
 def kill_job(ranks, kill_rank, *extra):
     """``ranks`` ranks of peer_kill; rank ``kill_rank`` is SIGKILLed, its shell lingers."""
     prog = (f"{sys.executable} -m tests.peer_kill --kill-rank {kill_rank} --kill-after 1 "
@@ -254,6 +297,7 @@ def kill_job(ranks, kill_rank, *extra):
 
 @needs_mpi
 @pytest.mark.parametrize("ranks,kill_rank", [(2, 1), (2, 0), (3, 2)])
+@pytest.mark.usefixtures("shm_cleanup")
 def test_sigkill_of_one_rank_ends_every_other_rank_within_10s(ranks, kill_rank):
     marker = uuid.uuid4().hex
     job = Job(kill_job(ranks, kill_rank), HPCNN_TEST_JOB=marker)
