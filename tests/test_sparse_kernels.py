@@ -142,3 +142,30 @@ def test_float32_sigmoid_accuracy_and_extremes():
     b = np.zeros(7, np.float32)
     z = x32[:39998].reshape(-1, 7)
     np.testing.assert_allclose(S.bias_sigmoid(z, b), S.sigmoid(z), rtol=0, atol=0)
+
+
+def test_bench_ops_numpy_cnn_equals_hpcnn_kernels():
+    """The plain NumPy CNN that ``python -m hpcnn.bench ops`` times computes what hpcnn's
+    kernels compute (conv forward/backward by im2col/col2im, Caffe ceil-mode max-pool)."""
+    from hpcnn import kernels as K
+    from hpcnn.bench import ops
+    from hpcnn.unsup.timing import NO_TIMER
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 9, 9)).astype(np.float32)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(4).astype(np.float32)
+    y, col = ops._np_conv_forward(x, w, b, 1, NO_TIMER)
+    np.testing.assert_allclose(y, K.conv2d_forward(x, w, b, 1, 1, algo="lowering"),
+                               rtol=1e-5, atol=1e-5)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    got = ops._np_conv_backward(dy, x, w, col, 1, NO_TIMER)
+    want = K.conv2d_backward(dy, x, w, 1, 1, algo="lowering")
+    for g, h in zip(got, want):
+        np.testing.assert_allclose(g, h, rtol=1e-4, atol=1e-4)
+    p, arg = ops._np_maxpool(y, 3, 2)
+    p2, arg2 = K.maxpool2d_forward(y, 3, 2)
+    np.testing.assert_array_equal(p, p2)
+    dp = rng.standard_normal(p.shape).astype(np.float32)
+    np.testing.assert_allclose(ops._np_maxpool_backward(dp, arg, y.shape, 3, 2),
+                               K.maxpool2d_backward(dp, arg2, y.shape), rtol=1e-6, atol=1e-6)
