@@ -381,8 +381,10 @@ def _plots(rows, every, shapes, links, out, comm_dir):
                     tag = algo if kind == "allreduce" else ""
                     ax.plot(xs, [r["avg_us"] for r in rows_], "o", ms=3, color=f"C{i % 10}",
                             label=f"{d['link']} {d['ranks']}r {tag}")
-                    if d["link"] in links and k in links[d["link"]]["kinds"]:
-                        al, be = links[d["link"]]["kinds"][k]
+                    lk = links.get(d["link"], {}).get("kinds", {})
+                    key = f"{k}@{d['ranks']}" if f"{k}@{d['ranks']}" in lk else k
+                    if key in lk:
+                        al, be = lk[key]
                         ax.plot(xs, [1e6 * md.ab.cost(k, d["ranks"], x, al, be) for x in xs],
                                 "-", color=f"C{i % 10}", lw=0.8)
                 ax.set(xscale="log", yscale="log", title=kind, xlabel="bytes", ylabel="us")
