@@ -23,6 +23,13 @@
 #                            KillOnBadExit in slurm.conf (default 1): end a step as soon as one
 #                            task exits non-zero or is killed by a signal (what a real cluster
 #                            usually sets; srun --kill-on-bad-exit=1 per step does the same).
+#   SLURM_LOCAL_CLUSTER=NAME run each slurmd inside a node of the emulated cluster NAME
+#                            (`jobs/cluster-local.sh --name NAME up --nodes K --link RATE` first):
+#                            nodes NAME-n1..NAME-nK at their own addresses and hostnames, so a
+#                            job's tasks run in the nodes' namespaces and MPI between nodes crosses
+#                            the shaped links (a task prolog exports UCX_TLS=tcp,self and
+#                            UCX_NET_DEVICES=eth0); slurmctld listens on the head's address.
+#                            SLURM_LOCAL_NODES and SLURM_LOCAL_CPUS then come from the cluster.
 #   SLURM_LOCAL_PYTHON=PATH  a python with mpi4py, for the MPI check of `selftest`.
 #   SLURM_LOCAL_TIMEOUT=S    seconds to wait for a daemon / the node to be idle (default 30).
 #
@@ -39,6 +46,15 @@ MPI_DEFAULT=${SLURM_LOCAL_MPI:-pmi2}
 KILL_ON_BAD_EXIT=${SLURM_LOCAL_KILL_ON_BAD_EXIT:-1}
 TIMEOUT=${SLURM_LOCAL_TIMEOUT:-30}
 HOST=$(hostname -s)
+CLUSTER=${SLURM_LOCAL_CLUSTER:-}
+CLUSTER_DIR=/run/hpcnn-cluster-local/$CLUSTER
+CTLD_ADDR=127.0.0.1
+if [ -n "$CLUSTER" ]; then
+  [ -f "$CLUSTER_DIR/conf" ] || { echo "slurm-local: error: no emulated cluster '$CLUSTER' is up (jobs/cluster-local.sh --name $CLUSTER up ...)" >&2; exit 1; }
+  NODES=$(. "$CLUSTER_DIR/conf"; echo "$NODES")
+  CTLD_ADDR=$(. "$CLUSTER_DIR/conf"; echo "$SUBNET").1
+  CPUS=$(awk 'NR == 1 {print split($2, a, ",")}' "$CLUSTER_DIR/cpus")
+fi
 export DEBIAN_FRONTEND=noninteractive
 
 log() { echo "slurm-local: $*" >&2; }
@@ -56,7 +72,8 @@ check_opts() {
 }
 
 node_names() {
-  if [ "$NODES" -eq 1 ]; then echo "$HOST"; else seq -f 'n%g' 1 "$NODES"; fi
+  if [ -n "$CLUSTER" ]; then seq -f "$CLUSTER-n%g" 1 "$NODES"
+  elif [ "$NODES" -eq 1 ]; then echo "$HOST"; else seq -f 'n%g' 1 "$NODES"; fi
 }
 
 # ---------------------------------------------------------------- install
@@ -183,7 +200,7 @@ write_conf() {  # prints "changed" when the file changed
   {
     echo "# Written by jobs/slurm-local.sh (hpcnn); rewritten by every 'up'."
     echo "ClusterName=ci"
-    echo "SlurmctldHost=$HOST(127.0.0.1)"
+    echo "SlurmctldHost=$HOST($CTLD_ADDR)"
     cat <<'EOF'
 SlurmUser=root
 SlurmdUser=root
@@ -211,8 +228,16 @@ MinJobAge=4
 EOF
     echo "MpiDefault=$MPI_DEFAULT"
     echo "KillOnBadExit=$KILL_ON_BAD_EXIT"
-    [ "$CPUS" -gt "$(nproc)" ] && echo "SlurmdParameters=config_overrides"
-    if [ "$NODES" -eq 1 ]; then
+    if [ -n "$CLUSTER" ] || [ "$CPUS" -gt "$(nproc)" ]; then echo "SlurmdParameters=config_overrides"; fi
+    if [ -n "$CLUSTER" ]; then
+      echo "TaskProlog=/etc/slurm/hpcnn-task-prolog.sh"
+      i=0
+      for node in $(node_names); do
+        i=$((i + 1))
+        echo "NodeName=$node NodeHostname=$node NodeAddr=$(getent hosts "$node" | awk '{print $1}')" \
+             "CPUs=$CPUS RealMemory=$mem State=UNKNOWN"
+      done
+    elif [ "$NODES" -eq 1 ]; then
       echo "NodeName=$HOST NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$mem State=UNKNOWN"
     else
       i=0
@@ -225,6 +250,12 @@ EOF
     echo "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP"
   } >"$new"
   install -d /etc/slurm /var/spool/slurmctld /var/spool/slurmd /var/log/slurm
+  if [ -n "$CLUSTER" ]; then  # tasks' MPI between the emulated nodes over TCP on eth0
+    printf '#!/bin/sh\n# Written by jobs/slurm-local.sh (hpcnn): MPI over TCP between emulated nodes.\n%s\n%s\n%s\n' \
+      'echo export MPIR_CVAR_CH4_NETMOD=ucx' 'echo export UCX_TLS=tcp,self' \
+      'echo export UCX_NET_DEVICES=eth0' >/etc/slurm/hpcnn-task-prolog.sh
+    chmod 0755 /etc/slurm/hpcnn-task-prolog.sh
+  fi
   if [ -f "$CONF" ] && cmp -s "$new" "$CONF"; then
     rm -f "$new"
   else
@@ -264,8 +295,15 @@ start_slurm() {
       [ -n "$(recorded_pid "slurmd:$node")" ] || log "slurmd $node already running (pid $pid), not ours"
       continue
     fi
-    /usr/sbin/slurmd -N "$node" </dev/null >/dev/null 2>&1 \
-      || die "slurmd -N $node failed (see /var/log/slurm/slurmd-$node.log)"
+    if [ -n "$CLUSTER" ]; then  # inside the node: its network, and its own hostname
+      # (nsenter, not `ip netns exec`, which remounts /sys without the cgroup slurmd needs)
+      nsenter --net="/run/netns/$node" unshare --uts sh -c 'hostname "$1" && exec /usr/sbin/slurmd -N "$1"' \
+        slurmd "$node" </dev/null >/dev/null 2>&1 \
+        || die "slurmd -N $node in its emulated node failed (see /var/log/slurm/slurmd-$node.log)"
+    else
+      /usr/sbin/slurmd -N "$node" </dev/null >/dev/null 2>&1 \
+        || die "slurmd -N $node failed (see /var/log/slurm/slurmd-$node.log)"
+    fi
     pid=$(wait_pidfile "/run/slurmd-$node.pid" slurmd) \
       || die "slurmd -N $node did not start (see /var/log/slurm/slurmd-$node.log)"
     record "slurmd:$node" "$pid"

@@ -2,10 +2,13 @@
 
 The module needs a Slurm with 2 nodes. When none answers it brings one up with
 ``jobs/slurm-local.sh up`` (root; apt-get installs slurmctld, slurmd, slurm-client and munge when
-missing) as 2 slurmd nodes n1, n2 on this host with Slurm's stock ``KillOnBadExit=0``, and takes it
-down after the module (only when it started it). It skips, with the reason, where that cannot be
-done (not root, no apt-get and no Slurm, apt-get failing offline), except under CI=true, where
-these tests must run and a reason to skip fails them instead.
+missing) with 2 slurmd nodes and Slurm's stock ``KillOnBadExit=0``, and takes it down after the
+module (only when it started it). Where network namespaces work, each slurmd runs in its own
+emulated node (``SLURM_LOCAL_CLUSTER``, jobs/cluster-local.sh): a 2-node job's tasks have two
+hostnames and talk over TCP across a 10 Gbit/s link; elsewhere the nodes are two names on this
+host. It skips, with the reason, where Slurm cannot be had (not root, no apt-get and no Slurm,
+apt-get failing offline), except under CI=true, where these tests must run and a reason to skip
+fails them instead.
 
 Jobs: ``sbatch --wait -n 2 jobs/train.sbatch`` (no arguments: a short synthetic training) and a
 2-node ``jobs/scaling.sbatch`` with two points, each checked for exit 0 and what it wrote; 2-rank
@@ -34,6 +37,7 @@ from tests.test_watchdog import shm_cleanup  # noqa: F401
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SLURM_LOCAL = os.path.join(ROOT, "jobs", "slurm-local.sh")
+CLUSTER_LOCAL = os.path.join(ROOT, "jobs", "cluster-local.sh")
 SMALL = ["--net", "mlp", "--dataset", "synthetic", "--synthetic-test", "64", "--threads", "1",
          "--batch-size", "32"]
 NODES = 2
@@ -109,11 +113,24 @@ def _skip_or_fail(why):
     pytest.skip(f"Slurm: {why}")
 
 
+def _emulated_nodes_why_not():
+    """Why the slurmd daemons cannot run in emulated nodes here, or None."""
+    from tests.test_cluster_local import _why_not
+
+    return _why_not()
+
+
 @pytest.fixture(scope="module", autouse=True)
 def slurm():
-    """A Slurm with 2 nodes for the module: the one running, or one brought up (and down)."""
+    """A Slurm with 2 nodes for the module: the one running, or one brought up (and down).
+
+    Brought up here, its two slurmd run each in its own emulated node (jobs/cluster-local.sh,
+    10 Gbit/s links) where network namespaces work, so that a job's tasks on two nodes have two
+    hostnames and talk over TCP; else as two node names on this host. Yields the cluster's name,
+    or None for nodes on this host.
+    """
     if _slurm_ready() is None:
-        yield
+        yield None
         return
     why = _cannot_start()
     if why:
@@ -121,20 +138,33 @@ def slurm():
     was_up = subprocess.run([SLURM_LOCAL, "status"], capture_output=True,
                             stdin=subprocess.DEVNULL, timeout=30).returncode == 0
     e = dict(os.environ, SLURM_LOCAL_NODES=str(NODES), SLURM_LOCAL_KILL_ON_BAD_EXIT="0")
-    r = subprocess.run([SLURM_LOCAL, "up"], capture_output=True, text=True, env=e,
-                       stdin=subprocess.DEVNULL, timeout=600)
-    if r.returncode != 0:
-        if "apt-get" in r.stderr:
-            _skip_or_fail(r.stderr.strip().splitlines()[-1])
-        pytest.fail(f"jobs/slurm-local.sh up failed: {r.stderr[-2000:]}", pytrace=False)
+    cluster = None
+    if not was_up and _emulated_nodes_why_not() is None:
+        cluster = f"s{uuid.uuid4().hex[:8]}"
+        r = subprocess.run([CLUSTER_LOCAL, "--name", cluster, "up", "--nodes", str(NODES),
+                            "--link", "10gbit", "--cpus", "all"], capture_output=True, text=True,
+                           stdin=subprocess.DEVNULL, timeout=60)
+        assert r.returncode == 0, r.stderr
+        e["SLURM_LOCAL_CLUSTER"] = cluster
     try:
-        why = _slurm_ready()
-        assert why is None, why
-        yield
+        r = subprocess.run([SLURM_LOCAL, "up"], capture_output=True, text=True, env=e,
+                           stdin=subprocess.DEVNULL, timeout=600)
+        if r.returncode != 0:
+            if "apt-get" in r.stderr:
+                _skip_or_fail(r.stderr.strip().splitlines()[-1])
+            pytest.fail(f"jobs/slurm-local.sh up failed: {r.stderr[-2000:]}", pytrace=False)
+        try:
+            why = _slurm_ready()
+            assert why is None, why
+            yield cluster
+        finally:
+            if not was_up:
+                subprocess.run([SLURM_LOCAL, "down"], capture_output=True,
+                               stdin=subprocess.DEVNULL, timeout=120)
     finally:
-        if not was_up:
-            subprocess.run([SLURM_LOCAL, "down"], capture_output=True, stdin=subprocess.DEVNULL,
-                           timeout=120)
+        if cluster:
+            subprocess.run([CLUSTER_LOCAL, "--name", cluster, "down"], capture_output=True,
+                           stdin=subprocess.DEVNULL, timeout=60)
 
 
 def env(**extra):
@@ -323,7 +353,7 @@ def test_train_sbatch_with_no_arguments_runs_a_short_synthetic_training(tmp_path
     assert glob.glob(str(tmp_path / f"ckpt-{job_id}" / "*.h5")), os.listdir(tmp_path)
 
 
-def test_scaling_sbatch_two_points_on_two_nodes(tmp_path):
+def test_scaling_sbatch_two_points_on_two_nodes(tmp_path, slurm):
     rc, _, out = _sbatch(tmp_path, "scaling.sbatch", "-N", "2", "--ntasks-per-node=1",
                          HPCNN_SCALING_NODES="1 2", HPCNN_SCALING_BATCHES="16",
                          HPCNN_SCALING_NETS="lenet5", HPCNN_SCALING_STEPS="2",
@@ -333,6 +363,8 @@ def test_scaling_sbatch_two_points_on_two_nodes(tmp_path):
     with open(tmp_path / "points.csv") as f:
         rows = list(csv.DictReader(f))
     assert [int(r["ranks"]) for r in rows] == [1, 2], rows
+    if slurm:  # slurmd in emulated nodes: the 2-node point's ranks ran on 2 hosts
+        assert [int(r["nodes"]) for r in rows] == [1, 2], rows
     for r in rows:
         assert r["net"] == "lenet5" and r["parallel"] == "data" and r["link"] == "slurm", r
         assert int(r["batch_per_rank"]) == 16 and float(r["images_per_s"]) > 0, r
