@@ -40,7 +40,7 @@ from hpcnn import profile
 from hpcnn.kernels import isa as isa_mod
 from hpcnn.kernels import nhwc
 from hpcnn.kernels._fma import tile, transpose8
-from hpcnn.kernels._jit import pnjit, prange
+from hpcnn.kernels._jit import njit, pnjit, prange
 
 BAND_PIXELS = 256
 """Output pixels per band of the weight gradient, about (whole output rows, at least one): the
@@ -127,13 +127,29 @@ def _pack_weights(w, isa):
     return out, widths, offsets
 
 
+@njit
+def _some_empty(jobs, cols):
+    """Whether some output pixel's window lies wholly on the border."""
+    for j in range(jobs.shape[0]):
+        if jobs[j, 3] <= jobs[j, 2]:
+            return True
+    for c in range(cols.shape[0]):
+        if cols[c, 3] <= cols[c, 2]:
+            return True
+    return False
+
+
 @pnjit
 def _forward_kernel(x, wp, widths, offsets, bias, y, R, S, sh, sw, ph, pw, jobs, cols, band,
-                    isa, lanes, mr, xp, yt, ao, oo):
+                    nb, acc, isa, lanes, mr, xp, yt, ao, oo):
     """y (N, K, P, Q) = conv(x, w) + bias; wp/widths/offsets from :func:`_pack_weights`, jobs
-    from :func:`row_jobs`, cols from :func:`window_classes`. Scratch per group g: xp[g]
-    (Hp*Wp*C + SLACK floats), yt[g] (band*Q pixels, panel widths summed), ao[g], oo[g] (band*Q:
-    a tile's input and output offsets)."""
+    from :func:`row_jobs`, cols from :func:`window_classes`. A block is ``nb`` images (when a
+    band of ``band`` output rows is the whole image; else nb is 1) by a band: its pixels of a
+    row job and a column class share tiles. ``acc``: 1 when several jobs add into a pixel (one
+    job per kernel row), 0 when each pixel has one job (the tiles store, nothing is zeroed but
+    the pixels whose window lies wholly on the border, when there are some). Scratch per group g: xp[g] (nb*Hp*Wp*C + SLACK
+    floats), yt[g] (nb*band*Q pixels, panel widths summed), ao[g], oo[g] (nb*band*Q: a tile's
+    input and output offsets)."""
     N, C, H, W = x.shape
     K, P, Q = y.shape[1], y.shape[2], y.shape[3]
     G = xp.shape[0]
@@ -142,14 +158,17 @@ def _forward_kernel(x, wp, widths, offsets, bias, y, R, S, sh, sw, ph, pw, jobs,
     yv = y.reshape(N, K, PQ)
     yf = y.reshape(-1)
     for g in prange(G):
-        img = xp[g][:Hp * row].reshape(1, Hp, row)
         buf, aof, oof, out = xp[g], ao[g], oo[g], yt[g]
         outf = out.reshape(-1)
-        for n in range(g * N // G, (g + 1) * N // G):
-            nhwc.pack_x(x, n, n + 1, ph, pw, img)
+        n_hi = (g + 1) * N // G
+        for n0 in range(g * N // G, n_hi, nb):
+            ni = min(nb, n_hi - n0)
+            nhwc.pack_x(x, n0, n0 + ni, ph, pw, buf[:ni * Hp * row].reshape(ni, Hp, row))
             for oh0 in range(0, P, band):
                 oh1 = min(oh0 + band, P)
-                outf[:(oh1 - oh0) * Q * Kp] = 0.0
+                nr = oh1 - oh0
+                if acc or _some_empty(jobs, cols):
+                    outf[:ni * nr * Q * Kp] = 0.0
                 for jb in range(jobs.shape[0]):
                     a, b = max(jobs[jb, 0], oh0), min(jobs[jb, 1], oh1)
                     r0, r1 = jobs[jb, 2], jobs[jb, 3]
@@ -160,11 +179,12 @@ def _forward_kernel(x, wp, widths, offsets, bias, y, R, S, sh, sw, ph, pw, jobs,
                         if s1 <= s0:
                             continue
                         cnt = 0
-                        for oh in range(a, b):
-                            for q in range(q0, q1):
-                                aof[cnt] = (oh * sh + r0) * row + (q * sw + s0) * C
-                                oof[cnt] = ((oh - oh0) * Q + q) * Kp
-                                cnt += 1
+                        for i in range(ni):
+                            for oh in range(a, b):
+                                for q in range(q0, q1):
+                                    aof[cnt] = (i * Hp + oh * sh + r0) * row + (q * sw + s0) * C
+                                    oof[cnt] = ((i * nr + oh - oh0) * Q + q) * Kp
+                                    cnt += 1
                         k0 = 0
                         for pi in range(widths.shape[0]):
                             width = widths[pi]
@@ -172,22 +192,24 @@ def _forward_kernel(x, wp, widths, offsets, bias, y, R, S, sh, sw, ph, pw, jobs,
                             for t0 in range(0, cnt, mr):
                                 tile(isa, width // lanes, min(mr, cnt - t0), buf, 0, aof[t0:],
                                      row, wp, b0, SC * width, width, r1 - r0, (s1 - s0) * C,
-                                     outf, k0, oof[t0:], 1)
+                                     outf, k0, oof[t0:], acc)
                             k0 += width
                 # to NCHW with the bias: 8x8 blocks transposed in registers, the rest one by one
-                p_lo, p_hi = oh0 * Q, oh1 * Q
                 k8 = K - K % 8
-                for p0 in range(p_lo, p_hi, 8):
-                    p1 = min(p0 + 8, p_hi)
-                    if p1 - p0 == 8:
-                        for k0 in range(0, k8, 8):
-                            transpose8(outf, (p0 - p_lo) * Kp + k0, Kp, bias, k0, yf,
-                                       (n * K + k0) * PQ + p0, PQ)
-                    for k in range(k8 if p1 - p0 == 8 else 0, K):
-                        dk = yv[n, k]
-                        bv = bias[k]
-                        for p in range(p0, p1):
-                            dk[p] = out[p - p_lo, k] + bv
+                for i in range(ni):
+                    n = n0 + i
+                    p_lo, p_hi, o_lo = oh0 * Q, oh1 * Q, i * nr * Q
+                    for p0 in range(p_lo, p_hi, 8):
+                        p1 = min(p0 + 8, p_hi)
+                        if p1 - p0 == 8:
+                            for k0 in range(0, k8, 8):
+                                transpose8(outf, (o_lo + p0 - p_lo) * Kp + k0, Kp, bias, k0, yf,
+                                           (n * K + k0) * PQ + p0, PQ)
+                        for k in range(k8 if p1 - p0 == 8 else 0, K):
+                            dk = yv[n, k]
+                            bv = bias[k]
+                            for p in range(p0, p1):
+                                dk[p] = out[o_lo + p - p_lo, k] + bv
 
 
 @pnjit
@@ -289,6 +311,14 @@ def _band(P, Q, pixels):
     return max(1, min(P, pixels // max(Q, 1)))
 
 
+def _block(N, G, P, Q):
+    """(band rows, images) of a forward block of about :data:`BLOCK` pixels: several whole
+    small images share tiles (the few pixels of an edge class become full tiles)."""
+    band = _band(P, Q, BLOCK)
+    nb = max(1, min(BLOCK // (P * Q), -(-N // G))) if band == P else 1
+    return band, nb
+
+
 def _forward(x, w, b, stride, padding, isa):
     N, C, H, W = x.shape
     K, _, R, S = w.shape
@@ -298,15 +328,16 @@ def _forward(x, w, b, stride, padding, isa):
     bias = np.zeros(K, dtype=x.dtype) if b is None else b
     y = np.empty((N, K, P, Q), dtype=x.dtype)
     G = _groups(N)
-    band = _band(P, Q, BLOCK)
-    xp = np.zeros((G, (H + 2 * ph) * (W + 2 * pw) * C + SLACK), dtype=x.dtype)
-    ao = np.empty((G, band * Q), dtype=np.int64)
-    oo = np.empty((G, band * Q), dtype=np.int64)
-    yt = np.empty((G, band * Q, int(widths.sum())), dtype=x.dtype)
-    jobs = row_jobs(P, H, R, sh, ph, S * C >= PER_ROW_STEPS)
+    band, nb = _block(N, G, P, Q)
+    xp = np.zeros((G, nb * (H + 2 * ph) * (W + 2 * pw) * C + SLACK), dtype=x.dtype)
+    ao = np.empty((G, nb * band * Q), dtype=np.int64)
+    oo = np.empty((G, nb * band * Q), dtype=np.int64)
+    yt = np.empty((G, nb * band * Q, int(widths.sum())), dtype=x.dtype)
+    per_row = S * C >= PER_ROW_STEPS
+    jobs = row_jobs(P, H, R, sh, ph, per_row)
     cols = window_classes(Q, W, S, sw, pw)
-    _forward_kernel(x, wp, widths, offsets, bias, y, R, S, sh, sw, ph, pw, jobs, cols, band,
-                    isa.id, isa.lanes, isa.rows, xp, yt, ao, oo)
+    _forward_kernel(x, wp, widths, offsets, bias, y, R, S, sh, sw, ph, pw, jobs, cols, band, nb,
+                    int(per_row), isa.id, isa.lanes, isa.rows, xp, yt, ao, oo)
     return y
 
 
@@ -388,15 +419,17 @@ def workspace_bytes(x_shape, w_shape, stride, padding, itemsize=4, threads=None,
     Hp, Wp = H + 2 * ph, W + 2 * pw
     G = max(1, min(threads or numba.get_num_threads(), N))
     kp = int(_panels(K, isa).sum())
-    band = _band(P, Q, BLOCK) * Q
+    band, nb = _block(N, G, P, Q)
+    px = band * nb * Q
     if not backward:
-        return (G * (Hp * Wp * C + SLACK + band * kp) + R * S * C * kp) * itemsize \
-            + G * band * 16, 0
+        return (G * (nb * Hp * Wp * C + SLACK + px * kp) + R * S * C * kp) * itemsize \
+            + G * px * 16, 0
     total = (G * (Hp * Wp * C + SLACK + isa.rows * isa.widths[0] + K * R * S * C) * itemsize
              + G * K * 8)
     if applies(x_shape, w_shape, stride, padding):  # the data gradient: a forward of dy
         dyp = (P + 2 * (R - 1 - ph)) * (Q + 2 * (S - 1 - pw)) * K
         cp = int(_panels(C, isa).sum())
-        band = _band(H, W, BLOCK) * W
-        total += (G * (dyp + SLACK + band * cp) + R * S * K * cp) * itemsize + G * band * 16
+        band, nb = _block(N, G, H, W)
+        px = band * nb * W
+        total += (G * (nb * dyp + SLACK + px * cp) + R * S * K * cp) * itemsize + G * px * 16
     return total, 0
