@@ -291,7 +291,7 @@ def _plots(rows, every, shapes, links, out, comm_dir):
                 axes[1].plot(r["ranks"], ps / r["ranks"], "x", color=colors[m])
         axes[0].set(xscale="log", yscale="log", xlabel="nodes (1 rank each)",
                     ylabel="speedup over 1 node", title=f"{net}, {bsz} images per rank")
-        axes[1].set(xscale="log", xlabel="nodes", ylabel="efficiency", ylim=(0, 1.1),
+        axes[1].set(xscale="log", xlabel="nodes", ylabel="efficiency", ylim=(0, 1.6),
                     title="lines: model, a node per machine (hybrid a, 1xN);\ncircles: "
                     "measured; x: model at the measured points")
         axes[0].legend(fontsize=7)
