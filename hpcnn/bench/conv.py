@@ -176,10 +176,10 @@ def bench_layer(layer, algos, repeats, threads, ceiling, torch, seed=0, peak=Non
     P, Q = (H + 2 * p - R) // s + 1, (W + 2 * p - S) // s + 1
     dy = rng.standard_normal((N, K, P, Q), dtype=np.float32)
     flops = 2.0 * N * K * P * Q * C * R * S
-    real = 2.0 * direct.real_macs(x.shape, w.shape, (s, s), (p, p))
+    real_flops = 2.0 * direct.real_macs(x.shape, w.shape, (s, s), (p, p))
     out = {"layer": layer["name"], "shape": {"N": N, "C": C, "H": H, "W": W, "K": K, "R": R,
                                              "S": S, "stride": s, "pad": p},
-           "threads": threads, "gflop_forward": flops / 1e9, "real_gflop_forward": real / 1e9,
+           "threads": threads, "gflop_forward": flops / 1e9, "real_gflop_forward": real_flops / 1e9,
            "algos": {}}
     if "paper_speedup" in layer:
         out["paper_speedup"] = layer["paper_speedup"]
@@ -215,7 +215,7 @@ def bench_layer(layer, algos, repeats, threads, ceiling, torch, seed=0, peak=Non
         other = "median" if STAT == "min" else "min"
         row[f"forward_ms_{other}"], row[f"backward_ms_{other}"] = times[(name, "other")]
         row.update(forward_ms=fwd_ms, backward_ms=bwd_ms)
-        _rates(row, flops, real, peak, ceiling)
+        _rates(row, flops, real_flops, peak, ceiling)
         ws = {}
         for d, bwd in (("forward", False), ("backward", True)):
             real = row["chose"][d] if name == "auto" else name
@@ -226,7 +226,7 @@ def bench_layer(layer, algos, repeats, threads, ceiling, torch, seed=0, peak=Non
         t = dict(zip(("forward_ms", "backward_ms"), times["torch"], strict=True))
         other = "median" if STAT == "min" else "min"
         t[f"forward_ms_{other}"], t[f"backward_ms_{other}"] = times[("torch", "other")]
-        _rates(t, flops, real, peak, ceiling)
+        _rates(t, flops, real_flops, peak, ceiling)
         out["torch"] = t
         for row in out["algos"].values():  # PyTorch time / hpcnn time: > 1 = hpcnn faster
             row["ratio_vs_torch_forward"] = t["forward_ms"] / row["forward_ms"]
