@@ -10,6 +10,7 @@ BENCHMARKS = {
     "node": "hpcnn.bench.node",
     "ops": "hpcnn.bench.ops",
     "mlp": "hpcnn.bench.mlp",
+    "rnn": "hpcnn.bench.rnn",
 }
 
 
