@@ -297,7 +297,10 @@ start_slurm() {
     fi
     if [ -n "$CLUSTER" ]; then  # inside the node: its network, and its own hostname
       # (nsenter, not `ip netns exec`, which remounts /sys without the cgroup slurmd needs)
-      nsenter --net="/run/netns/$node" unshare --uts sh -c 'hostname "$1" && exec /usr/sbin/slurmd -N "$1"' \
+      # and its own /dev/shm (MPICH names node-local segments after the job step: nodes sharing
+      # one /dev/shm would open each other's)
+      nsenter --net="/run/netns/$node" unshare --uts --mount --propagation private sh -c \
+        'mount -t tmpfs -o mode=1777 hpcnn-shm /dev/shm && hostname "$1" && exec /usr/sbin/slurmd -N "$1"' \
         slurmd "$node" </dev/null >/dev/null 2>&1 \
         || die "slurmd -N $node in its emulated node failed (see /var/log/slurm/slurmd-$node.log)"
     else
