@@ -43,23 +43,6 @@ def _launcher_rank_size():
 
 
 # workers (one process per rank) -------------------------------------------------------------
-def _batches(net_name, batch_per_rank, size, rank, seed, n_batches=4):
-    """This rank's slices of ``n_batches`` global batches, gathered by index as train.py does."""
-    import numpy as np
-
-    from hpcnn.data import load_dataset
-    from hpcnn.nn import NETS
-
-    _, solver, shape = NETS[net_name]
-    glob = batch_per_rank * size
-    ds = load_dataset("synthetic", synthetic_shape=shape, synthetic_train=glob * n_batches,
-                      synthetic_test=10, seed=seed)
-    order = np.random.default_rng(seed).permutation(glob * n_batches)
-    idx = [np.sort(order[i * glob + rank * batch_per_rank: i * glob + (rank + 1) * batch_per_rank])
-           for i in range(n_batches)]
-    return ds, idx, solver, shape
-
-
 def _worker_hpcnn(a):
     from mpi4py import MPI
 
@@ -91,7 +74,9 @@ def _worker_torch(a):
     torch.manual_seed(a.seed)
     if size > 1:
         dist.init_process_group("gloo", rank=rank, world_size=size)
-    ds, idx, solver, shape = _batches(a.net, a.batch_per_rank, size, rank, a.seed)
+    from hpcnn.scaling.point import synthetic_batches
+
+    ds, idx, solver, shape = synthetic_batches(a.net, a.batch_per_rank, size, rank, a.seed)
     model = _torch_net(a.net, shape, torch)
     if size > 1:
         model = torch.nn.parallel.DistributedDataParallel(model)

@@ -137,3 +137,14 @@ def read_rows(path):
         except UnicodeDecodeError:
             raise CsvError(f"{path}: not UTF-8 text") from None
     return rows
+
+
+def best_rows(rows):
+    """Each cell's fastest row (cells measured more than once: the least disturbed run)."""
+    best = {}
+    for r in rows:
+        key = (r["net"], r["parallel"], r["scheme"], r["grid"], r["nodes"], r["ranks_per_node"],
+               r["batch_per_rank"], r["link"], r["threads"])
+        if key not in best or r["images_per_s"] > best[key]["images_per_s"]:
+            best[key] = r
+    return list(best.values())

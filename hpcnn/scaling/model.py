@@ -491,7 +491,7 @@ def _cmd_fit(a):
                     "overlap": 0.0} for name, kinds in fits.items()}
     consts = {}
     if a.csv and os.path.exists(a.csv):
-        from hpcnn.scaling.report import best_rows
+        from hpcnn.scaling.csvio import best_rows
 
         rows = best_rows(read_rows(a.csv))
         profs = load_profiles(a.profiles)

@@ -102,6 +102,24 @@ def _fold(per_kind):
     return out
 
 
+
+def synthetic_batches(net_name, batch_per_rank, size, rank, seed, n_batches=4):
+    """This rank's slices of ``n_batches`` global batches, gathered by index as train.py does."""
+    import numpy as np
+
+    from hpcnn.data import load_dataset
+    from hpcnn.nn import NETS
+
+    _, solver, shape = NETS[net_name]
+    glob = batch_per_rank * size
+    ds = load_dataset("synthetic", synthetic_shape=shape, synthetic_train=glob * n_batches,
+                      synthetic_test=10, seed=seed)
+    order = np.random.default_rng(seed).permutation(glob * n_batches)
+    idx = [np.sort(order[i * glob + rank * batch_per_rank: i * glob + (rank + 1) * batch_per_rank])
+           for i in range(n_batches)]
+    return ds, idx, solver, shape
+
+
 def measure(comm, net, parallel, scheme, grid, batch_per_rank, steps, warmup, seed,
             bucket_mb=25.0, overlap=True, progress=True, min_seconds=0.0):
     """Train ``net`` on synthetic data for ``warmup`` + ``steps`` steps; return (on rank 0; None
@@ -115,7 +133,6 @@ def measure(comm, net, parallel, scheme, grid, batch_per_rank, steps, warmup, se
     import numpy as np
     from mpi4py import MPI
 
-    from hpcnn.bench.scaling import _batches
     from hpcnn.nn import build_net
     from hpcnn.optim import SGD
     from hpcnn.parallel import build_strategy, reduce_timing
@@ -124,7 +141,7 @@ def measure(comm, net, parallel, scheme, grid, batch_per_rank, steps, warmup, se
     from hpcnn.train import warm_kernel_cache
 
     size, rank = comm.Get_size(), comm.Get_rank()
-    ds, idx, solver, shape = _batches(net, batch_per_rank, size, rank, seed)
+    ds, idx, solver, shape = synthetic_batches(net, batch_per_rank, size, rank, seed)
     model = build_net(net, shape, 10, seed=seed)
     k0 = idx[0]
     warm_kernel_cache(comm, model, ds.x_train[k0], ds.y_train[k0])

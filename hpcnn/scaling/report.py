@@ -12,6 +12,7 @@ import sys
 
 from hpcnn.errors import HpcnnError, UsageError
 from hpcnn.scaling import model as md
+from hpcnn.scaling.csvio import best_rows
 
 LINK_ORDER = ("shm", "10gbit", "1gbit")
 NAMED = ("10GbE", "IB-EDR", "Tofu")
@@ -69,17 +70,6 @@ def crossover(prof, shape, n, kinds, w, max_nodes=1024):
             return nodes, h
         nodes *= 2
     return None
-
-
-def best_rows(rows):
-    """Each cell's fastest row (cells measured more than once: the least disturbed run)."""
-    best = {}
-    for r in rows:
-        key = (r["net"], r["parallel"], r["scheme"], r["grid"], r["nodes"], r["ranks_per_node"],
-               r["batch_per_rank"], r["link"], r["threads"])
-        if key not in best or r["images_per_s"] > best[key]["images_per_s"]:
-            best[key] = r
-    return list(best.values())
 
 
 def build(rows, profs, fits_path, out, comm_dir=None, plots=True):
