@@ -10,13 +10,17 @@ of one kernel row that a window covers are contiguous, (s, c) after (s, c), so t
 row lies inside the image form one range, and for an output column the kernel columns likewise.
 Every pass runs its tiles over exactly those ranges:
 
-- **forward**: one kernel row r at a time, over the output pixels whose input row is real for
-  r, grouped by their columns' range of real kernel columns (:func:`window_classes`; the few
-  edge columns have their own, shorter range). A tile is up to 14 such pixels (anywhere in the
-  image: every row has its own input and output offset) by 32 output channels; it adds
-  r's real taps, s*C + c after s*C + c, against the weights packed as (R*S*C, 32) panels, into
-  a band of output rows kept pixel-major and zeroed first; the band then moves to NCHW with the
-  bias.
+- **forward**: a block is a band of output rows of one image, or several whole small images
+  (:func:`_block`). A tile is up to 14 of the block's output pixels (anywhere in the block:
+  every row has its own input and output offset) by 32 output channels, and the pixels that
+  share a tile also share their range of real taps: with a kernel row of at least
+  :data:`PER_ROW_STEPS` taps, one kernel row r at a time over the pixels whose input row is real
+  for r; with fewer (a first layer's 3 channels), all the real kernel rows at once over a run of
+  output rows with the same range (:func:`row_jobs`); in both, the pixels are grouped by their
+  columns' range of real kernel columns (:func:`window_classes`; the few edge columns have
+  their own, shorter range). The tile adds those taps, s*C + c after s*C + c, against the
+  weights packed as (R*S*C, 32) panels, into the block's output kept pixel-major, which then
+  moves to NCHW with the bias.
 - **data gradient** (stride 1, padding at most R-1 and S-1): the forward of dy, padded by R-1-ph
   and S-1-pw, with the weights flipped and their two channel axes swapped; its border is skipped
   the same way. Otherwise it is taken from the "chunked" strategy.
@@ -147,9 +151,9 @@ def _forward_kernel(x, wp, widths, offsets, bias, y, R, S, sh, sw, ph, pw, jobs,
     band of ``band`` output rows is the whole image; else nb is 1) by a band: its pixels of a
     row job and a column class share tiles. ``acc``: 1 when several jobs add into a pixel (one
     job per kernel row), 0 when each pixel has one job (the tiles store, nothing is zeroed but
-    the pixels whose window lies wholly on the border, when there are some). Scratch per group g: xp[g] (nb*Hp*Wp*C + SLACK
-    floats), yt[g] (nb*band*Q pixels, panel widths summed), ao[g], oo[g] (nb*band*Q: a tile's
-    input and output offsets)."""
+    the pixels whose window lies wholly on the border, when there are some). Scratch per group
+    g: xp[g] (nb*Hp*Wp*C + SLACK floats), yt[g] (nb*band*Q pixels, panel widths summed),
+    ao[g], oo[g] (nb*band*Q: a tile's input and output offsets)."""
     N, C, H, W = x.shape
     K, P, Q = y.shape[1], y.shape[2], y.shape[3]
     G = xp.shape[0]
