@@ -24,7 +24,9 @@
 #     -localhost NAME-head -launcher ssh -launcher-exec jobs/ns-launch -hosts NAME-n1,... -ppn P
 # so Hydra's proxies start through jobs/ns-launch inside the node's namespace, in their own UTS
 # namespace whose hostname is the node's name (MPI_Get_processor_name, MPI's shared-memory split
-# and hpcnn's ranks-per-node all see distinct hosts), and pinned to the node's CPUs. Traffic
+# and hpcnn's ranks-per-node all see distinct hosts), with a /dev/shm of the node's own (a private
+# tmpfs: MPICH names its node-local segments after the job, so nodes sharing one /dev/shm would
+# open each other's), and pinned to the node's CPUs. Traffic
 # between nodes is forced over TCP on eth0, across the shaped link (MPICH's UCX netmod with
 # UCX_TLS=tcp,self and UCX_NET_DEVICES=eth0; otherwise UCX would notice that the "nodes" share a
 # machine and use shared memory); ranks on the same node keep MPICH's own shared memory. Set
