@@ -124,10 +124,12 @@ def _emulated_nodes_why_not():
 def slurm():
     """A Slurm with 2 nodes for the module: the one running, or one brought up (and down).
 
-    Brought up here, its two slurmd run each in its own emulated node (jobs/cluster-local.sh,
-    10 Gbit/s links) where network namespaces work, so that a job's tasks on two nodes have two
-    hostnames and talk over TCP; else as two node names on this host. Yields the cluster's name,
-    or None for nodes on this host.
+    Brought up here, its two slurmd run as two node names on this host; with
+    ``HPCNN_SLURM_EMULATED=1`` (and where network namespaces work) each runs in its own emulated
+    node instead (jobs/cluster-local.sh, 10 Gbit/s links), so that a job's tasks on two nodes have
+    two hostnames and talk over TCP. That mode is opt-in: in one clean-clone CI run its 2-node
+    steps failed to connect (UCX "Connection refused" between the nodes), which is not understood
+    yet. Yields the cluster's name, or None for nodes on this host.
     """
     if _slurm_ready() is None:
         yield None
@@ -139,7 +141,8 @@ def slurm():
                             stdin=subprocess.DEVNULL, timeout=30).returncode == 0
     e = dict(os.environ, SLURM_LOCAL_NODES=str(NODES), SLURM_LOCAL_KILL_ON_BAD_EXIT="0")
     cluster = None
-    if not was_up and _emulated_nodes_why_not() is None:
+    emulated = os.environ.get("HPCNN_SLURM_EMULATED") == "1"
+    if not was_up and emulated and _emulated_nodes_why_not() is None:
         cluster = f"s{uuid.uuid4().hex[:8]}"
         r = subprocess.run([CLUSTER_LOCAL, "--name", cluster, "up", "--nodes", str(NODES),
                             "--link", "10gbit", "--cpus", "all"], capture_output=True, text=True,
