@@ -13,7 +13,8 @@
 # /work/shared/notes/slurm-local.md for why each slurm.conf line is there.
 #
 # Options (environment):
-#   SLURM_LOCAL_CPUS=N       CPUs advertised per node (default: nproc). More than the cores is
+#   SLURM_LOCAL_CPUS=N       CPUs advertised per node (default: the CPUs this process may run on,
+#                            `nproc` without OMP_NUM_THREADS, which nproc obeys). More than the cores is
 #                            allowed (SlurmdParameters=config_overrides).
 #   SLURM_LOCAL_NODES=N      slurmd daemons on this host (default 1). 1: node named
 #                            `hostname -s`; N>1: nodes n1..nN, each its own slurmd and port.
@@ -40,7 +41,10 @@ set -euo pipefail
 
 STATE=/run/slurm-local.started
 CONF=/etc/slurm/slurm.conf
-CPUS=${SLURM_LOCAL_CPUS:-$(nproc)}
+# GNU nproc returns OMP_NUM_THREADS when it is set: a caller that pinned its BLAS to one thread
+# (hpcnn's own test process does) must not make every node a 1-CPU node.
+cores() { env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc; }
+CPUS=${SLURM_LOCAL_CPUS:-$(cores)}
 NODES=${SLURM_LOCAL_NODES:-1}
 MPI_DEFAULT=${SLURM_LOCAL_MPI:-pmi2}
 KILL_ON_BAD_EXIT=${SLURM_LOCAL_KILL_ON_BAD_EXIT:-1}
@@ -228,7 +232,7 @@ MinJobAge=4
 EOF
     echo "MpiDefault=$MPI_DEFAULT"
     echo "KillOnBadExit=$KILL_ON_BAD_EXIT"
-    if [ -n "$CLUSTER" ] || [ "$CPUS" -gt "$(nproc)" ]; then echo "SlurmdParameters=config_overrides"; fi
+    if [ -n "$CLUSTER" ] || [ "$CPUS" -gt "$(cores)" ]; then echo "SlurmdParameters=config_overrides"; fi
     if [ -n "$CLUSTER" ]; then
       echo "TaskProlog=/etc/slurm/hpcnn-task-prolog.sh"
       i=0

@@ -92,7 +92,17 @@ def _slurm_ready():
     usable = [s for s in states if s.rstrip("*~#") in ("idle", "mixed", "allocated", "completing")]
     if len(usable) < NODES:
         return f"fewer than {NODES} usable Slurm nodes (sinfo: {' '.join(states) or 'nothing'})"
+    cpus = _node_cpus()
+    if any(c < 2 for c in cpus.values()):  # srun -N 1 -n 2: "node configuration is not available"
+        return f"a Slurm node with fewer than 2 CPUs, which 2 ranks on one node need: {cpus}"
     return None
+
+
+def _node_cpus():
+    """{node: CPUs} as Slurm sees them."""
+    r = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %c"], capture_output=True, text=True,
+                       timeout=10, stdin=subprocess.DEVNULL)
+    return {n: int(c) for n, c in (line.split() for line in r.stdout.splitlines())}
 
 
 def _cannot_start():
@@ -139,7 +149,11 @@ def slurm():
         _skip_or_fail(why)
     was_up = subprocess.run([SLURM_LOCAL, "status"], capture_output=True,
                             stdin=subprocess.DEVNULL, timeout=30).returncode == 0
-    e = dict(os.environ, SLURM_LOCAL_NODES=str(NODES), SLURM_LOCAL_KILL_ON_BAD_EXIT="0")
+    # OMP_NUM_THREADS=1, as in this very process once hpcnn has pinned its threads: GNU nproc
+    # obeys it, and slurm-local.sh once made 1-CPU nodes from it (test_nodes_offer_...).
+    e = dict(os.environ, SLURM_LOCAL_NODES=str(NODES), SLURM_LOCAL_KILL_ON_BAD_EXIT="0",
+             OMP_NUM_THREADS="1")
+    e.pop("SLURM_LOCAL_CPUS", None)
     cluster = None
     emulated = os.environ.get("HPCNN_SLURM_EMULATED") == "1"
     if not was_up and emulated and _emulated_nodes_why_not() is None:
@@ -159,6 +173,7 @@ def slurm():
         try:
             why = _slurm_ready()
             assert why is None, why
+            STARTED_HERE.append(cluster)
             yield cluster
         finally:
             if not was_up:
@@ -168,6 +183,18 @@ def slurm():
         if cluster:
             subprocess.run([CLUSTER_LOCAL, "--name", cluster, "down"], capture_output=True,
                            stdin=subprocess.DEVNULL, timeout=60)
+
+
+STARTED_HERE = []  # the cluster name (None: nodes on this host) when the fixture brought Slurm up
+
+
+def test_nodes_offer_the_hosts_cpus_whatever_omp_num_threads():
+    """slurm-local.sh, called with OMP_NUM_THREADS=1, still gives each node this host's CPUs."""
+    if STARTED_HERE != [None]:
+        pytest.skip("Slurm was not brought up here with its nodes on this host")
+    cpus = _node_cpus()
+    assert len(cpus) == NODES, cpus
+    assert set(cpus.values()) == {len(os.sched_getaffinity(0))}, cpus
 
 
 def env(**extra):
@@ -328,7 +355,11 @@ def test_kill_9_without_kill_on_bad_exit_ends_the_srun_job_within_10s(nodes):
         rc = job.wait(timeout=60)
         took = time.monotonic() - t
         assert rc != 0 and took < 10, (rc, took, job.output)
-        assert "rank 0: peer rank 1 died; ending the job" in job.output, job.output
+        # hpcnn's watchdog ends rank 0, unless the MPI library noticed the dead peer first: across
+        # nodes UCX may abort rank 0 itself (process_vm_readv: "No such process"). Either way the
+        # job ended within 10 s, which is the promise; never by rank 0 finishing.
+        assert ("rank 0: peer rank 1 died; ending the job" in job.output
+                or (nodes == 2 and "task 0: Aborted" in job.output)), job.output
         assert "finished" not in job.output
     finally:
         job.close()
