@@ -30,7 +30,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from hpcnn.kernels.isa import ISAS
+from hpcnn.kernels.isa import runnable
 
 _F32 = ir.FloatType()
 _I32 = ir.IntType(32)
@@ -136,7 +136,7 @@ def _emit_switch(builder, p, v):
     fn = builder.function
     done = fn.append_basic_block("tile.done")
     sw = builder.switch(key, done)
-    for isa in ISAS.values():
+    for isa in runnable():  # only what the host runs: LLVM cannot emit AVX-512 for an AVX2 CPU
         for nv in (1, 2):
             for m in range(1, isa.rows + 1):
                 blk = fn.append_basic_block(f"tile.{isa.name}.{nv}x{m}")
@@ -222,7 +222,7 @@ def _peak_typer(typingctx, isa, n):
         done = fn.append_basic_block("peak.done")
         res = cgutils.alloca_once_value(builder, ir.Constant(_F32, 0.0))
         sw = builder.switch(isa_v, done)
-        for isa in ISAS.values():
+        for isa in runnable():
             blk = fn.append_basic_block(f"peak.{isa.name}")
             sw.add_case(ir.Constant(_I64, isa.id), blk)
             builder.position_at_end(blk)

@@ -16,8 +16,11 @@ one Numba compiles for). ``HPCNN_ISA=avx2`` (or ``generic``) forces a narrower p
 AVX-512 machine can run and test every path; asking for a path wider than the host's is an
 error (one line, exit status 2 from the command-line tools), never a silent fallback.
 
-All three paths are compiled into the same kernels and chosen at run time by a small integer
-(:attr:`Isa.id`): Numba's on-disk cache stays valid whichever path a process uses.
+Every path the host runs is compiled into the same kernels and chosen at run time by a small
+integer (:attr:`Isa.id`): Numba's on-disk cache (keyed by the host CPU) stays valid whichever
+path a process uses. Paths wider than the host are not compiled at all: LLVM cannot lower the
+AVX-512 tile's register constraints for an AVX2 CPU ("couldn't allocate input reg for constraint
+'v'"), which once broke every kernel on AVX2-only machines.
 """
 
 import functools
