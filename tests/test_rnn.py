@@ -179,9 +179,11 @@ def test_loss_normalised_by_the_global_number_of_characters():
 def test_training_lowers_the_loss_and_generates_from_the_vocabulary():
     ds = load_text_from(TEXT, 10)
     net = build_rnn(ds.num_classes, 32, 10, seed=0)
-    st = DataParallel(None, net, partial(SGD, lr=0.1, momentum=0.9),
+    # lr 0.05: at 0.1 with momentum 0.9 this small net sat at the edge of divergence, and on an
+    # AMD Zen 3 the float rounding tipped it over (loss 2.64 -> 3.15; 2.80 -> 0.10 at 0.05).
+    st = DataParallel(None, net, partial(SGD, lr=0.05, momentum=0.9),
                       loss=SequenceCrossEntropy())
-    losses = [st.step(x, y, 0.1) for _ in range(3)
+    losses = [st.step(x, y, 0.05) for _ in range(3)
               for x, y in ds.epoch_batches(4, 4, 0, 0, ds.steps_per_epoch(4), 32)]
     assert np.mean(losses[-20:]) < np.mean(losses[:20]) - 0.5
     text = generate(net, ds.vocab, 50, np.random.default_rng(0), prime="it was")
