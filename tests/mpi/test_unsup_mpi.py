@@ -13,15 +13,6 @@ from hpcnn.unsup import fista as fi
 from hpcnn.unsup.__main__ import main
 
 
-@pytest.fixture(autouse=True)
-def _stop_watchdog():
-    """``main`` runs in this process and may leave the peer watchdog running: stop it, so that
-    later MPI tests (tests/mpi/test_watchdog_mpi.py) start from none."""
-    yield
-    from hpcnn.parallel import watchdog
-
-    watchdog.stop()
-
 pytestmark = pytest.mark.mpi
 
 
