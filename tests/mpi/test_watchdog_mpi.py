@@ -5,6 +5,15 @@ import pytest
 from hpcnn.parallel import watchdog
 
 
+@pytest.fixture(autouse=True)
+def no_watchdog_left_running():
+    """Each test starts from no watchdog: an earlier MPI test in the same processes may have
+    left one running (``start`` then rightly does nothing)."""
+    watchdog.stop()
+    yield
+    watchdog.stop()
+
+
 @pytest.mark.mpi(min_size=2)
 def test_start_connects_every_rank_and_stop_ends_it_quietly(capfd):
     from mpi4py import MPI
