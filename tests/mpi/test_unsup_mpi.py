@@ -12,7 +12,6 @@ from hpcnn.unsup import autoencoder as ae
 from hpcnn.unsup import fista as fi
 from hpcnn.unsup.__main__ import main
 
-
 pytestmark = pytest.mark.mpi
 
 
