@@ -268,11 +268,12 @@ def main(argv):
 
     comm = MPI.COMM_WORLD  # an entry point: the point owns the world
     threads.pin_env(a.threads)
+    watchdog = None
     try:
         try:
             from hpcnn.parallel import watchdog
         except ImportError:
-            watchdog = None
+            pass
         if watchdog is not None and comm.Get_size() > 1:
             watchdog.start(comm)  # a dead peer ends the point, not the job's time limit
         threads.apply(a.threads)
@@ -288,6 +289,9 @@ def main(argv):
         if isinstance(e, SystemExit):
             raise
         abort_on_exception(comm, e)
+    finally:
+        if watchdog is not None:
+            watchdog.stop()  # this rank is done: its exit (or the caller's next step) is no death
     return 0
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from hpcnn.nn import NETS, build_net
 from hpcnn.optim import SGD
-from hpcnn.parallel import build_strategy
+from hpcnn.parallel import build_strategy, watchdog
 from hpcnn.scaling import csvio, point
 from hpcnn.scaling.model import NetShape, predict_bytes
 
@@ -32,6 +32,7 @@ def test_point_writes_one_row(rank0_dir, parallel, scheme):
     if scheme:
         argv += ["--scheme", scheme]
     assert point.main(argv) == 0
+    assert not watchdog.running()  # the point stops the watchdog it started: the next test's peers
     comm.Barrier()
     if comm.Get_rank() == 0:
         (row,) = csvio.read_rows(path)

@@ -7,8 +7,8 @@ from hpcnn.parallel import watchdog
 
 @pytest.fixture(autouse=True)
 def no_watchdog_left_running():
-    """Each test starts from no watchdog: an earlier MPI test in the same processes may have
-    left one running (``start`` then rightly does nothing)."""
+    """Each test starts from no watchdog, even after an earlier MPI test in the same processes
+    failed midway with one running (``start`` would then rightly do nothing)."""
     watchdog.stop()
     yield
     watchdog.stop()
