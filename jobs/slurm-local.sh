@@ -28,8 +28,9 @@
 #                            (`jobs/cluster-local.sh --name NAME up --nodes K --link RATE` first):
 #                            nodes NAME-n1..NAME-nK at their own addresses and hostnames, so a
 #                            job's tasks run in the nodes' namespaces and MPI between nodes crosses
-#                            the shaped links (a task prolog exports UCX_TLS=tcp,self and
-#                            UCX_NET_DEVICES=eth0); slurmctld listens on the head's address.
+#                            the shaped links (a task prolog exports MPIR_CVAR_CH4_NETMOD=ofi,
+#                            FI_PROVIDER=tcp and FI_TCP_IFACE=eth0: OFI, not UCX, as
+#                            jobs/srun-env.sh explains); slurmctld listens on the head's address.
 #                            SLURM_LOCAL_NODES and SLURM_LOCAL_CPUS then come from the cluster.
 #   SLURM_LOCAL_PYTHON=PATH  a python with mpi4py, for the MPI check of `selftest`.
 #   SLURM_LOCAL_TIMEOUT=S    seconds to wait for a daemon / the node to be idle (default 30).
@@ -256,8 +257,8 @@ EOF
   install -d /etc/slurm /var/spool/slurmctld /var/spool/slurmd /var/log/slurm
   if [ -n "$CLUSTER" ]; then  # tasks' MPI between the emulated nodes over TCP on eth0
     printf '#!/bin/sh\n# Written by jobs/slurm-local.sh (hpcnn): MPI over TCP between emulated nodes.\n%s\n%s\n%s\n' \
-      'echo export MPIR_CVAR_CH4_NETMOD=ucx' 'echo export UCX_TLS=tcp,self' \
-      'echo export UCX_NET_DEVICES=eth0' >/etc/slurm/hpcnn-task-prolog.sh
+      'echo export MPIR_CVAR_CH4_NETMOD=ofi' 'echo export FI_PROVIDER=tcp' \
+      'echo export FI_TCP_IFACE=eth0' >/etc/slurm/hpcnn-task-prolog.sh
     chmod 0755 /etc/slurm/hpcnn-task-prolog.sh
   fi
   if [ -f "$CONF" ] && cmp -s "$new" "$CONF"; then

@@ -202,6 +202,9 @@ def env(**extra):
     e.pop("HPCNN_DATA", None)
     for k in ("HPCNN_FAULT_RANK", "HPCNN_FAULT_STEP", "HPCNN_FAULT_DATA_RANK"):
         e.pop(k, None)
+    # srun of the PyPI MPICH: the OFI netmod, as jobs/srun-env.sh sets for the job scripts (with
+    # UCX, Slurm's PMI-1 reader cuts a business-card request over 1024 bytes, at random)
+    e.setdefault("MPIR_CVAR_CH4_NETMOD", "ofi")
     e.update(extra)
     return e
 
