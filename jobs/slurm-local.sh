@@ -29,8 +29,8 @@
 #                            nodes NAME-n1..NAME-nK at their own addresses and hostnames, so a
 #                            job's tasks run in the nodes' namespaces and MPI between nodes crosses
 #                            the shaped links (a task prolog exports MPIR_CVAR_CH4_NETMOD=ofi,
-#                            FI_PROVIDER=tcp and FI_TCP_IFACE=eth0: OFI, not UCX, as
-#                            jobs/srun-env.sh explains); slurmctld listens on the head's address.
+#                            FI_PROVIDER=tcp and FI_TCP_IFACE=eth0: OFI, not UCX: see
+#                            jobs/README-slurm.md); slurmctld listens on the head's address.
 #                            SLURM_LOCAL_NODES and SLURM_LOCAL_CPUS then come from the cluster.
 #   SLURM_LOCAL_PYTHON=PATH  a python with mpi4py, for the MPI check of `selftest`.
 #   SLURM_LOCAL_TIMEOUT=S    seconds to wait for a daemon / the node to be idle (default 30).

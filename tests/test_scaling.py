@@ -153,6 +153,26 @@ def test_hybrid_a_collectives_and_head_split():
     assert r["compute_s"] == pytest.approx(1.6 + 3.2 + head + 0.016 + opt)
 
 
+def test_hybrid_b_and_c_run_the_head_in_m_passes():
+    assert md.head_passes("a", 2, 16) == [32]
+    assert md.head_passes("b", 2, 16) == [16, 16]
+    assert md.head_passes("c", 3, 7) == [9, 6, 6]  # 3 x the r-th third of 7 examples: 3, 2, 2
+    assert md.head_passes("c", 4, 2) == [4, 4]  # ranks with no examples left run no pass
+    # a head whose time has a fixed part (its weights' traffic): forward 0.40 s at batch 16,
+    # 0.64 at 64, so 0.48 at 32; backward twice that. Two passes of 16 cost 0.80 + 1.60, one of
+    # 32 0.48 + 0.96, each split over the 2 ranks: b (and c) compute 0.48 s longer than a
+    prof = json.loads(json.dumps(PROF))
+    prof["batches"]["16"]["fwd"][1], prof["batches"]["16"]["bwd"][1] = 0.40, 0.80
+    per = {s: md.predict(prof, ToyShape, "hybrid", 2, 1, 16, FREE, grid=(1, 2), scheme=s)
+           for s in "abc"}
+    assert per["b"]["compute_s"] - per["a"]["compute_s"] == pytest.approx((2.4 - 1.44) / 2)
+    assert per["c"]["compute_s"] == pytest.approx(per["b"]["compute_s"])
+    # proportional to the batch (PROF's head), the passes cost the same in every scheme
+    same = [md.predict(PROF, ToyShape, "hybrid", 2, 1, 16, FREE, grid=(1, 2), scheme=s)
+            for s in "abc"]
+    assert same[0]["compute_s"] == pytest.approx(same[1]["compute_s"])
+
+
 def test_hybrid_b_broadcasts_move_every_round():
     cols = md.collectives(ToyShape, "hybrid", 2, 4, (1, 2), "b")
     bc = [(sent, moved) for k, _, sent, moved, _ in cols if k == "bcast"]

@@ -202,11 +202,14 @@ def env(**extra):
     e.pop("HPCNN_DATA", None)
     for k in ("HPCNN_FAULT_RANK", "HPCNN_FAULT_STEP", "HPCNN_FAULT_DATA_RANK"):
         e.pop(k, None)
-    # srun of the PyPI MPICH: the OFI netmod, as jobs/srun-env.sh sets for the job scripts (with
-    # UCX, Slurm's PMI-1 reader cuts a business-card request over 1024 bytes, at random)
-    e.setdefault("MPIR_CVAR_CH4_NETMOD", "ofi")
+    e.pop("MPIR_CVAR_CH4_NETMOD", None)  # the job scripts choose it (jobs/README-slurm.md)
     e.update(extra)
     return e
+
+
+# srun of the PyPI MPICH by hand: the OFI netmod, as the job scripts in jobs/ choose (with UCX,
+# Slurm's PMI-1 reader cuts a business-card request over 1024 bytes, at random)
+SRUN_MPI = {"MPIR_CVAR_CH4_NETMOD": "ofi"}
 
 
 def srun_cmd(name, *args, kill_on_bad_exit=1, nodes=1):
@@ -231,7 +234,7 @@ class Job:
         self.name = _name()
         self.lines = []
         cmd = srun_cmd(self.name, *args, kill_on_bad_exit=kill_on_bad_exit, nodes=nodes)
-        self.p = subprocess.Popen(cmd, env=env(**extra), cwd=ROOT,
+        self.p = subprocess.Popen(cmd, env=env(**SRUN_MPI, **extra), cwd=ROOT,
                                   stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, text=True)
         self.reader = threading.Thread(target=self._read, daemon=True)
@@ -295,7 +298,8 @@ def _rank_pid(job_name, rank):
 
 def test_two_ranks_train_under_srun():
     r = subprocess.run(srun_cmd(_name(), "--synthetic-train", "256", "--epochs", "1"),
-                       env=env(), cwd=ROOT, capture_output=True, text=True, timeout=120,
+                       env=env(**SRUN_MPI), cwd=ROOT, capture_output=True, text=True,
+                       timeout=120,
                        stdin=subprocess.DEVNULL)
     assert r.returncode == 0, (r.stdout, r.stderr)
     assert "ranks 2 x threads 1" in r.stdout, r.stdout

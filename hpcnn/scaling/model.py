@@ -15,8 +15,11 @@ Assumptions (printed with every report):
 
 1. Compute per rank is the per-layer times of one process (each layer timed alone, scaled so
    that they add up to a whole training step timed at that batch), interpolated in the batch
-   (proportional to it below the smallest batch measured, 16). A head split over M ranks
-   (hybrid) takes 1/M of the whole head's time on the same examples; the optimizer's time is
+   (proportional to it below the smallest batch measured, 16). A pass of a hybrid head over R
+   examples, split over M ranks, takes 1/M of the whole head's time on R examples; scheme a
+   makes one pass over the group's M n examples, b and c make M passes of n each
+   (hpcnn.parallel.hybrid), so where a pass costs mostly its weights' traffic (small batches,
+   large heads) b and c compute longer than a. The optimizer's time is
    proportional to the parameters a rank updates, so hybrid's per-rank work shrinks with M and
    its speedup over one node can exceed the node count. A projected node computes like one core
    of this machine.
@@ -105,6 +108,17 @@ def _blockdist(n, size, rank):
     return blockdist(n, size, rank)
 
 
+def head_passes(scheme, M, n):
+    """Rows of each pass of the head on a model group of ``M`` ranks with ``n`` examples per
+    rank (hpcnn.parallel.hybrid): scheme a one pass over the group's ``M n`` examples, b ``M``
+    passes of one rank's ``n``, c ``M`` passes of the r-th ``1/M`` of every rank's examples."""
+    if scheme == "a":
+        return [M * n]
+    if scheme == "b":
+        return [n] * M
+    return [M * c for c in (_blockdist(n, M, r)[0] for r in range(M)) if c]
+
+
 def collectives(shape, mode, p, n, grid=None, scheme="a"):
     """The collectives one rank (rank 0) runs per step, in order: a list of
     ``(kind, group size, bytes sent, bytes moved, phase)``; bytes sent as the strategies count
@@ -143,24 +157,16 @@ def collectives(shape, mode, p, n, grid=None, scheme="a"):
             for li in range(len(counts) - 1, 0, -1):
                 add("reduce_scatter", M, 4 * sum(counts[li - 1]) * rows)
 
-        if scheme == "a":
-            add("allgather", M, 4 * n * F)
-            head_pass(M * n)
-            add("reduce_scatter", M, 4 * M * n * F)
-        elif scheme == "b":
-            add("bcast", M, 4 * n * F)
-            for r in range(M):
-                if r:
-                    add("bcast", M, 0, 4 * n * F)  # another root's block
-                head_pass(n)
+        for r, rows in enumerate(head_passes(scheme, M, n)):
+            if scheme == "b":
+                add("bcast", M, 0 if r else 4 * n * F, 4 * n * F)  # rank r's block
+            else:  # a: the whole group's features at once; c: the r-th 1/M of every rank's
+                add("allgather", M, 4 * rows // M * F)
+            head_pass(rows)
+            if scheme == "b":
                 add("reduce", M, 4 * n * F)
-        else:
-            for r in range(M):
-                c = _blockdist(n, M, r)[0]
-                if c:
-                    add("allgather", M, 4 * c * F)
-                    head_pass(M * c)
-                    add("reduce_scatter", M, 4 * M * c * F)
+            else:
+                add("reduce_scatter", M, 4 * rows * F)
     if D > 1 and shape.head_bytes:
         mine = sum(4 * _blockdist(o, M, 0)[0] * (i + 1) for o, i in zip(shape.fc_out, shape.fc_in))
         add("allreduce_head", D, mine, phase=("backward", shape.head_start))
@@ -207,10 +213,11 @@ def predict(prof, shape, mode, nodes, ranks_per_node, n, link, overlap=0.0, grid
     D, M = (grid or (1, p)) if mode == "hybrid" else (p, 1)
     fwd = [cm.layer_time(prof, n, i, "fwd") for i in range(L)]
     bwd = [cm.layer_time(prof, n, i, "bwd") for i in range(L)]
-    if mode == "hybrid" and M > 1:  # the head runs on M x n examples, split M ways
+    if mode == "hybrid" and M > 1:  # each pass of the head on R rows, split M ways: 1/M of it
+        passes = head_passes(scheme, M, n)
         for i in range(hs, L):
-            fwd[i] = cm.layer_time(prof, M * n, i, "fwd") / M
-            bwd[i] = cm.layer_time(prof, M * n, i, "bwd") / M
+            fwd[i] = sum(cm.layer_time(prof, rows, i, "fwd") for rows in passes) / M
+            bwd[i] = sum(cm.layer_time(prof, rows, i, "bwd") for rows in passes) / M
     params = (shape.feature_bytes + shape.head_bytes / (M if mode == "hybrid" else 1)) / 4
     loss = cm.loss_time(prof, n)
     opt = cm.optimizer_time(prof, params)
