@@ -134,12 +134,13 @@ def _emulated_nodes_why_not():
 def slurm():
     """A Slurm with 2 nodes for the module: the one running, or one brought up (and down).
 
-    Brought up here, its two slurmd run as two node names on this host; with
-    ``HPCNN_SLURM_EMULATED=1`` (and where network namespaces work) each runs in its own emulated
-    node instead (jobs/cluster-local.sh, 10 Gbit/s links), so that a job's tasks on two nodes have
-    two hostnames and talk over TCP. That mode is opt-in: in one clean-clone CI run its 2-node
-    steps failed to connect (UCX "Connection refused" between the nodes), which is not understood
-    yet. Yields the cluster's name, or None for nodes on this host.
+    Brought up here, where network namespaces work (root: CI), each of its two slurmd runs in its
+    own emulated node (jobs/cluster-local.sh, 10 Gbit/s links), so that a job's tasks on two nodes
+    have two hostnames and talk over TCP (MPICH's OFI netmod: the task prolog of slurm-local.sh);
+    elsewhere, or with ``HPCNN_SLURM_EMULATED=0``, as two node names on this host. (With the UCX
+    netmod one clean-clone CI run of the emulated nodes failed to connect, "Connection refused",
+    and Slurm's PMI-1 reader cut UCX's business cards at random: jobs/README-slurm.md.) Yields
+    the cluster's name, or None for nodes on this host.
     """
     if _slurm_ready() is None:
         yield None
@@ -155,7 +156,7 @@ def slurm():
              OMP_NUM_THREADS="1")
     e.pop("SLURM_LOCAL_CPUS", None)
     cluster = None
-    emulated = os.environ.get("HPCNN_SLURM_EMULATED") == "1"
+    emulated = os.environ.get("HPCNN_SLURM_EMULATED", "1") != "0"
     if not was_up and emulated and _emulated_nodes_why_not() is None:
         cluster = f"s{uuid.uuid4().hex[:8]}"
         r = subprocess.run([CLUSTER_LOCAL, "--name", cluster, "up", "--nodes", str(NODES),
@@ -189,9 +190,10 @@ STARTED_HERE = []  # the cluster name (None: nodes on this host) when the fixtur
 
 
 def test_nodes_offer_the_hosts_cpus_whatever_omp_num_threads():
-    """slurm-local.sh, called with OMP_NUM_THREADS=1, still gives each node this host's CPUs."""
-    if STARTED_HERE != [None]:
-        pytest.skip("Slurm was not brought up here with its nodes on this host")
+    """slurm-local.sh, called with OMP_NUM_THREADS=1, still gives each node this host's CPUs
+    (emulated nodes: cluster-local.sh --cpus all, which counts them with taskset)."""
+    if not STARTED_HERE:
+        pytest.skip("Slurm was not brought up here")
     cpus = _node_cpus()
     assert len(cpus) == NODES, cpus
     assert set(cpus.values()) == {len(os.sched_getaffinity(0))}, cpus
