@@ -209,13 +209,11 @@ def env(**extra):
     return e
 
 
-# srun of the PyPI MPICH by hand: the OFI netmod, as the job scripts in jobs/ choose (with UCX,
-# Slurm's PMI-1 reader cuts a business-card request over 1024 bytes, at random)
-SRUN_MPI = {"MPIR_CVAR_CH4_NETMOD": "ofi"}
-
-
 def srun_cmd(name, *args, kill_on_bad_exit=1, nodes=1):
+    # the PyPI MPICH's OFI netmod, as the job scripts in jobs/ choose (with UCX, Slurm's PMI-1
+    # reader cuts a business-card request over 1024 bytes, at random)
     return ["srun", "-J", name, "-N", str(nodes), "-n", "2", "--mpi=pmi2",
+            "--export=ALL,MPIR_CVAR_CH4_NETMOD=ofi",
             f"--kill-on-bad-exit={kill_on_bad_exit}", "--time=5",
             sys.executable, "-m", "hpcnn.train", *SMALL, *args]
 
@@ -236,7 +234,7 @@ class Job:
         self.name = _name()
         self.lines = []
         cmd = srun_cmd(self.name, *args, kill_on_bad_exit=kill_on_bad_exit, nodes=nodes)
-        self.p = subprocess.Popen(cmd, env=env(**SRUN_MPI, **extra), cwd=ROOT,
+        self.p = subprocess.Popen(cmd, env=env(**extra), cwd=ROOT,
                                   stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, text=True)
         self.reader = threading.Thread(target=self._read, daemon=True)
@@ -300,8 +298,7 @@ def _rank_pid(job_name, rank):
 
 def test_two_ranks_train_under_srun():
     r = subprocess.run(srun_cmd(_name(), "--synthetic-train", "256", "--epochs", "1"),
-                       env=env(**SRUN_MPI), cwd=ROOT, capture_output=True, text=True,
-                       timeout=120,
+                       env=env(), cwd=ROOT, capture_output=True, text=True, timeout=120,
                        stdin=subprocess.DEVNULL)
     assert r.returncode == 0, (r.stdout, r.stderr)
     assert "ranks 2 x threads 1" in r.stdout, r.stdout

@@ -268,13 +268,9 @@ def main(argv):
 
     comm = MPI.COMM_WORLD  # an entry point: the point owns the world
     threads.pin_env(a.threads)
-    watchdog = None
+    from hpcnn.parallel import watchdog  # after the pin: BLAS reads it when numpy loads
     try:
-        try:
-            from hpcnn.parallel import watchdog
-        except ImportError:
-            pass
-        if watchdog is not None and comm.Get_size() > 1:
+        if comm.Get_size() > 1:
             watchdog.start(comm)  # a dead peer ends the point, not the job's time limit
         threads.apply(a.threads)
         return run(a, comm, argv)
@@ -290,8 +286,7 @@ def main(argv):
             raise
         abort_on_exception(comm, e)
     finally:
-        if watchdog is not None:
-            watchdog.stop()  # this rank is done: its exit (or the caller's next step) is no death
+        watchdog.stop()  # this rank is done: its exit (or the caller's next step) is no death
     return 0
 
 
