@@ -11,11 +11,12 @@ and oneDNN. The tile's shape comes from the ISA (:mod:`hpcnn.kernels.isa`): 14 r
 16 floats (28 of AVX-512's 32 registers), 6 x 2 vectors of 8 on AVX2 (12 of 16), 6 x 2 of 4 for
 any other LLVM target.
 
-``tile(isa, nv, m, A, a0, aoffs, a_step, B, b0, b_step, b_inc, nseg, L, out, o0, ooffs, acc)``
-computes, with ``lanes`` the ISA's vector width, for i < m and n < nv * lanes,
+``tile(isa, nv, m, A, a0, aoffs, a_step, a_blk, B, b0, b_step, b_blk, b_inc, nblk, nseg, L, out,
+o0, ooffs, acc)`` computes, with ``lanes`` the ISA's vector width, for i < m and n < nv * lanes,
 
-    out.flat[o0 + ooffs[i] + n] (+)= sum over t < nseg, j < L of
-        A.flat[a0 + aoffs[i] + t*a_step + j] * B.flat[b0 + t*b_step + j*b_inc + n]
+    out.flat[o0 + ooffs[i] + n] (+)= sum over u < nblk, t < nseg, j < L of
+        A.flat[a0 + aoffs[i] + u*a_blk + t*a_step + j]
+        * B.flat[b0 + u*b_blk + t*b_step + j*b_inc + n]
 
 (``+=`` when ``acc`` is non-zero), for ``isa`` an :attr:`~hpcnn.kernels.isa.Isa.id`, ``nv`` 1 or
 2 and 1 <= m <= the ISA's rows; other values do nothing. Every (isa, nv, m) has its own code
@@ -68,8 +69,8 @@ def _opaque(builder, value):
 
 def emit_tile(builder, p, v, MR, NV, VL):
     """Emit one MR x (NV*VL) tile at the builder's position. ``p``: float*/i64* pointers "A",
-    "aoffs", "B", "out", "ooffs"; ``v``: i64 values "a0", "a_step", "b0", "b_step",
-    "b_inc", "nseg", "L", "o0", "acc" (see the module docstring)."""
+    "aoffs", "B", "out", "ooffs"; ``v``: i64 values "a0", "a_step", "a_blk", "b0", "b_step",
+    "b_blk", "b_inc", "nblk", "nseg", "L", "o0", "acc" (see the module docstring)."""
     vt = ir.VectorType(_F32, VL)
     fma = _fma(builder.module, vt)
     zero = ir.Constant(vt, [0.0] * VL)
@@ -102,12 +103,15 @@ def emit_tile(builder, p, v, MR, NV, VL):
     # reduction gives each of the MR rows a pointer of its own, more than the 16 general
     # registers, and the loop spends more on spilling them than on FMAs. This way a row costs a
     # broadcast per step and, beyond the free registers, one reload of its base.
-    with _for(builder, v["nseg"]) as seg:
-        ja0 = builder.mul(seg.index, v["a_step"])
-        jb0 = builder.add(v["b0"], builder.mul(seg.index, v["b_step"]))
-        with _for(builder, v["L"]) as loop:
-            j = _opaque(builder, loop.index)
-            step(builder.add(ja0, j), builder.add(jb0, builder.mul(j, v["b_inc"])))
+    with _for(builder, v["nblk"]) as blk:
+        ja1 = builder.mul(blk.index, v["a_blk"])
+        jb1 = builder.add(v["b0"], builder.mul(blk.index, v["b_blk"]))
+        with _for(builder, v["nseg"]) as seg:
+            ja0 = builder.add(ja1, builder.mul(seg.index, v["a_step"]))
+            jb0 = builder.add(jb1, builder.mul(seg.index, v["b_step"]))
+            with _for(builder, v["L"]) as loop:
+                j = _opaque(builder, loop.index)
+                step(builder.add(ja0, j), builder.add(jb0, builder.mul(j, v["b_inc"])))
     keep = builder.icmp_signed("!=", v["acc"], ir.Constant(_I64, 0))
     for i in range(MR):
         row = builder.add(v["o0"], at(p["ooffs"], i))
@@ -119,8 +123,8 @@ def emit_tile(builder, p, v, MR, NV, VL):
             builder.store(r, q, align=4)
 
 
-_ARGS = ("isa", "nv", "m", "A", "a0", "aoffs", "a_step", "B", "b0", "b_step", "b_inc",
-         "nseg", "L", "out", "o0", "ooffs", "acc")
+_ARGS = ("isa", "nv", "m", "A", "a0", "aoffs", "a_step", "a_blk", "B", "b0", "b_step", "b_blk",
+         "b_inc", "nblk", "nseg", "L", "out", "o0", "ooffs", "acc")
 _FLOATS = ("A", "B", "out")
 _OFFSETS = ("aoffs", "ooffs")
 
@@ -147,10 +151,10 @@ def _emit_switch(builder, p, v):
     builder.position_at_end(done)
 
 
-def _tile_typer(typingctx, isa, nv, m, A, a0, aoffs, a_step, B, b0, b_step, b_inc, nseg, L,
-                out, o0, ooffs, acc):
-    ty = dict(zip(_ARGS, (isa, nv, m, A, a0, aoffs, a_step, B, b0, b_step, b_inc, nseg,
-                          L, out, o0, ooffs, acc)))
+def _tile_typer(typingctx, isa, nv, m, A, a0, aoffs, a_step, a_blk, B, b0, b_step, b_blk,
+                b_inc, nblk, nseg, L, out, o0, ooffs, acc):
+    ty = dict(zip(_ARGS, (isa, nv, m, A, a0, aoffs, a_step, a_blk, B, b0, b_step, b_blk, b_inc,
+                          nblk, nseg, L, out, o0, ooffs, acc)))
     if not all(isinstance(ty[a], types.Array) and ty[a].dtype == types.float32 for a in _FLOATS):
         return None
     if not all(isinstance(ty[a], types.Array) and ty[a].dtype == types.int64 for a in _OFFSETS):
@@ -265,7 +269,8 @@ optimised away): 2 * n * chains * lanes flops."""
 
 def _transpose8_typer(typingctx, src, s0, lds, bias, b0, dst, d0, ldd):
     arrays = (src, bias, dst)
-    if not all(isinstance(a, types.Array) and a.dtype == types.float32 for a in arrays):
+    if not all(isinstance(a, types.Array) and a.dtype in (types.float32, types.float64)
+               for a in arrays) or len({a.dtype for a in arrays}) != 1:
         return None
     sig = types.void(src, s0, lds, bias, b0, dst, d0, ldd)
 
@@ -273,9 +278,10 @@ def _transpose8_typer(typingctx, src, s0, lds, bias, b0, dst, d0, ldd):
         ps, pb, pd = (_data(context, builder, sig.args[i], args[i]) for i in (0, 3, 5))
         s0, lds, b0, d0, ldd = (context.cast(builder, args[i], sig.args[i], types.int64)
                                 for i in (1, 2, 4, 6, 7))
+        v8 = ir.VectorType(context.get_value_type(sig.args[0].dtype), 8)
 
         def vptr(base, off):
-            return builder.bitcast(builder.gep(base, [off]), _V8.as_pointer())
+            return builder.bitcast(builder.gep(base, [off]), v8.as_pointer())
 
         def shuf(a, b, mask):
             return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(_I32, 8), mask))
@@ -296,7 +302,7 @@ def _transpose8_typer(typingctx, src, s0, lds, bias, b0, dst, d0, ldd):
         for j in range(4):
             cols[j] = shuf(u[j], u[j + 4], lo3)
             cols[j + 4] = shuf(u[j], u[j + 4], hi3)
-        undef = ir.Constant(_V8, ir.Undefined)
+        undef = ir.Constant(v8, ir.Undefined)
         splat = ir.Constant(ir.VectorType(_I32, 8), [0] * 8)
         for j in range(8):
             bj = builder.load(builder.gep(pb, [builder.add(b0, ir.Constant(_I64, j))]))
@@ -312,5 +318,6 @@ def _transpose8_typer(typingctx, src, s0, lds, bias, b0, dst, d0, ldd):
 _transpose8_typer.__name__ = "transpose8"
 transpose8 = intrinsic(_transpose8_typer)
 """``transpose8(src, s0, lds, bias, b0, dst, d0, ldd)``: dst.flat[d0 + j*ldd + i] =
-src.flat[s0 + i*lds + j] + bias.flat[b0 + j] for i, j < 8 (an 8x8 block moved from pixel-major
-to channel-major with the bias, in registers; float32 arrays)."""
+src.flat[s0 + i*lds + j] + bias.flat[b0 + j] for i, j < 8 (an 8x8 block transposed in
+registers, with a bias: pixel-major to channel-major, or NCHW to NHWC with a zero bias; float32
+or float64 arrays, all three alike, of which only the data pointer is used)."""

@@ -13,14 +13,14 @@ Every pass runs its tiles over exactly those ranges:
 - **forward**: a block is a band of output rows of one image, or several whole small images
   (:func:`_block`). A tile is up to 14 of the block's output pixels (anywhere in the block:
   every row has its own input and output offset) by 32 output channels, and the pixels that
-  share a tile also share their range of real taps: with a kernel row of at least
-  :data:`PER_ROW_STEPS` taps, one kernel row r at a time over the pixels whose input row is real
-  for r; with fewer (a first layer's 3 channels), all the real kernel rows at once over a run of
-  output rows with the same range (:func:`row_jobs`); in both, the pixels are grouped by their
-  columns' range of real kernel columns (:func:`window_classes`; the few edge columns have
-  their own, shorter range). The tile adds those taps, s*C + c after s*C + c, against the
-  weights packed as (R*S*C, 32) panels, into the block's output kept pixel-major, which then
-  moves to NCHW with the bias.
+  share a tile also share their range of real taps: the block's pixels are grouped by their
+  rows' range of real kernel rows and their columns' range of real kernel columns
+  (:func:`window_classes`: the few edge rows and columns have their own, shorter ranges). The
+  tile adds all those taps, kernel row after kernel row and s*C + c after s*C + c within one,
+  against the weights packed as (R*S*C, 32) panels, into the block's output kept pixel-major,
+  which then moves to NCHW with the bias. (Taking one kernel row at a time over every pixel
+  real for it, with the tiles adding into the output, gave taller tiles but was 2-8% slower
+  on most GoogLeNet and cifar10_quick layers on an AMD Zen 4, both vector paths.)
 - **data gradient** (stride 1, padding at most R-1 and S-1): the forward of dy, padded by R-1-ph
   and S-1-pw, with the weights flipped and their two channel axes swapped; its border is skipped
   the same way. Otherwise it is taken from the "chunked" strategy.
@@ -49,6 +49,9 @@ from hpcnn.kernels._jit import njit, pnjit, prange
 BAND_PIXELS = 256
 """Output pixels per band of the weight gradient, about (whole output rows, at least one): the
 band's window rows stay in L1/L2 across the output-channel tiles."""
+WGRAD_PIXELS = 512
+"""Output pixels a weight-gradient tile sums over, about, when whole images are smaller than a
+band: several small images are packed and summed by one tile."""
 BLOCK = 512
 """Output pixels per forward band, about (whole output rows, at least one): the band's output,
 pixel-major, stays in L2 until it moves to NCHW, and the edge columns' tiles get tall."""
@@ -78,28 +81,6 @@ def window_classes(out, size, k, stride, pad):
         else:
             rows.append([o, o + 1, t0, t1])
     return np.array(rows, dtype=np.int64).reshape(-1, 4)
-
-
-PER_ROW_STEPS = 64
-"""A forward tile takes one kernel row at a time when a kernel row holds at least this many
-taps (S*C): its j loop is long enough, and every pixel whose input row is real for r shares the
-tile. With fewer (a first layer's 3 channels), a tile takes all the kernel rows that are real for
-its output rows at once (:func:`row_jobs`)."""
-
-
-def row_jobs(P, H, R, stride, pad, per_row):
-    """The forward's row jobs, int64 rows (o0, o1, r0, r1): output rows o0 <= oh < o1 add kernel
-    rows r0 <= r < r1. ``per_row``: one job per kernel row r, over the output rows whose input
-    row is real for r; else one per run of :func:`window_classes`."""
-    classes = window_classes(P, H, R, stride, pad)
-    if not per_row:
-        return classes
-    jobs = []
-    for r in range(R):
-        inside = [(o0, o1) for o0, o1, t0, t1 in classes if t0 <= r < t1]
-        if inside:  # a kernel row's real output rows are one run
-            jobs.append((inside[0][0], inside[-1][1], r, r + 1))
-    return np.array(jobs, dtype=np.int64).reshape(-1, 4)
 
 
 def _panels(K, isa):
@@ -132,10 +113,10 @@ def _pack_weights(w, isa):
 
 
 @njit
-def _some_empty(jobs, cols):
+def _some_empty(rows, cols):
     """Whether some output pixel's window lies wholly on the border."""
-    for j in range(jobs.shape[0]):
-        if jobs[j, 3] <= jobs[j, 2]:
+    for j in range(rows.shape[0]):
+        if rows[j, 3] <= rows[j, 2]:
             return True
     for c in range(cols.shape[0]):
         if cols[c, 3] <= cols[c, 2]:
@@ -143,24 +124,44 @@ def _some_empty(jobs, cols):
     return False
 
 
+@njit
+def _to_nchw(src, s0, Kp, bias, yf, n, K, PQ, p_lo, p_hi):
+    """y[n, k, p] = src[s0 + (p - p_lo)*Kp + k] + bias[k] for p_lo <= p < p_hi, k < K (y flat,
+    (N, K, PQ)): a band moved from pixel-major to NCHW. 8x8 blocks are transposed in registers,
+    eight channels at a time along the whole band, so that each of y's rows is written as one
+    contiguous run (full cache lines; going pixel block by pixel block instead wrote half lines
+    to rows 4 KiB apart, which evicted each other before their second half came: 1.6x slower
+    on a 32x32 layer); the ragged pixels and channels go one by one."""
+    k8 = K - K % 8
+    p8 = p_lo + (p_hi - p_lo) // 8 * 8
+    for k0 in range(0, k8, 8):
+        for p0 in range(p_lo, p8, 8):
+            transpose8(src, s0 + (p0 - p_lo) * Kp + k0, Kp, bias, k0, yf, (n * K + k0) * PQ + p0,
+                       PQ)
+    for k in range(K):
+        bv = bias[k]
+        d0 = (n * K + k) * PQ
+        for p in range(p8 if k < k8 else p_lo, p_hi):
+            yf[d0 + p] = src[s0 + (p - p_lo) * Kp + k] + bv
+
+
 @pnjit
-def _forward_kernel(x, wp, widths, offsets, bias, y, R, S, sh, sw, ph, pw, jobs, cols, band,
-                    nb, acc, isa, lanes, mr, xp, yt, ao, oo):
-    """y (N, K, P, Q) = conv(x, w) + bias; wp/widths/offsets from :func:`_pack_weights`, jobs
-    from :func:`row_jobs`, cols from :func:`window_classes`. A block is ``nb`` images (when a
-    band of ``band`` output rows is the whole image; else nb is 1) by a band: its pixels of a
-    row job and a column class share tiles. ``acc``: 1 when several jobs add into a pixel (one
-    job per kernel row), 0 when each pixel has one job (the tiles store, nothing is zeroed but
-    the pixels whose window lies wholly on the border, when there are some). Scratch per group
-    g: xp[g] (nb*Hp*Wp*C + SLACK floats), yt[g] (nb*band*Q pixels, panel widths summed),
-    ao[g], oo[g] (nb*band*Q: a tile's input and output offsets)."""
+def _forward_kernel(x, wp, widths, offsets, bias, y, R, S, sh, sw, ph, pw, rows, cols, band, nb,
+                    isa, lanes, mr, xp, yt, ao, oo):
+    """y (N, K, P, Q) = conv(x, w) + bias; wp/widths/offsets from :func:`_pack_weights`, rows
+    and cols from :func:`window_classes` (output rows and columns). A block is ``nb`` images
+    (when a band of ``band`` output rows is the whole image; else nb is 1) by a band: its
+    pixels of a row class and a column class share tiles, which store their sums (only the
+    pixels whose window lies wholly on the border, when there are some, are zeroed). Scratch
+    per group g: xp[g] (nb*Hp*Wp*C + SLACK floats), yt[g] (nb*band*Q pixels, panel widths
+    summed), ao[g], oo[g] (nb*band*Q: a tile's input and output offsets)."""
     N, C, H, W = x.shape
     K, P, Q = y.shape[1], y.shape[2], y.shape[3]
     G = xp.shape[0]
     Hp, row, SC, PQ = H + 2 * ph, (W + 2 * pw) * C, S * C, P * Q
     Kp = yt.shape[2]
-    yv = y.reshape(N, K, PQ)
     yf = y.reshape(-1)
+    empty = _some_empty(rows, cols)
     for g in prange(G):
         buf, aof, oof, out = xp[g], ao[g], oo[g], yt[g]
         outf = out.reshape(-1)
@@ -171,11 +172,11 @@ def _forward_kernel(x, wp, widths, offsets, bias, y, R, S, sh, sw, ph, pw, jobs,
             for oh0 in range(0, P, band):
                 oh1 = min(oh0 + band, P)
                 nr = oh1 - oh0
-                if acc or _some_empty(jobs, cols):
+                if empty:
                     outf[:ni * nr * Q * Kp] = 0.0
-                for jb in range(jobs.shape[0]):
-                    a, b = max(jobs[jb, 0], oh0), min(jobs[jb, 1], oh1)
-                    r0, r1 = jobs[jb, 2], jobs[jb, 3]
+                for jb in range(rows.shape[0]):
+                    a, b = max(rows[jb, 0], oh0), min(rows[jb, 1], oh1)
+                    r0, r1 = rows[jb, 2], rows[jb, 3]
                     if a >= b or r1 <= r0:
                         continue
                     for cc in range(cols.shape[0]):
@@ -190,54 +191,48 @@ def _forward_kernel(x, wp, widths, offsets, bias, y, R, S, sh, sw, ph, pw, jobs,
                                     oof[cnt] = ((i * nr + oh - oh0) * Q + q) * Kp
                                     cnt += 1
                         k0 = 0
+                        nt = -(-cnt // mr)  # tiles of even heights
                         for pi in range(widths.shape[0]):
                             width = widths[pi]
                             b0 = offsets[pi] + (r0 * S + s0) * C * width
-                            for t0 in range(0, cnt, mr):
-                                tile(isa, width // lanes, min(mr, cnt - t0), buf, 0, aof[t0:],
-                                     row, wp, b0, SC * width, width, r1 - r0, (s1 - s0) * C,
-                                     outf, k0, oof[t0:], acc)
+                            for ti in range(nt):
+                                t0, t1 = ti * cnt // nt, (ti + 1) * cnt // nt
+                                tile(isa, width // lanes, t1 - t0, buf, 0, aof[t0:], row, 0, wp,
+                                     b0, SC * width, 0, width, 1, r1 - r0, (s1 - s0) * C, outf,
+                                     k0, oof[t0:], 0)
                             k0 += width
-                # to NCHW with the bias: 8x8 blocks transposed in registers, the rest one by one
-                k8 = K - K % 8
                 for i in range(ni):
-                    n = n0 + i
-                    p_lo, p_hi, o_lo = oh0 * Q, oh1 * Q, i * nr * Q
-                    for p0 in range(p_lo, p_hi, 8):
-                        p1 = min(p0 + 8, p_hi)
-                        if p1 - p0 == 8:
-                            for k0 in range(0, k8, 8):
-                                transpose8(outf, (o_lo + p0 - p_lo) * Kp + k0, Kp, bias, k0, yf,
-                                           (n * K + k0) * PQ + p0, PQ)
-                        for k in range(k8 if p1 - p0 == 8 else 0, K):
-                            dk = yv[n, k]
-                            bv = bias[k]
-                            for p in range(p0, p1):
-                                dk[p] = out[o_lo + p - p_lo, k] + bv
+                    _to_nchw(outf, i * nr * Q * Kp, Kp, bias, yf, n0 + i, K, PQ, oh0 * Q, oh1 * Q)
 
 
 @pnjit
-def _wgrad_kernel(dy, x, R, S, sh, sw, ph, pw, band, jt, isa, lanes, mr, oo_dw, oo_t, xp, tb,
+def _wgrad_kernel(dy, x, R, S, sh, sw, ph, pw, band, nb, jt, isa, lanes, mr, oo_dw, oo_t, xp, tb,
                   ao, dwp, db):
     """dwp[g] (K, R*S*C) += group g's weight gradient (window order), db[g] (float64) its dy
     sums. jt (int64 rows j0, width, nj, s): the column tiles of one kernel row of dW (s = -1: a
-    tile spanning several kernel columns). One image at a time is packed into xp[g]; its output
-    rows are taken ``band`` at a time, so that the window rows the tiles read stay in cache
-    while the tiles of all output channels read them. oo_dw[i] = i*R*S*C, oo_t[i] = i*tb's row."""
+    tile spanning several kernel columns). ``nb`` images at a time are packed into xp[g] (nb is
+    1 unless ``band`` output rows are a whole image) and each tile sums over all of them: on
+    small images (8x8, 7x7) one image gives a tile only a few dozen steps, too few to pay for
+    loading and storing its accumulators. Output rows are taken ``band`` at a time, so that the
+    window rows the tiles read stay in cache while the tiles of all output channels read them.
+    The output channels are cut into tiles of even heights. oo_dw[i] = i*R*S*C, oo_t[i] =
+    i*tb's row."""
     N, C, H, W = x.shape
     K, P, Q = dy.shape[1], dy.shape[2], dy.shape[3]
     G = xp.shape[0]
     Hp, row, SC, PQ = H + 2 * ph, (W + 2 * pw) * C, S * C, P * Q
     RSC = R * SC
     ldt = tb.shape[1] // mr
+    nk = -(-K // mr)
     dyv = dy.reshape(N, K, PQ)
     for g in prange(G):
         buf, aof, t, dwg = xp[g], ao[g], tb[g], dwp[g]
-        img = buf[:Hp * row].reshape(1, Hp, row)
         dwgf = dwg.reshape(-1)
-        for n in range(g * N // G, (g + 1) * N // G):
-            nhwc.pack_x(x, n, n + 1, ph, pw, img)
-            nhwc.sum_dy(dyv, n, n + 1, 0, P, Q, db[g])
+        n_hi = (g + 1) * N // G
+        for n0 in range(g * N // G, n_hi, nb):
+            ni = min(nb, n_hi - n0)
+            nhwc.pack_x(x, n0, n0 + ni, ph, pw, buf[:ni * Hp * row].reshape(ni, Hp, row))
+            nhwc.sum_dy(dyv, n0, n0 + ni, 0, P, Q, db[g])
             for ob0 in range(0, P, band):
                 ob1 = min(P, ob0 + band)
                 for r in range(R):  # the output rows whose input row is real for r
@@ -254,18 +249,20 @@ def _wgrad_kernel(dy, x, R, S, sh, sw, ph, pw, band, jt, isa, lanes, mr, oo_dw, 
                             if q0 >= q1:
                                 continue
                         b0 = (lo * sh + r) * row + q0 * sw * C + j0
-                        a0 = n * K * PQ + lo * Q + q0
-                        for k0 in range(0, K, mr):
-                            m = min(mr, K - k0)
+                        a0 = n0 * K * PQ + lo * Q + q0
+                        for kt in range(nk):
+                            k0 = kt * K // nk
+                            m = (kt + 1) * K // nk - k0
                             for i in range(m):
                                 aof[i] = (k0 + i) * PQ
                             if nj == width:  # accumulate straight into the group's dW
-                                tile(isa, width // lanes, m, dy, a0, aof, Q, buf, b0, sh * row,
-                                     sw * C, hi - lo, q1 - q0, dwgf, k0 * RSC + r * SC + j0,
-                                     oo_dw, 1)
+                                tile(isa, width // lanes, m, dy, a0, aof, Q, K * PQ, buf, b0,
+                                     sh * row, Hp * row, sw * C, ni, hi - lo, q1 - q0, dwgf,
+                                     k0 * RSC + r * SC + j0, oo_dw, 1)
                             else:
-                                tile(isa, width // lanes, m, dy, a0, aof, Q, buf, b0, sh * row,
-                                     sw * C, hi - lo, q1 - q0, t, 0, oo_t, 0)
+                                tile(isa, width // lanes, m, dy, a0, aof, Q, K * PQ, buf, b0,
+                                     sh * row, Hp * row, sw * C, ni, hi - lo, q1 - q0, t, 0,
+                                     oo_t, 0)
                                 for i in range(m):
                                     d = dwg[k0 + i, r * SC + j0:r * SC + j0 + nj]
                                     src = t[i * ldt:i * ldt + nj]
@@ -323,6 +320,13 @@ def _block(N, G, P, Q):
     return band, nb
 
 
+def _wgrad_block(N, G, P, Q):
+    """(band rows, images) of a weight-gradient block of about :data:`WGRAD_PIXELS` pixels."""
+    band = _band(P, Q, BAND_PIXELS)
+    nb = max(1, min(WGRAD_PIXELS // (P * Q), -(-N // G))) if band == P else 1
+    return band, nb
+
+
 def _forward(x, w, b, stride, padding, isa):
     N, C, H, W = x.shape
     K, _, R, S = w.shape
@@ -337,11 +341,10 @@ def _forward(x, w, b, stride, padding, isa):
     ao = np.empty((G, nb * band * Q), dtype=np.int64)
     oo = np.empty((G, nb * band * Q), dtype=np.int64)
     yt = np.empty((G, nb * band * Q, int(widths.sum())), dtype=x.dtype)
-    per_row = S * C >= PER_ROW_STEPS
-    jobs = row_jobs(P, H, R, sh, ph, per_row)
+    rows = window_classes(P, H, R, sh, ph)
     cols = window_classes(Q, W, S, sw, pw)
-    _forward_kernel(x, wp, widths, offsets, bias, y, R, S, sh, sw, ph, pw, jobs, cols, band, nb,
-                    int(per_row), isa.id, isa.lanes, isa.rows, xp, yt, ao, oo)
+    _forward_kernel(x, wp, widths, offsets, bias, y, R, S, sh, sw, ph, pw, rows, cols, band, nb,
+                    isa.id, isa.lanes, isa.rows, xp, yt, ao, oo)
     return y
 
 
@@ -369,18 +372,18 @@ def backward(dy, x, w, stride, padding, input_grad=True, *, isa=None):
     P, Q = dy.shape[2], dy.shape[3]
     Hp, Wp = H + 2 * ph, W + 2 * pw
     G = _groups(N)
-    band = _band(P, Q, BAND_PIXELS)
+    band, nb = _wgrad_block(N, G, P, Q)
     mr, wide = isa.rows, isa.widths[0]
     jt = column_tiles(C, S, isa)
     dwp = np.zeros((G, K, R * S * C), dtype=x.dtype)
     db = np.zeros((G, K), dtype=np.float64)
-    xp = np.zeros((G, Hp * Wp * C + SLACK), dtype=x.dtype)
+    xp = np.zeros((G, nb * Hp * Wp * C + SLACK), dtype=x.dtype)
     tb = np.empty((G, mr * wide), dtype=x.dtype)  # a tile with columns past its kernel row
     ao = np.empty((G, mr), dtype=np.int64)
     oo_dw = np.arange(mr, dtype=np.int64) * (R * S * C)
     oo_t = np.arange(mr, dtype=np.int64) * wide
     with profile.region("gemm"):
-        _wgrad_kernel(dy, x, R, S, sh, sw, ph, pw, band, jt, isa.id, isa.lanes, mr, oo_dw, oo_t,
+        _wgrad_kernel(dy, x, R, S, sh, sw, ph, pw, band, nb, jt, isa.id, isa.lanes, mr, oo_dw, oo_t,
                       xp, tb, ao, dwp, db)
     dw_rsc = dwp[0]
     for g in range(1, G):  # the groups' partials, always in group order
@@ -428,7 +431,8 @@ def workspace_bytes(x_shape, w_shape, stride, padding, itemsize=4, threads=None,
     if not backward:
         return (G * (nb * Hp * Wp * C + SLACK + px * kp) + R * S * C * kp) * itemsize \
             + G * px * 16, 0
-    total = (G * (Hp * Wp * C + SLACK + isa.rows * isa.widths[0] + K * R * S * C) * itemsize
+    nbw = _wgrad_block(N, G, P, Q)[1]
+    total = (G * (nbw * Hp * Wp * C + SLACK + isa.rows * isa.widths[0] + K * R * S * C) * itemsize
              + G * K * 8)
     if applies(x_shape, w_shape, stride, padding):  # the data gradient: a forward of dy
         dyp = (P + 2 * (R - 1 - ph)) * (Q + 2 * (S - 1 - pw)) * K
