@@ -181,3 +181,54 @@ def test_autotune_key_names_the_path(monkeypatch):
         assert f"isa={name};" in key
         keys.add(key)
     assert len(keys) == len(RUNNABLE)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("C,H,W,ph,pw", [(16, 8, 8, 0, 0), (19, 5, 13, 2, 1), (3, 4, 9, 1, 3),
+                                         (8, 1, 16, 2, 0)])
+def test_pack_x_moves_blocks_and_ragged_edges(C, H, W, ph, pw, dtype):
+    """NCHW -> zero-bordered NHWC, in 8x8 register transposes where x is contiguous and value by
+    value for the ragged channels and columns (and for a strided x)."""
+    from hpcnn.kernels import nhwc
+
+    x = np.random.default_rng(C).standard_normal((4, C, H, W)).astype(dtype)
+    want = np.zeros((2, H + 2 * ph, W + 2 * pw, C), dtype=dtype)
+    want[:, ph:ph + H, pw:pw + W, :] = x[1:3].transpose(0, 2, 3, 1)
+    for src in (x, np.asfortranarray(x)):
+        xp = np.full((2, H + 2 * ph, (W + 2 * pw) * C), np.nan, dtype=dtype)
+        nhwc.pack_x(src, 1, 3, ph, pw, xp)
+        np.testing.assert_array_equal(xp, want.reshape(xp.shape))
+
+
+@pytest.mark.parametrize("name", RUNNABLE)
+def test_tile_sums_over_image_blocks(name):
+    """The tile's outer loop (nblk blocks at strides a_blk, b_blk) against NumPy."""
+    path = isa.ISAS[name]
+    nv, m, nblk, nseg, L = 2, path.rows - 1, 3, 2, 5
+    lanes = path.lanes
+    width = nv * lanes
+    a_step, a_blk, b_step, b_blk, b_inc = 7, 40, 3 * width, 11 * width, width
+    rng = np.random.default_rng(5)
+    A = rng.standard_normal(2000).astype(np.float32)
+    B = rng.standard_normal(4000).astype(np.float32)
+    aoffs = (np.arange(m) * 150).astype(np.int64)
+    ooffs = (np.arange(m) * (width + 3)).astype(np.int64)
+    out = rng.standard_normal(m * (width + 3) + width).astype(np.float32)
+    want = out.astype(np.float64).copy()
+    for i in range(m):
+        for u in range(nblk):
+            for t in range(nseg):
+                for j in range(L):
+                    a = A[aoffs[i] + u * a_blk + t * a_step + j]
+                    b0 = u * b_blk + t * b_step + j * b_inc
+                    want[ooffs[i]:ooffs[i] + width] += a * B[b0:b0 + width].astype(np.float64)
+    _run_tile(path.id, nv, m, A, aoffs, a_step, a_blk, B, b_step, b_blk, b_inc, nblk, nseg, L,
+              out, ooffs)
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-4)
+
+
+@numba.njit
+def _run_tile(isa_id, nv, m, A, aoffs, a_step, a_blk, B, b_step, b_blk, b_inc, nblk, nseg, L,
+              out, ooffs):
+    _fma.tile(isa_id, nv, m, A, 0, aoffs, a_step, a_blk, B, 0, b_step, b_blk, b_inc, nblk, nseg,
+              L, out, 0, ooffs, 1)

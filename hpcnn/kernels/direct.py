@@ -1,7 +1,7 @@
 """Direct convolution on register tiles (strategy "direct"): no lowering, no BLAS, no padding.
 
-Each thread takes a contiguous group of the batch's images and packs one image at a time into a
-zero-bordered NHWC buffer of its own (:func:`hpcnn.kernels.nhwc.pack_x`). In that layout the taps
+Each thread takes a contiguous group of the batch's images and packs them, one block of images
+at a time, into a zero-bordered NHWC buffer of its own (:func:`hpcnn.kernels.nhwc.pack_x`). In that layout the taps
 of one kernel row that a window covers are contiguous, (s, c) after (s, c), so the
 :mod:`~._fma` tile reads the windows in place. The tile's shape comes from the vector ISA
 (:mod:`~.isa`): 14 rows x 32 columns on AVX-512, 6 x 16 on AVX2.
@@ -27,14 +27,18 @@ Every pass runs its tiles over exactly those ranges:
 - **weight gradient**: a tile is up to 14 output channels by 32 entries of one kernel row of dW
   (when C is at least a vector, the entries of one kernel column s: c0..c0+31); it sums dy's
   rows (NCHW, contiguous) against the windows' rows over the output pixels whose input pixel is
-  real for that r and s. Each thread adds its tiles into a dW of its own; the groups' partials
-  are summed in group order, so the result depends on the thread count only. With fewer input
-  channels than a vector (a first layer, C = 3), a tile spans several kernel columns and only
-  the kernel rows are trimmed: there, the edge columns' border taps are multiplied.
+  real for that r and s, and over all the images of a block (several when an image has fewer
+  than :data:`WGRAD_PIXELS` output pixels: on 8x8 outputs one image gives a tile too few steps
+  to pay for loading and storing its accumulators). Each thread adds its tiles into a dW of its
+  own; the groups' partials are summed in group order, so the result depends on the thread
+  count only. With fewer input channels than a vector (a first layer, C = 3), a tile spans
+  several kernel columns and only the kernel rows are trimmed: there, the edge columns' border
+  taps are multiplied.
 
-Ragged edges: a tile of fewer rows runs its own shorter code (no repeated rows); an output-channel
-count that is not a multiple of the panel width ends with a narrower panel whose extra columns
-are zero weights, dropped when the band moves to NCHW.
+Ragged edges: a run of pixels (or output channels) is cut into tiles of even heights, and a
+tile of fewer rows runs its own shorter code (no repeated rows); an output-channel count that is
+not a multiple of the panel width ends with a narrower panel whose extra columns are zero
+weights, dropped when the band moves to NCHW.
 """
 
 import numba
