@@ -7,11 +7,12 @@ An :class:`Autotuner` holds the choices. On the first forward (or backward) call
 every candidate strategy its caller names runs on the call's own arrays: an untimed warm-up on
 the first image only (it loads or compiles the kernels), one timed run, and two more for the
 candidates within 2x of the best so far; the two fastest, and any other within 10% of the best
-(by their fastest runs), then run three more alternating rounds, and the one with the smallest
-median over all its rounds wins. Forward, backward and "wgrad" (backward without the data
-gradient, as in a network's first layer) are tuned separately, each on first use. The winner's
-result of its last run is what the call returns, so "auto" gives exactly what the chosen
-strategy gives, from the first call on. Later calls cost a key and a dict lookup.
+(by their fastest runs), then run three more alternating rounds, and the candidate with the
+smallest median over all its rounds wins (the recorded time of every candidate is its median).
+Forward, backward and "wgrad" (backward without the data gradient, as in a network's first
+layer) are tuned separately, each on first use. The winner's result of its last run is what
+the call returns, so "auto" gives exactly what the chosen strategy gives, from the first call
+on. Later calls cost a key and a dict lookup.
 
 This module knows no strategy: the tuner is given the valid strategy names when it is made, and
 the candidates of each call (:func:`hpcnn.kernels.conv.candidates` skips strategies that would
@@ -366,9 +367,12 @@ class Autotuner:
                 for name in close:
                     t, outs[name] = _time(lambda name=name: run(name), 1)
                     samples[name] += t
-            for name in close:
+            # every candidate is then ranked by its median (the others' over their fewer rounds):
+            # ranking the finalists by median and the rest by their best run could record a
+            # loser faster than the winner after a slow spell
+            for name in samples:
                 times[name] = float(np.median(samples[name]))
-            best = min(close, key=times.__getitem__)
+            best = min(times, key=times.__getitem__)
         result = outs[best]
         outs.clear()
         with self._lock:
