@@ -9,5 +9,11 @@ import os as _os
 # only acts when hpcnn is imported first (the entry points are); a user's own value wins.
 _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
+# Freed arrays stay in the process for the next step instead of being unmapped and faulted in
+# again (see hpcnn.heap).
+from hpcnn import heap as _heap  # noqa: E402
+
+RETAINED_HEAP = _heap.retain()
+
 
 __version__ = "0.1.0"

@@ -19,6 +19,7 @@ import json
 import os
 import sys
 
+from hpcnn import heap
 from hpcnn.bench import scaling
 
 
@@ -42,6 +43,7 @@ def main(argv):
     p.add_argument("--bucket-mb", type=float, default=25.0, help="gradient bucket cap (MiB)")
     p.add_argument("--rounds", type=int, default=3, help="alternating runs; best is kept")
     p.add_argument("--no-torch", action="store_true", help="skip PyTorch even when installed")
+    heap.add_option(p)
     p.add_argument("--timeout", type=int, default=600, help="seconds per launch")
     p.add_argument("--json", default=None, help="write the results here")
     a = p.parse_args(argv)
@@ -56,7 +58,8 @@ def main(argv):
     lays = layouts(a.cores)
     print(f"node benchmark: {a.net}, {a.cores} cores as {', '.join(f'{r}x{t}' for r, t in lays)}"
           f" (ranks x threads), {a.batch_per_rank} images per process and step, {a.steps} timed "
-          f"steps after {a.warmup} warm-up, best of {a.rounds} alternating rounds", flush=True)
+          f"steps after {a.warmup} warm-up, best of {a.rounds} alternating rounds"
+          + (f"; PyTorch's heap: {a.torch_heap}" if "torch" in impls else ""), flush=True)
     best = {}
     for rnd in range(a.rounds):
         for r, t in lays:
@@ -100,6 +103,7 @@ def main(argv):
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"net": a.net, "cores": a.cores, "batch_per_rank": a.batch_per_rank,
-                       "steps": a.steps, "rounds": a.rounds, "layouts": rows,
+                       "steps": a.steps, "rounds": a.rounds, "torch_heap": a.torch_heap,
+                       "layouts": rows,
                        "summary": summary}, f, indent=1)
     return 0

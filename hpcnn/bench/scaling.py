@@ -28,6 +28,8 @@ import subprocess
 import sys
 import time
 
+from hpcnn import heap
+
 
 def _mpiexec():
     here = os.path.join(os.path.dirname(sys.executable), "mpiexec")
@@ -163,6 +165,7 @@ def _spawn(a, ranks, impl, no_overlap=False, no_polls=False, scheme=None):
     if impl == "torch":
         env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
         env.setdefault("GLOO_SOCKET_IFNAME", "lo")
+        heap.peer_env(env, getattr(a, "torch_heap", "as-shipped"))
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=a.timeout)
     for line in r.stdout.splitlines():
         if line.startswith("RESULT "):

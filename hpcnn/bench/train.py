@@ -147,11 +147,16 @@ def worker_main(argv):
     print("RESULT " + json.dumps(res), flush=True)
 
 
-def _spawn(impl, net, batch, steps, warmup, threads):
+def _spawn(impl, net, batch, steps, warmup, threads, torch_heap="as-shipped"):
+    from hpcnn import heap
+
     cmd = [sys.executable, "-m", "hpcnn.bench", "_train_worker", "--impl", impl, "--net", net,
            "--batch", str(batch), "--steps", str(steps), "--warmup", str(warmup),
            "--threads", str(threads)]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
+    env = dict(os.environ)
+    if impl == "torch":
+        heap.peer_env(env, torch_heap)
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     for line in r.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[7:])
@@ -168,6 +173,7 @@ def have_torch():
 
 
 def main(argv):
+    from hpcnn import heap
     from hpcnn.nn import NETS
 
     p = argparse.ArgumentParser(prog="python -m hpcnn.bench train", description=__doc__)
@@ -179,19 +185,21 @@ def main(argv):
     p.add_argument("--rounds", type=int, default=2, help="alternating runs; best is kept")
     p.add_argument("--no-torch", action="store_true", help="skip PyTorch even when installed")
     p.add_argument("--json", default=None, help="write the results here")
+    heap.add_option(p)
     a = p.parse_args(argv)
     batch = a.batch_size or NETS[a.net][1].batch_size
     impls = ["hpcnn"] + (["torch"] if have_torch() and not a.no_torch else [])
     thread_counts = [int(t) for t in a.threads.split(",")]
 
     print(f"train benchmark: {a.net}, batch {batch}, synthetic data, {a.steps} timed steps "
-          f"after {a.warmup} warm-up, best of {a.rounds} alternating rounds")
+          f"after {a.warmup} warm-up, best of {a.rounds} alternating rounds"
+          + (f"; PyTorch's heap: {a.torch_heap}" if "torch" in impls else ""))
     results = []
     for t in thread_counts:
         best = {}
         for _ in range(a.rounds):
             for impl in impls:
-                r = _spawn(impl, a.net, batch, a.steps, a.warmup, t)
+                r = _spawn(impl, a.net, batch, a.steps, a.warmup, t, a.torch_heap)
                 if impl not in best or r["images_per_second"] > best[impl]["images_per_second"]:
                     best[impl] = r
         row = {"threads": t, "hpcnn_images_per_second": best["hpcnn"]["images_per_second"],
@@ -216,5 +224,6 @@ def main(argv):
                   f"{100 * share:6.1f}%")
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"net": a.net, "batch": batch, "results": results}, f, indent=1)
+            json.dump({"net": a.net, "batch": batch, "torch_heap": a.torch_heap,
+                       "results": results}, f, indent=1)
     return 0

@@ -1,10 +1,10 @@
 """Direct convolution on register tiles (strategy "direct"): no lowering, no BLAS, no padding.
 
 Each thread takes a contiguous group of the batch's images and packs them, one block of images
-at a time, into a zero-bordered NHWC buffer of its own (:func:`hpcnn.kernels.nhwc.pack_x`). In that layout the taps
-of one kernel row that a window covers are contiguous, (s, c) after (s, c), so the
-:mod:`~._fma` tile reads the windows in place. The tile's shape comes from the vector ISA
-(:mod:`~.isa`): 14 rows x 32 columns on AVX-512, 6 x 16 on AVX2.
+at a time, into a zero-bordered NHWC buffer of its own (:func:`hpcnn.kernels.nhwc.pack_x`). In
+that layout the taps of one kernel row that a window covers are contiguous, (s, c) after
+(s, c), so the :mod:`~._fma` tile reads the windows in place. The tile's shape comes from the
+vector ISA (:mod:`~.isa`): 14 rows x 32 columns on AVX-512, 6 x 16 on AVX2.
 
 **No multiply-add ever touches the border.** For an output row, the kernel rows whose input
 row lies inside the image form one range, and for an output column the kernel columns likewise.
@@ -226,7 +226,7 @@ def _wgrad_kernel(dy, x, R, S, sh, sw, ph, pw, band, nb, jt, isa, lanes, mr, oo_
     G = xp.shape[0]
     Hp, row, SC, PQ = H + 2 * ph, (W + 2 * pw) * C, S * C, P * Q
     RSC = R * SC
-    ldt = tb.shape[1] // mr
+    ldt = 2 * lanes  # tb's rows: a wide tile's (oo_t)
     nk = -(-K // mr)
     dyv = dy.reshape(N, K, PQ)
     for g in prange(G):
@@ -297,6 +297,12 @@ def column_tiles(C, S, isa):
     return np.array(out, dtype=np.int64).reshape(-1, 4)
 
 
+def _row(n, itemsize):
+    """Length of a per-thread scratch row of n values: whole cache lines and one more, so that
+    two threads' rows never share a line (their writes would bounce it between the cores)."""
+    return (-(-n * itemsize // 64) + 1) * 64 // itemsize
+
+
 def _groups(N):
     return max(1, min(numba.get_num_threads(), N))
 
@@ -342,8 +348,8 @@ def _forward(x, w, b, stride, padding, isa):
     G = _groups(N)
     band, nb = _block(N, G, P, Q)
     xp = np.zeros((G, nb * (H + 2 * ph) * (W + 2 * pw) * C + SLACK), dtype=x.dtype)
-    ao = np.empty((G, nb * band * Q), dtype=np.int64)
-    oo = np.empty((G, nb * band * Q), dtype=np.int64)
+    ao = np.empty((G, _row(nb * band * Q, 8)), dtype=np.int64)
+    oo = np.empty((G, _row(nb * band * Q, 8)), dtype=np.int64)
     yt = np.empty((G, nb * band * Q, int(widths.sum())), dtype=x.dtype)
     rows = window_classes(P, H, R, sh, ph)
     cols = window_classes(Q, W, S, sw, pw)
@@ -380,10 +386,10 @@ def backward(dy, x, w, stride, padding, input_grad=True, *, isa=None):
     mr, wide = isa.rows, isa.widths[0]
     jt = column_tiles(C, S, isa)
     dwp = np.zeros((G, K, R * S * C), dtype=x.dtype)
-    db = np.zeros((G, K), dtype=np.float64)
+    db = np.zeros((G, _row(K, 8)), dtype=np.float64)
     xp = np.zeros((G, nb * Hp * Wp * C + SLACK), dtype=x.dtype)
-    tb = np.empty((G, mr * wide), dtype=x.dtype)  # a tile with columns past its kernel row
-    ao = np.empty((G, mr), dtype=np.int64)
+    tb = np.empty((G, _row(mr * wide, 4)), dtype=x.dtype)  # a tile with columns past its row
+    ao = np.empty((G, _row(mr, 8)), dtype=np.int64)
     oo_dw = np.arange(mr, dtype=np.int64) * (R * S * C)
     oo_t = np.arange(mr, dtype=np.int64) * wide
     with profile.region("gemm"):
@@ -393,7 +399,7 @@ def backward(dy, x, w, stride, padding, input_grad=True, *, isa=None):
     for g in range(1, G):  # the groups' partials, always in group order
         dw_rsc = dw_rsc + dwp[g]
     dw = np.ascontiguousarray(dw_rsc.reshape(K, R, S, C).transpose(0, 3, 1, 2))
-    db = db.sum(axis=0).astype(x.dtype)
+    db = db[:, :K].sum(axis=0).astype(x.dtype)
     if not input_grad:
         return None, dw, db
     if applies(x.shape, w.shape, stride, padding):
