@@ -15,6 +15,8 @@ import subprocess
 import sys
 import time
 
+from hpcnn import heap
+
 
 def _worker_hpcnn(net_name, batch, steps, warmup, seed):
     from functools import partial
@@ -148,8 +150,6 @@ def worker_main(argv):
 
 
 def _spawn(impl, net, batch, steps, warmup, threads, torch_heap="as-shipped"):
-    from hpcnn import heap
-
     cmd = [sys.executable, "-m", "hpcnn.bench", "_train_worker", "--impl", impl, "--net", net,
            "--batch", str(batch), "--steps", str(steps), "--warmup", str(warmup),
            "--threads", str(threads)]
@@ -173,7 +173,6 @@ def have_torch():
 
 
 def main(argv):
-    from hpcnn import heap
     from hpcnn.nn import NETS
 
     p = argparse.ArgumentParser(prog="python -m hpcnn.bench train", description=__doc__)

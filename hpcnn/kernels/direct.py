@@ -133,9 +133,9 @@ def _to_nchw(src, s0, Kp, bias, yf, n, K, PQ, p_lo, p_hi):
     """y[n, k, p] = src[s0 + (p - p_lo)*Kp + k] + bias[k] for p_lo <= p < p_hi, k < K (y flat,
     (N, K, PQ)): a band moved from pixel-major to NCHW. 8x8 blocks are transposed in registers,
     eight channels at a time along the whole band, so that each of y's rows is written as one
-    contiguous run (full cache lines; going pixel block by pixel block instead wrote half lines
-    to rows 4 KiB apart, which evicted each other before their second half came: 1.6x slower
-    on a 32x32 layer); the ragged pixels and channels go one by one."""
+    contiguous run of full cache lines (pixel block by pixel block, a 32x32 layer's half lines
+    went to rows 4 KiB apart, which can evict each other before their second half comes); the
+    ragged pixels and channels go one by one."""
     k8 = K - K % 8
     p8 = p_lo + (p_hi - p_lo) // 8 * 8
     for k0 in range(0, k8, 8):
@@ -322,18 +322,13 @@ def _band(P, Q, pixels):
     return max(1, min(P, pixels // max(Q, 1)))
 
 
-def _block(N, G, P, Q):
-    """(band rows, images) of a forward block of about :data:`BLOCK` pixels: several whole
-    small images share tiles (the few pixels of an edge class become full tiles)."""
-    band = _band(P, Q, BLOCK)
-    nb = max(1, min(BLOCK // (P * Q), -(-N // G))) if band == P else 1
-    return band, nb
-
-
-def _wgrad_block(N, G, P, Q):
-    """(band rows, images) of a weight-gradient block of about :data:`WGRAD_PIXELS` pixels."""
-    band = _band(P, Q, BAND_PIXELS)
-    nb = max(1, min(WGRAD_PIXELS // (P * Q), -(-N // G))) if band == P else 1
+def _block(N, G, P, Q, band_pixels, block_pixels):
+    """(band rows, images) of a block: bands of about ``band_pixels`` output pixels (whole rows,
+    at least one), and when a band is a whole image, as many of a group's images as make about
+    ``block_pixels`` pixels: the forward's small images then share tiles (the few pixels of an
+    edge class become full tiles), and a weight-gradient tile sums over all of them."""
+    band = _band(P, Q, band_pixels)
+    nb = max(1, min(block_pixels // (P * Q), -(-N // G))) if band == P else 1
     return band, nb
 
 
@@ -346,7 +341,7 @@ def _forward(x, w, b, stride, padding, isa):
     bias = np.zeros(K, dtype=x.dtype) if b is None else b
     y = np.empty((N, K, P, Q), dtype=x.dtype)
     G = _groups(N)
-    band, nb = _block(N, G, P, Q)
+    band, nb = _block(N, G, P, Q, BLOCK, BLOCK)
     xp = np.zeros((G, nb * (H + 2 * ph) * (W + 2 * pw) * C + SLACK), dtype=x.dtype)
     ao = np.empty((G, _row(nb * band * Q, 8)), dtype=np.int64)
     oo = np.empty((G, _row(nb * band * Q, 8)), dtype=np.int64)
@@ -382,7 +377,7 @@ def backward(dy, x, w, stride, padding, input_grad=True, *, isa=None):
     P, Q = dy.shape[2], dy.shape[3]
     Hp, Wp = H + 2 * ph, W + 2 * pw
     G = _groups(N)
-    band, nb = _wgrad_block(N, G, P, Q)
+    band, nb = _block(N, G, P, Q, BAND_PIXELS, WGRAD_PIXELS)
     mr, wide = isa.rows, isa.widths[0]
     jt = column_tiles(C, S, isa)
     dwp = np.zeros((G, K, R * S * C), dtype=x.dtype)
@@ -436,18 +431,18 @@ def workspace_bytes(x_shape, w_shape, stride, padding, itemsize=4, threads=None,
     Hp, Wp = H + 2 * ph, W + 2 * pw
     G = max(1, min(threads or numba.get_num_threads(), N))
     kp = int(_panels(K, isa).sum())
-    band, nb = _block(N, G, P, Q)
+    band, nb = _block(N, G, P, Q, BLOCK, BLOCK)
     px = band * nb * Q
     if not backward:
         return (G * (nb * Hp * Wp * C + SLACK + px * kp) + R * S * C * kp) * itemsize \
             + G * px * 16, 0
-    nbw = _wgrad_block(N, G, P, Q)[1]
+    nbw = _block(N, G, P, Q, BAND_PIXELS, WGRAD_PIXELS)[1]
     total = (G * (nbw * Hp * Wp * C + SLACK + isa.rows * isa.widths[0] + K * R * S * C) * itemsize
              + G * K * 8)
     if applies(x_shape, w_shape, stride, padding):  # the data gradient: a forward of dy
         dyp = (P + 2 * (R - 1 - ph)) * (Q + 2 * (S - 1 - pw)) * K
         cp = int(_panels(C, isa).sum())
-        band, nb = _block(N, G, H, W)
+        band, nb = _block(N, G, H, W, BLOCK, BLOCK)
         px = band * nb * W
         total += (G * (nb * dyp + SLACK + px * cp) + R * S * K * cp) * itemsize + G * px * 16
     return total, 0

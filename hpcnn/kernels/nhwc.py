@@ -92,8 +92,9 @@ def pack_x(x, n0, n1, ph, pw, xp):
     """xp[i, ph + h, (pw + w)*C + c] = x[n0 + i, c, h, w], zero border; xp (nb, Hp, Wp*C).
 
     One image row at a time (its W*C values stay in L1), moved in 8x8 blocks transposed in
-    registers when x and xp are C-contiguous (4x faster than value by value on a 16x16x32
-    image), the ragged channels and columns one by one.
+    registers when x and xp are C-contiguous (about 2.5x faster than value by value on
+    cifar10_quick conv2's batch of 16x16x32 images, one thread), the ragged channels and columns
+    one by one.
     """
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
     Hp, L = xp.shape[1], xp.shape[2]
