@@ -281,12 +281,110 @@ def test_run_dry_run_lists_the_matrix():
     r = _cli("hpcnn.scaling", "run", "--dry-run", "--layouts", "1x1:shm,2x1:1gbit",
              "--nets", "owt_cifar", "--batches", "16,64", "--csv", "/tmp/none.csv")
     assert r.returncode == 0, r.stderr
-    labels = [ln.split("] ")[1].split(":")[0] + ":" + ln.split(":")[3].split(" ")[0]
-              for ln in r.stdout.splitlines() if ln.startswith("[")]
-    # one rank: data only; two nodes: data and the three hybrid schemes
-    assert len(labels) == 2 + 2 * 4
-    assert labels[0] == "owt_cifar/data/b16/1x1:shm"
+    lines = [ln.split("] ", 1)[1] for ln in r.stdout.splitlines() if ln.startswith("[")]
+    labels = [ln.split(": ")[0] for ln in lines]
+    # one rank: data only; two nodes: data and the three hybrid schemes; before the cells of
+    # each batch, the net's compute profile at that batch with as many copies as ranks
+    assert labels == ["profile owt_cifar b16 x1", "owt_cifar/data/b16/1x1:shm",
+                      "profile owt_cifar b64 x1", "owt_cifar/data/b64/1x1:shm",
+                      "profile owt_cifar b16 x2",
+                      *[f"owt_cifar/{m}/b16/2x1:1gbit" for m in ("data", "a", "b", "c")],
+                      "profile owt_cifar b64 x2",
+                      *[f"owt_cifar/{m}/b64/2x1:1gbit" for m in ("data", "a", "b", "c")]]
     assert "cluster-local.sh" in r.stdout and "-ppn 1 -n 2" in r.stdout
+    prof = lines[4].split(": ", 1)[1]
+    assert "mpiexec -n 2 " in prof and "cluster-local.sh" not in prof  # compute only, on host
+    assert "--batches 16 " in prof and "/tmp/profiles/compute_owt_cifar_x2_b16_" in prof
+    r = _cli("hpcnn.scaling", "run", "--dry-run", "--layouts", "1x2:shm", "--nets", "owt_cifar",
+             "--global-batches", "32", "--modes", "data", "--no-profiles", "--csv", "/tmp/n.csv")
+    assert r.returncode == 0 and "profile" not in r.stdout and "--global-batch 32" in r.stdout
+
+
+def test_run_takes_profiles_beside_its_cells_with_one_autotune_cache(tmp_path):
+    """A real one-cell study (lenet5, 1 rank): the profile is taken before the point, at its
+    batch, into profiles/; both share the study's autotune cache; the model then predicts the
+    point from that profile."""
+    csv_path = tmp_path / "study" / "points.csv"
+    env = {k: v for k, v in os.environ.items() if k != "HPCNN_AUTOTUNE_CACHE"}
+    r = subprocess.run([sys.executable, "-m", "hpcnn.scaling", "run", "--layouts", "1x1:shm",
+                        "--nets", "lenet5", "--batches", "8", "--steps", "1", "--warmup", "1",
+                        "--min-seconds", "0", "--profile-reps", "1", "--csv", str(csv_path)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=600, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "ran 1 point(s), 0 failed" in r.stdout
+    cache = json.loads((tmp_path / "study" / "autotune.json").read_text())
+    assert cache  # the profile and the point tuned into the study's cache
+    names = os.listdir(tmp_path / "study" / "profiles")
+    assert len(names) == 1 and names[0].startswith("compute_lenet5_x1_b8_")
+    profs = md.load_profiles(str(tmp_path / "study"))
+    [(when, prof)] = profs.timeline[("lenet5", 1)]
+    assert list(prof["batches"]) == ["8"] and prof["concurrent"] == 1
+    [row] = csvio.read_rows(str(csv_path))
+    assert md.utc_seconds(prof["started_utc"]) <= md.utc_seconds(row["time_utc"])
+    gap, near = md.nearest_profile(profs, "lenet5", 1, row["time_utc"], 8)
+    assert near is prof and gap < 600
+    assert md.profile_for(profs, "lenet5", 1, row["time_utc"], 8) is prof
+    assert md.profile_for(profs, "lenet5", 1) is None  # no study-wide profile here
+
+
+def _timed_profile(folder, when, scale, b=16, net="cifar10_quick", copies=2):
+    """A profile file of PROF's shape, every time times ``scale``, taken at ``when``."""
+    doc = json.loads(json.dumps(PROF))
+    doc.update(net=net, concurrent=copies, started_utc=when, time_utc=when)
+    doc["batches"] = {str(b): {k: ([x * scale for x in v] if isinstance(v, list) else v * scale)
+                               for k, v in PROF["batches"]["16"].items()}}
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"compute_{net}_x{copies}_b{b}_{when}.json")
+    with open(path, "w") as f:
+        json.dump(doc, f)
+    return path
+
+
+def test_the_profile_nearest_in_time_predicts_a_point(tmp_path):
+    timed = str(tmp_path / "profiles")
+    _timed_profile(timed, "2026-12-02T10:00:00Z", 1.0)
+    _timed_profile(timed, "2026-12-02T10:10:00Z", 1.5)  # the machine slower 10 minutes later
+    _timed_profile(timed, "2026-12-02T10:20:00Z", 9.0, b=64)  # another batch: never for b16
+    static = dict(PROF, net="cifar10_quick")
+    with open(tmp_path / "compute_cifar10_quick.json", "w") as f:
+        json.dump(static, f)
+    profs = md.load_profiles(str(tmp_path))
+    assert set(profs) == {"cifar10_quick"} and len(profs.timeline[("cifar10_quick", 2)]) == 3
+    for when, scale in (("2026-12-02T10:01:00Z", 1.0), ("2026-12-02T10:06:00Z", 1.5),
+                        ("2026-12-02T10:30:00Z", 1.5)):
+        prof = md.profile_for(profs, "cifar10_quick", 2, when, 16)
+        assert prof["batches"]["16"]["fwd"][0] == pytest.approx(1.6 * scale)
+    assert md.nearest_profile(profs, "cifar10_quick", 2, "2026-12-02T10:06:00Z", 16)[0] == 240
+    # no timed profile of that batch, or of that many processes: the study-wide one
+    assert md.profile_for(profs, "cifar10_quick", 2, "2026-12-02T10:06:00Z", 256) == static
+    assert md.profile_for(profs, "cifar10_quick", 1, "2026-12-02T10:06:00Z", 16) == static
+    # the prediction follows the profile
+    slow = md.predict(md.profile_for(profs, "cifar10_quick", 2, "2026-12-02T10:09:00Z", 16),
+                      ToyShape, "data", 1, 2, 16, FREE)
+    fast = md.predict(md.profile_for(profs, "cifar10_quick", 2, "2026-12-02T10:00:00Z", 16),
+                      ToyShape, "data", 1, 2, 16, FREE)
+    assert slow["compute_s"] == pytest.approx(1.5 * fast["compute_s"], rel=0.02)
+
+
+@pytest.mark.parametrize("damage,msg", [
+    (lambda d: d.pop("time_utc"), "needs its started_utc and time_utc"),
+    (lambda d: d.update(time_utc="yesterday"), "needs its started_utc and time_utc"),
+    (lambda d: d["batches"]["16"].update(fwd=[1.0]), "not one time per layer"),
+    (lambda d: d["batches"]["16"].update(loss=-1.0), "a negative time"),
+    (lambda d: d.update(batches={}), "no net, layers or batches"),
+    (lambda d: d.update(batches={"zero": d["batches"]["16"]}), "not a compute profile"),
+    (lambda d: d.update(pad="x" * (md.MAX_PROFILE_BYTES + 1)), "larger than 4 MiB"),
+])
+def test_a_damaged_profile_is_one_clear_error(tmp_path, damage, msg):
+    path = _timed_profile(str(tmp_path / "profiles"), "2026-12-02T10:00:00Z", 1.0)
+    with open(path) as f:
+        doc = json.load(f)
+    damage(doc)
+    with open(path, "w") as f:
+        json.dump(doc, f)
+    with pytest.raises(md.HpcnnError, match=msg) as e:
+        md.load_profiles(str(tmp_path))
+    assert "\n" not in str(e.value) and path in str(e.value)
 
 
 # the report ----------------------------------------------------------------------------------
@@ -308,6 +406,13 @@ def test_report_builds_from_a_small_csv(tmp_path):
                                  "loss": 1e-5 * b, "optimizer": 0.02} for b in (16, 64)}}
     with open(tmp_path / "compute_owt_cifar.json", "w") as f:
         json.dump(prof, f)
+    os.makedirs(tmp_path / "profiles")  # taken beside the 2-rank points: twice as slow
+    beside = dict(prof, concurrent=2, started_utc="2026-12-01T00:00:00Z",
+                  time_utc="2026-12-01T00:00:10Z",
+                  batches={"16": {k: ([2 * x for x in v] if isinstance(v, list) else 2 * v)
+                                  for k, v in prof["batches"]["16"].items()}})
+    with open(tmp_path / "profiles" / "compute_owt_cifar_x2_b16_x.json", "w") as f:
+        json.dump(beside, f)
     fits = {"links": {"1gbit": {"kinds": {k: [50e-6, 1 / 1.1e8] for k in ab.KINDS},
                                 "overlap": 0.2, "detail": {}}}}
     with open(tmp_path / "alphabeta.json", "w") as f:
@@ -329,6 +434,12 @@ def test_report_builds_from_a_small_csv(tmp_path):
     assert "2.92x** measured" in text  # 35 / 12
     assert "Projection to 864 nodes" in text and "772x" in text
     assert "Model error" in text and md.ASSUMPTIONS.splitlines()[0] in text
+    assert "Compute profiles: 2 of 3 points are predicted from the profile that `run` took " \
+        "beside them" in text and "median 5 s away, at most 5 s" in text
+    # the 2-rank points' model compute is the slower profile's
+    data2 = [ln for ln in text.splitlines() if ln.startswith("| owt_cifar | data | 2x1 |")][0]
+    static = md.predict(prof, shape, "data", 2, 1, 16, {k: (0.0, 0.0) for k in ab.KINDS})
+    assert float(data2.split("|")[14]) == pytest.approx(2e3 * static["compute_s"], abs=0.1)
     try:
         import matplotlib  # noqa: F401
     except ImportError:

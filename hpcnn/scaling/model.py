@@ -44,9 +44,11 @@ Assumptions (printed with every report):
    ``jitter`` seconds for a peer that the OS had descheduled. Fitted per link with ``overlap``
    to the measured points (the second calibrated constant); 0 on the named interconnects and in
    every projection (a node to itself). Compute on this machine also depends on how many of its
-   2 cores are busy: measured points are predicted from a profile taken with as many copies
-   running at once as the point had ranks (``compute_NET_x2.json``), projections from the
-   single-process profile.
+   2 cores are busy, and the machine's speed moves between minutes: a measured point is
+   predicted from the profile ``run`` took beside it (before the cells of each net and batch,
+   with as many copies running at once as the layout has ranks; the one nearest in time), else
+   from the study's profile with as many copies as the point had ranks
+   (``compute_NET_x2.json``); projections from the single-process profile.
 """
 
 import argparse
@@ -290,12 +292,25 @@ def load_links(path):
     return links
 
 
+MAX_PROFILE_BYTES = 4 << 20  # a compute profile is a few KiB
+
+
 def load_profile(path):
+    """A compute profile (``model compute``'s JSON), checked: HpcnnError (one line) otherwise."""
     try:
+        if os.path.getsize(path) > MAX_PROFILE_BYTES:
+            raise ValueError(f"larger than {MAX_PROFILE_BYTES >> 20} MiB")
         with open(path) as f:
             prof = json.load(f)
-        prof["batches"] and prof["layers"]  # noqa: B018 (presence)
-    except (OSError, ValueError, KeyError, TypeError) as e:
+        n = len(prof["layers"])
+        if not isinstance(prof["net"], str) or not n or not prof["batches"]:
+            raise ValueError("no net, layers or batches")
+        for b, v in prof["batches"].items():
+            if int(b) < 1 or len(v["fwd"]) != n or len(v["bwd"]) != n:
+                raise ValueError(f"batch {b}: not one time per layer")
+            if not all(x >= 0 for x in (*v["fwd"], *v["bwd"], v["loss"], v["optimizer"])):
+                raise ValueError(f"batch {b}: a negative time")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise HpcnnError(f"{path}: not a compute profile ({e})") from None
     return prof
 
@@ -364,7 +379,9 @@ def fit_link_constants(rows, profs, shapes, links):
                 err = 0.0
                 for r in pts:
                     mode, grid, scheme = point_args(r)
-                    pr = predict(profile_for(profs, r["net"], r["ranks"]), shapes[r["net"]],
+                    prof = profile_for(profs, r["net"], r["ranks"], r.get("time_utc"),
+                                       r["batch_per_rank"])
+                    pr = predict(prof, shapes[r["net"]],
                                  mode, r["nodes"], r["ranks_per_node"], r["batch_per_rank"],
                                  links[link]["kinds"], w, grid, scheme, j)
                     err += (pr["step_s"] / r["step_s_max"] - 1) ** 2
@@ -430,6 +447,8 @@ def _write_json(path, doc):
 
 
 def _cmd_compute(a):
+    import time
+
     from hpcnn import threads
 
     try:
@@ -445,6 +464,7 @@ def _cmd_compute(a):
     threads.apply(a.threads)
     size = comm.Get_size()
     comm.Barrier()
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     prof = cm.measure_net(a.net, batches, a.threads, a.reps)
     profs = comm.gather(prof, root=0)
     if comm.Get_rank() != 0:
@@ -456,6 +476,8 @@ def _cmd_compute(a):
         for key in ("loss", "optimizer", "step"):
             prof["batches"][b][key] = sum(q["batches"][b][key] for q in profs) / size
     prof["concurrent"] = size
+    prof["started_utc"] = started
+    prof["time_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     prof["command"] = (f"{'mpiexec -n %d ' % size if size > 1 else ''}python -m hpcnn.scaling "
                        f"model compute --net {a.net} --batches {a.batches} --threads "
                        f"{a.threads} --reps {a.reps}")
@@ -468,23 +490,78 @@ def _cmd_compute(a):
     return 0
 
 
+class ProfileSet(dict):
+    """{net: profile} (one process on the machine) and {(net, K): profile} (K at once), as
+    :func:`load_profiles` reads them; ``timeline`` holds the profiles ``run`` took beside its
+    cells: {(net, K): [(seconds since the epoch, profile), ...]} in time order."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.timeline = {}
+
+
+def utc_seconds(text):
+    """Seconds since the epoch of a ``2026-12-02T15:13:57Z`` time (ValueError otherwise)."""
+    import calendar
+    import time
+
+    return calendar.timegm(time.strptime(text, "%Y-%m-%dT%H:%M:%SZ"))
+
+
+def _profile_when(prof, path):
+    """The middle of the profile's measurement, in seconds since the epoch."""
+    try:
+        end = utc_seconds(prof["time_utc"])
+        start = utc_seconds(prof.get("started_utc", prof["time_utc"]))
+    except (KeyError, TypeError, ValueError):
+        raise HpcnnError(f"{path}: a profile beside the cells needs its started_utc and time_utc "
+                         f"(YYYY-MM-DDTHH:MM:SSZ)") from None
+    return (start + end) / 2
+
+
 def load_profiles(folder):
-    """{net: profile} of ``compute_NET.json`` (one process on the machine) and
-    {(net, K): profile} of ``compute_NET_xK.json`` (K processes at once)."""
-    profs = {}
+    """A :class:`ProfileSet`: {net: profile} of ``compute_NET.json`` (one process on the
+    machine), {(net, K): profile} of ``compute_NET_xK.json`` (K processes at once), and in its
+    ``timeline`` the profiles of ``FOLDER/profiles/`` (taken by ``run`` beside its cells)."""
+    profs = ProfileSet()
     if os.path.isdir(folder):
         for name in sorted(os.listdir(folder)):
             if name.startswith("compute_") and name.endswith(".json"):
                 prof = load_profile(os.path.join(folder, name))
                 k = int(prof.get("concurrent", 1))
                 profs[prof["net"] if k == 1 else (prof["net"], k)] = prof
+    timed = os.path.join(folder, "profiles")
+    if os.path.isdir(timed):
+        for name in sorted(os.listdir(timed)):
+            if name.startswith("compute_") and name.endswith(".json"):
+                path = os.path.join(timed, name)
+                prof = load_profile(path)
+                key = (prof["net"], int(prof.get("concurrent", 1)))
+                profs.timeline.setdefault(key, []).append((_profile_when(prof, path), prof))
+        for v in profs.timeline.values():
+            v.sort(key=lambda x: x[0])
     return profs
 
 
-def profile_for(profs, net, busy):
+def profile_for(profs, net, busy, when=None, batch=None):
     """The profile of ``net`` measured with ``busy`` processes on the machine, else the
-    single-process one (None when there is none)."""
+    single-process one (None when there is none). With ``when`` (a CSV row's ``time_utc``) and
+    ``batch``, the profile of the timeline that holds that batch and was taken nearest in time,
+    where there is one: on a shared machine the speed of compute moves between minutes."""
+    near = nearest_profile(profs, net, busy, when, batch)
+    if near is not None:
+        return near[1]
     return profs.get((net, busy)) if busy > 1 and (net, busy) in profs else profs.get(net)
+
+
+def nearest_profile(profs, net, busy, when, batch):
+    """(seconds between, profile) of the timeline's profile nearest ``when``, or None."""
+    timeline = getattr(profs, "timeline", {}).get((net, busy), [])
+    if when is None or batch is None or not timeline:
+        return None
+    t = utc_seconds(when)
+    cands = [(abs(t - w), p) for w, p in timeline if str(batch) in p["batches"]]
+    return min(cands, key=lambda x: x[0]) if cands else None
 
 
 def _cmd_fit(a):

@@ -34,9 +34,12 @@ def _link_params(links, name):
     return lk["kinds"], (lk["overlap"] if lk["overlap"] is not None else 0.0)
 
 
-def predict_row(r, profs, shapes, links):
-    """The model's prediction for a measured row (None when its net or link is unknown)."""
-    prof = md.profile_for(profs, r["net"], r["ranks"])  # all ranks on this one machine
+def predict_row(r, profs, shapes, links, timed=True):
+    """The model's prediction for a measured row (None when its net or link is unknown), from
+    the compute profile taken nearest in time to the row where ``run`` took profiles beside its
+    cells (``timed``), else from the study's one profile of the net."""
+    when = (r["time_utc"], r["batch_per_rank"]) if timed else (None, None)
+    prof = md.profile_for(profs, r["net"], r["ranks"], *when)  # all ranks on this one machine
     if prof is None or r["link"] not in links:
         return None
     kinds, w = _link_params(links, r["link"])
@@ -44,6 +47,25 @@ def predict_row(r, profs, shapes, links):
     return md.predict(prof, shapes[r["net"]], par, r["nodes"], r["ranks_per_node"],
                       r["batch_per_rank"], kinds, w, grid, scheme,
                       links[r["link"]].get("jitter", 0.0))
+
+
+def _timeline_lines(rows, every, shapes, links):
+    """How the compute profiles were matched to the points, and the error with the study's
+    one profile per net instead (where ``run`` took profiles beside its cells)."""
+    gaps = [g[0] for r in rows if (g := md.nearest_profile(every, r["net"], r["ranks"],
+                                                           r["time_utc"], r["batch_per_rank"]))]
+    if not gaps:
+        return []
+    gaps.sort()
+    static = [predict_row(r, every, shapes, links, timed=False) for r in rows]
+    errs = [abs(p["images_per_s"] / r["images_per_s"] - 1) for r, p in zip(rows, static) if p]
+    return [f"Compute profiles: {len(gaps)} of {len(rows)} points are predicted from the "
+            f"profile that `run` took beside them (`profiles/`: the same net, batch and number "
+            f"of processes at once, the one nearest in time: median {gaps[len(gaps) // 2]:.0f} "
+            f"s away, at most {gaps[-1]:.0f} s), the rest from the study's one profile per net. "
+            f"With the study's one profile per net (`compute_NET[_x2].json`) for every point, "
+            f"{sum(e <= 0.15 for e in errs)} of {len(errs)} are within 15% (worst "
+            f"{100 * max(errs):.1f}%).", ""]
 
 
 def best_hybrid(prof, shape, nodes, n, kinds, w, max_m=64):
@@ -125,6 +147,7 @@ def build(rows, profs, fits_path, out, comm_dir=None, plots=True):
                   f"{r['link']}, batch {r['batch_per_rank']}/rank: measured "
                   f"{r['images_per_s']:.1f} img/s, predicted {worst[3]['images_per_s']:.1f} "
                   f"({100 * worst[1]:+.1f}%).", ""]
+        lines += _timeline_lines(rows, every, shapes, links)
     # hybrid against data parallelism on owt_cifar over 1 Gbit/s -------------------------------
     lines += ["## Hybrid against data parallelism, 2 nodes", ""]
     for net in sorted({r["net"] for r in rows}):

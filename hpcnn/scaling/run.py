@@ -6,8 +6,16 @@ A layout is ``NODESxRANKS_PER_NODE:LINK``. ``1xR:shm`` runs ``mpiexec -n R`` on 
 (``jobs/cluster-local.sh up --nodes K --link LINK``: network namespaces joined by a bridge, each
 node's link shaped with tc tbf; root only), runs every point of that layout through
 ``jobs/cluster-local.sh mpiexec``, and always tears it down. One rank runs data parallelism only
-(the serial baseline). ``--skip-done`` skips cells the CSV already holds and ``--max-seconds``
-stops before starting a cell past that time, so a long study runs in chunks::
+(the serial baseline).
+
+Before the cells of each (layout, net, batch) the net's compute profile is taken at that batch,
+with as many copies at once as the layout has ranks (``model compute``, into ``--profile-dir``):
+the model predicts each point from the profile taken nearest in time to it, since a shared
+machine's speed moves between minutes. Every point and profile of the study shares one autotune
+cache (``--autotune-cache``), so all of them run the same kernels.
+
+``--skip-done`` skips cells the CSV already holds and ``--max-seconds`` stops before starting a
+cell past that time, so a long study runs in chunks::
 
     flock /tmp/hpcnn-timing.lock python -m hpcnn.scaling run --max-seconds 420 --skip-done ...
 """
@@ -98,6 +106,16 @@ def build_parser():
     p.add_argument("--comm-max-bytes", type=at.positive_int, default=16 << 20)
     p.add_argument("--comm-budget", type=at.positive_float, default=0.3,
                    help="seconds per size and kind")
+    p.add_argument("--profile-dir", default=None,
+                   help="compute profiles taken beside the cells (default: the CSV's folder's "
+                        "profiles/)")
+    p.add_argument("--no-profiles", action="store_true",
+                   help="take no compute profiles beside the cells")
+    p.add_argument("--profile-reps", type=at.positive_int, default=3,
+                   help="timed repetitions of each layer in a profile")
+    p.add_argument("--autotune-cache", default=None,
+                   help="the autotune cache every point and profile shares (default: "
+                        "$HPCNN_AUTOTUNE_CACHE, else autotune.json beside the CSV)")
     p.add_argument("--cluster-name", default=None, help="emulated cluster name (default sc<pid>)")
     p.add_argument("--dry-run", action="store_true", help="print the commands only")
     p.add_argument("--timeout", type=at.positive_int, default=900, help="seconds per launch")
@@ -124,6 +142,11 @@ def parse_args(argv):
     if a.comm is not None:
         a.comm = [_comm_spec(t) for t in _csv_list(a.comm, "--comm")]
     a.cluster_name = a.cluster_name or f"sc{os.getpid() % 100000}"
+    folder = os.path.dirname(os.path.abspath(a.csv))
+    a.profile_dir = os.path.abspath(a.profile_dir or os.path.join(folder, "profiles"))
+    if a.autotune_cache is None:
+        a.autotune_cache = os.environ.get("HPCNN_AUTOTUNE_CACHE",
+                                          os.path.join(folder, "autotune.json"))
     return a
 
 
@@ -135,11 +158,12 @@ def _comm_spec(text):
 
 
 def cells(a):
-    """(label, layout, net, mode, batch argument) of every point, layouts grouped."""
+    """(label, layout, net, mode, batch argument) of every point, grouped by layout, then net,
+    then batch (the cells that share a compute profile run one after another)."""
     out = []
     batches = a.batches or a.global_batches
-    for (nodes, per, link), net, mode, b in itertools.product(a.layouts, a.nets, a.modes,
-                                                              batches):
+    for (nodes, per, link), net, b, mode in itertools.product(a.layouts, a.nets, batches,
+                                                              a.modes):
         ranks = nodes * per
         if ranks == 1 and mode != "data":
             continue  # one rank: the serial baseline only
@@ -226,11 +250,23 @@ class Cluster:
                              f"{r.stderr.strip().splitlines()[-1] if r.stderr.strip() else ''}")
 
 
+def profile_cmd(a, net, b, copies):
+    """The command that takes ``net``'s compute profile at per-rank batch ``b`` with ``copies``
+    processes at once, into a new file of ``--profile-dir``."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    out = os.path.join(a.profile_dir, f"compute_{net}_x{copies}_b{b}_{stamp}.json")
+    cmd = [sys.executable, "-m", "hpcnn.scaling", "model", "compute", "--net", net,
+           "--batches", str(b), "--threads", str(a.threads), "--reps", str(a.profile_reps),
+           "--out", _repo_path(out)]
+    return launch((1, copies, "shm"), a, cmd)
+
+
 def _run_one(cmd, a, label):
     print(f"[{time.strftime('%H:%M:%S')}] {label}: {' '.join(cmd)}", flush=True)
     if a.dry_run:
         return True
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               HPCNN_AUTOTUNE_CACHE=a.autotune_cache)
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout, env=env,
                            cwd=REPO)
@@ -257,11 +293,18 @@ def run_points(a):
         group = list(group)
         if a.max_seconds and time.monotonic() - t0 > a.max_seconds:
             break
+        ranks = layout[0] * layout[1]
         with Cluster(a, layout[0], layout[2]):
+            profiled = None
             for label, _, net, mode, b in group:
                 if a.max_seconds and time.monotonic() - t0 > a.max_seconds:
                     print(f"stopping: --max-seconds {a.max_seconds:g} reached", flush=True)
                     break
+                per_rank = b if a.batches else b // ranks
+                if not a.no_profiles and profiled != (net, per_rank):
+                    profiled = (net, per_rank)
+                    failed += not _run_one(profile_cmd(a, net, per_rank, ranks), a,
+                                           f"profile {net} b{per_rank} x{ranks}")
                 cmd = [sys.executable, "-m", "hpcnn.scaling", "point",
                        *point_argv(a, net, mode, b, layout[2])]
                 ok = _run_one(launch(layout, a, cmd), a, label)
