@@ -72,6 +72,46 @@ def test_fit_with_noise_and_nonnegative():
     assert b == 0.0 and a == pytest.approx(5e-6, rel=0.3)
 
 
+def _two_regimes(alpha, beta, beta_big, kinds=("iallreduce", "allgather"), ranks=(2, 4)):
+    """bench comm-like samples whose messages of ab.BIG bytes and more move at ``beta_big``."""
+    return [(k, p, n, ab.cost(k, p, n, alpha, beta_big if n >= ab.BIG else beta))
+            for k in kinds for p in ranks for n in 4 * 4 ** np.arange(13)]  # 4 B to 64 MiB
+
+
+def test_messages_past_the_cache_get_their_own_beta():
+    alpha, beta, big = 30e-6, 1 / 3.5e9, 1 / 1.2e9  # shared memory: 3.5 GB/s in cache, 1.2 past
+    samples = _two_regimes(alpha, beta, big)
+    assert ab.fit(samples) == pytest.approx((alpha, beta), rel=1e-9)  # big ones left out
+    assert ab.fit_big(samples, alpha) == pytest.approx(big, rel=1e-9)
+    assert ab.fit_big([x for x in samples if x[2] < ab.BIG], alpha) is None
+
+
+def test_fit_links_and_comm_cost_use_the_big_fit(tmp_path):
+    alpha, beta, big = 30e-6, 1 / 3.5e9, 1 / 1.2e9
+    for p in (2, 4):
+        results = {k: [{"bytes": int(n), "avg_us": 1e6 * t, "median_us": 1e6 * t}
+                       for kk, pp, n, t in _two_regimes(alpha, beta, big, (k,), (p,))]
+                   for k in ("iallreduce", "allgather")}
+        with open(tmp_path / f"comm_shm_{p}_auto.json", "w") as f:
+            json.dump({"link": "shm", "ranks": p, "allreduce_algorithm": "auto",
+                       "results": results}, f)
+    fits = md.fit_links(str(tmp_path))["shm"]
+    assert {"iallreduce", "iallreduce@2", "iallreduce@big", "iallreduce@2@big",
+            "allgather@4@big"} <= set(fits)
+    assert fits["iallreduce@2"]["beta_s_per_byte"] == pytest.approx(beta, rel=1e-6)
+    assert fits["iallreduce@2@big"]["beta_s_per_byte"] == pytest.approx(big, rel=1e-6)
+    assert fits["iallreduce@2@big"]["samples"] == 2  # 16 and 64 MiB
+    assert fits["iallreduce@2"]["worst_rel_error"] < 1e-6
+    link = {k: (v["alpha_s"], v["beta_s_per_byte"]) for k, v in fits.items()}
+    for n, b in ((1 << 20, beta), (25 << 20, big)):  # a 25 MiB gradient bucket: past the cache
+        assert md.comm_cost(link, "iallreduce", 4, n) == pytest.approx(
+            ab.cost("iallreduce", 4, n, alpha, b), rel=1e-6)
+    # a kind the link lacks costs as its allreduce; a link without big fits, as before
+    plain = {"allreduce": (alpha, beta)}
+    assert md.comm_cost(plain, "bcast", 2, 25 << 20) == ab.cost("bcast", 2, 25 << 20, alpha,
+                                                                beta)
+
+
 def test_fit_needs_samples():
     with pytest.raises(ValueError, match="no samples"):
         ab.fit([("allreduce", 1, 100, 1e-3)])
@@ -340,29 +380,41 @@ def _timed_profile(folder, when, scale, b=16, net="cifar10_quick", copies=2):
     return path
 
 
-def test_the_profile_nearest_in_time_predicts_a_point(tmp_path):
+def test_a_profile_taken_beside_the_cells_predicts_a_point(tmp_path):
     timed = str(tmp_path / "profiles")
-    _timed_profile(timed, "2026-12-02T10:00:00Z", 1.0)
-    _timed_profile(timed, "2026-12-02T10:10:00Z", 1.5)  # the machine slower 10 minutes later
-    _timed_profile(timed, "2026-12-02T10:20:00Z", 9.0, b=64)  # another batch: never for b16
+    _timed_profile(timed, "2026-12-02T10:00:00Z", 1.5)
+    _timed_profile(timed, "2026-12-02T10:10:00Z", 1.0)  # the machine faster 10 minutes later
+    _timed_profile(timed, "2026-12-02T10:20:00Z", 1.2)
+    _timed_profile(timed, "2026-12-02T10:30:00Z", 0.5, b=64)  # another batch: never for b16
     static = dict(PROF, net="cifar10_quick")
     with open(tmp_path / "compute_cifar10_quick.json", "w") as f:
         json.dump(static, f)
     profs = md.load_profiles(str(tmp_path))
-    assert set(profs) == {"cifar10_quick"} and len(profs.timeline[("cifar10_quick", 2)]) == 3
-    for when, scale in (("2026-12-02T10:01:00Z", 1.0), ("2026-12-02T10:06:00Z", 1.5),
-                        ("2026-12-02T10:30:00Z", 1.5)):
-        prof = md.profile_for(profs, "cifar10_quick", 2, when, 16)
-        assert prof["batches"]["16"]["fwd"][0] == pytest.approx(1.6 * scale)
+    assert set(profs) == {"cifar10_quick"} and len(profs.timeline[("cifar10_quick", 2)]) == 4
+
+    def fwd0(when, pick, b=16):
+        return md.profile_for(profs, "cifar10_quick", 2, when, b, pick)["batches"][str(b)][
+            "fwd"][0]
+
+    for when, scale in (("2026-12-02T10:01:00Z", 1.5), ("2026-12-02T10:06:00Z", 1.0),
+                        ("2026-12-02T10:17:00Z", 1.2), ("2026-12-02T11:00:00Z", 1.2)):
+        assert fwd0(when, "nearest") == pytest.approx(1.6 * scale)
+        assert fwd0(when, "fastest") == pytest.approx(1.6)  # the least disturbed, at any time
+    assert fwd0(None, "fastest") == pytest.approx(1.6)
+    assert fwd0("2026-12-02T10:01:00Z", "nearest", 64) == pytest.approx(1.6 * 0.5)  # b64 alone
     assert md.nearest_profile(profs, "cifar10_quick", 2, "2026-12-02T10:06:00Z", 16)[0] == 240
-    # no timed profile of that batch, or of that many processes: the study-wide one
-    assert md.profile_for(profs, "cifar10_quick", 2, "2026-12-02T10:06:00Z", 256) == static
-    assert md.profile_for(profs, "cifar10_quick", 1, "2026-12-02T10:06:00Z", 16) == static
+    # no profile beside the cells of that batch, or of that many processes: the study-wide one
+    for pick in md.PICKS:
+        assert md.profile_for(profs, "cifar10_quick", 2, "2026-12-02T10:06:00Z", 256,
+                              pick) == static
+        assert md.profile_for(profs, "cifar10_quick", 1, "2026-12-02T10:06:00Z", 16,
+                              pick) == static
+    assert md.profile_for(profs, "cifar10_quick", 2) == static
     # the prediction follows the profile
-    slow = md.predict(md.profile_for(profs, "cifar10_quick", 2, "2026-12-02T10:09:00Z", 16),
-                      ToyShape, "data", 1, 2, 16, FREE)
-    fast = md.predict(md.profile_for(profs, "cifar10_quick", 2, "2026-12-02T10:00:00Z", 16),
-                      ToyShape, "data", 1, 2, 16, FREE)
+    slow = md.predict(md.profile_for(profs, "cifar10_quick", 2, "2026-12-02T10:01:00Z", 16,
+                                     "nearest"), ToyShape, "data", 1, 2, 16, FREE)
+    fast = md.predict(md.profile_for(profs, "cifar10_quick", 2, "2026-12-02T10:01:00Z", 16,
+                                     "fastest"), ToyShape, "data", 1, 2, 16, FREE)
     assert slow["compute_s"] == pytest.approx(1.5 * fast["compute_s"], rel=0.02)
 
 
@@ -434,8 +486,11 @@ def test_report_builds_from_a_small_csv(tmp_path):
     assert "2.92x** measured" in text  # 35 / 12
     assert "Projection to 864 nodes" in text and "772x" in text
     assert "Model error" in text and md.ASSUMPTIONS.splitlines()[0] in text
-    assert "Compute profiles: 2 of 3 points are predicted from the profile that `run` took " \
-        "beside them" in text and "median 5 s away, at most 5 s" in text
+    assert "Compute profiles: 2 of 3 points are predicted from the compute profile that `run` " \
+        "took beside them" in text and "the one taken nearest in time: median 5 s away, at " \
+        "most 5 s)" in text
+    assert "From the fastest of those profiles instead (the least disturbed): " in text and \
+        "From the study's one profile per net (`compute_NET[_x2].json`)" in text
     # the 2-rank points' model compute is the slower profile's
     data2 = [ln for ln in text.splitlines() if ln.startswith("| owt_cifar | data | 2x1 |")][0]
     static = md.predict(prof, shape, "data", 2, 1, 16, {k: (0.0, 0.0) for k in ab.KINDS})

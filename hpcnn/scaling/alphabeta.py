@@ -98,12 +98,30 @@ def cost(kind, p, n, alpha, beta):
 
 SMALL = 4096  # bytes: latency-bound samples (alpha)
 LARGE = 65536  # bytes: bandwidth-bound samples (beta)
+# bytes per rank from which a collective's buffers (send, receive, a temporary: 3 x 16 MiB)
+# outgrow the last-level cache of the machines here (32 MiB L3), and its copies and sums run at
+# memory speed: such messages get their own beta (fit_big), as data parallelism's 25 MiB
+# gradient buckets are. On shared memory and 10 Gbit/s the rate falls by 1.5-3x past it.
+BIG = 16 << 20
+
+
+def fit_big(samples, alpha):
+    """beta of the messages of ``BIG`` bytes and more, with ``alpha`` from :func:`fit`: the
+    median over them of ``(t - A alpha) / B``; None without such samples."""
+    import statistics
+
+    big = [(coefficients(k, p, n), t) for k, p, n, t in samples if n >= BIG and t > 0]
+    big = [((a, b), t) for (a, b), t in big if b > 0]
+    if not big:
+        return None
+    return max(0.0, statistics.median((t - a * alpha) / b for (a, b), t in big))
 
 
 def fit(samples):
     """(alpha, beta) >= 0 from ``samples`` [(kind, p, n, seconds)].
 
-    Robust where there are both small (<= 4 KiB) and large (>= 64 KiB) messages: alpha is the
+    Robust where there are both small (<= 4 KiB) and large (64 KiB to ``BIG``) messages: alpha
+    is the
     median over the small ones of ``(t - B beta) / A``, beta the median over the large ones of
     ``(t - A alpha) / B``, alternated until they settle (exact data gives alpha and beta back
     exactly). A few odd sizes then move nothing: on the emulated links a broadcast's root
@@ -112,7 +130,8 @@ def fit(samples):
     import statistics
 
     small = [(coefficients(k, p, n), t) for k, p, n, t in samples if 0 < n <= SMALL and t > 0]
-    large = [(coefficients(k, p, n), t) for k, p, n, t in samples if n >= LARGE and t > 0]
+    large = [(coefficients(k, p, n), t) for k, p, n, t in samples
+             if LARGE <= n < BIG and t > 0]
     small = [((a, b), t) for (a, b), t in small if a > 0]
     large = [((a, b), t) for (a, b), t in large if b > 0]
     if not small or not large:

@@ -27,7 +27,9 @@ Assumptions (printed with every report):
    and beta are fitted per kind and per link from ``bench comm`` (1 rank per node; on the
    emulated links the 2-node fit, as 4 and 8 nodes oversubscribe the 2 cores). The gradient
    buckets cost as ``iallreduce`` (non-blocking, then waited for), fitted apart: MPICH runs
-   other algorithms for it than for the blocking allreduce.
+   other algorithms for it than for the blocking allreduce. Messages of 16 MiB per rank and
+   more (``ab.BIG``: their buffers outgrow the last-level cache, as the 25 MiB buckets do) get
+   their own beta, fitted to the 16 and 64 MiB samples.
 3. Data parallelism's gradient buckets (25 MiB, reverse layer order) start as backward finishes
    their layers and run one after another; while backward still computes they progress at a
    fraction ``overlap`` of full speed (MPICH moves a non-blocking collective only inside MPI
@@ -195,9 +197,13 @@ def comm_cost(link, kind, group, nbytes):
     ranks alone ("KIND@2"), that fit is used for every group size: on these emulated links 4 and
     8 nodes share the machine's 2 cores (and their TCP stacks with them), so their own fits
     measure the oversubscribed machine more than the link (they are kept in the fit file and
-    plotted against their points)."""
+    plotted against their points). A payload of ``ab.BIG`` bytes or more costs by the fit of
+    such messages ("KIND@big", "KIND@2@big") where the link has one."""
     k = _ab_kind(kind)
-    alpha, beta = link.get(f"{k}@2") or link.get(k) or link.get("allreduce")
+    names = (f"{k}@2", k)
+    if nbytes >= ab.BIG:
+        names = tuple(f"{n}@big" for n in names) + names
+    alpha, beta = next((link[n] for n in names if n in link), None) or link["allreduce"]
     return ab.cost(k, group, nbytes, alpha, beta)
 
 
@@ -344,12 +350,21 @@ def fit_links(comm_dir):
                 sets.update({f"{k}@{p}": [s for s in samples if s[1] == p] for p in ranks})
             for name, sub in sets.items():
                 alpha, beta = ab.fit(sub)
-                worst = max(abs(ab.cost(kk, p, n, alpha, beta) / t - 1) for kk, p, n, t in sub)
-                fits[link][name] = {"alpha_s": alpha, "beta_s_per_byte": beta,
-                                    "bandwidth_MBps": (1e-6 / beta) if beta else None,
-                                    "samples": len(sub), "ranks": sorted({x[1] for x in sub}),
-                                    "worst_rel_error": worst}
+                big = ab.fit_big(sub, alpha)
+                below = [x for x in sub if x[2] < ab.BIG] if big is not None else sub
+                fits[link][name] = _fit_entry(alpha, beta, below)
+                if big is not None:  # messages of BIG bytes and more: their own beta
+                    fits[link][f"{name}@big"] = _fit_entry(
+                        alpha, big, [x for x in sub if x[2] >= ab.BIG])
     return fits
+
+
+def _fit_entry(alpha, beta, samples):
+    worst = max((abs(ab.cost(k, p, n, alpha, beta) / t - 1) for k, p, n, t in samples
+                 if t > 0), default=0.0)
+    return {"alpha_s": alpha, "beta_s_per_byte": beta,
+            "bandwidth_MBps": (1e-6 / beta) if beta else None, "samples": len(samples),
+            "ranks": sorted({x[1] for x in samples}), "worst_rel_error": worst}
 
 
 OVERLAPS = [k / 20 for k in range(21)]
@@ -543,25 +558,45 @@ def load_profiles(folder):
     return profs
 
 
-def profile_for(profs, net, busy, when=None, batch=None):
+PICKS = ("nearest", "fastest")
+
+
+def profile_for(profs, net, busy, when=None, batch=None, pick="nearest"):
     """The profile of ``net`` measured with ``busy`` processes on the machine, else the
-    single-process one (None when there is none). With ``when`` (a CSV row's ``time_utc``) and
-    ``batch``, the profile of the timeline that holds that batch and was taken nearest in time,
-    where there is one: on a shared machine the speed of compute moves between minutes."""
-    near = nearest_profile(profs, net, busy, when, batch)
-    if near is not None:
-        return near[1]
+    single-process one (None when there is none). With ``batch`` and ``when`` (a CSV row's
+    ``time_utc``), a profile that ``run`` took beside the cells, holding that batch, where there
+    is one: ``pick`` "nearest" the one taken nearest in time (a shared machine's speed moves
+    between minutes), "fastest" the one with the shortest whole step (the least disturbed)."""
+    if batch is not None:
+        cands = beside_profiles(profs, net, busy, batch)
+        if cands and pick == "fastest":
+            return min(cands, key=lambda x: whole_step(x[1], batch))[1]
+        near = nearest_profile(profs, net, busy, when, batch)
+        if near is not None:
+            return near[1]
     return profs.get((net, busy)) if busy > 1 and (net, busy) in profs else profs.get(net)
 
 
-def nearest_profile(profs, net, busy, when, batch):
-    """(seconds between, profile) of the timeline's profile nearest ``when``, or None."""
+def whole_step(prof, batch):
+    """Seconds of a whole training step at ``batch`` in ``prof`` (its layers' sum without)."""
+    v = prof["batches"][str(batch)]
+    return v.get("step", sum(v["fwd"]) + sum(v["bwd"]) + v["loss"] + v["optimizer"])
+
+
+def beside_profiles(profs, net, busy, batch):
+    """[(seconds since the epoch, profile)] of the timeline's profiles holding ``batch``."""
     timeline = getattr(profs, "timeline", {}).get((net, busy), [])
-    if when is None or batch is None or not timeline:
+    return [(w, p) for w, p in timeline if str(batch) in p["batches"]]
+
+
+def nearest_profile(profs, net, busy, when, batch):
+    """(seconds between, profile) of the timeline's profile holding ``batch`` nearest ``when``,
+    or None."""
+    cands = beside_profiles(profs, net, busy, batch) if when is not None else []
+    if not cands:
         return None
     t = utc_seconds(when)
-    cands = [(abs(t - w), p) for w, p in timeline if str(batch) in p["batches"]]
-    return min(cands, key=lambda x: x[0]) if cands else None
+    return min(((abs(t - w), p) for w, p in cands), key=lambda x: x[0])
 
 
 def _cmd_fit(a):

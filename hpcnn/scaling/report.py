@@ -34,12 +34,13 @@ def _link_params(links, name):
     return lk["kinds"], (lk["overlap"] if lk["overlap"] is not None else 0.0)
 
 
-def predict_row(r, profs, shapes, links, timed=True):
-    """The model's prediction for a measured row (None when its net or link is unknown), from
-    the compute profile taken nearest in time to the row where ``run`` took profiles beside its
-    cells (``timed``), else from the study's one profile of the net."""
-    when = (r["time_utc"], r["batch_per_rank"]) if timed else (None, None)
-    prof = md.profile_for(profs, r["net"], r["ranks"], *when)  # all ranks on this one machine
+def predict_row(r, profs, shapes, links, pick="nearest"):
+    """The model's prediction for a measured row (None when its net or link is unknown), from a
+    compute profile that ``run`` took beside the row's net and batch where there is one (``pick``
+    the one nearest in time, or the fastest: :func:`md.profile_for`), else (and with ``pick``
+    None) from the study's one profile of the net."""
+    prof = md.profile_for(profs, r["net"], r["ranks"],  # all ranks on this one machine
+                          *((r["time_utc"], r["batch_per_rank"], pick) if pick else ()))
     if prof is None or r["link"] not in links:
         return None
     kinds, w = _link_params(links, r["link"])
@@ -50,22 +51,29 @@ def predict_row(r, profs, shapes, links, timed=True):
 
 
 def _timeline_lines(rows, every, shapes, links):
-    """How the compute profiles were matched to the points, and the error with the study's
-    one profile per net instead (where ``run`` took profiles beside its cells)."""
-    gaps = [g[0] for r in rows if (g := md.nearest_profile(every, r["net"], r["ranks"],
-                                                           r["time_utc"], r["batch_per_rank"]))]
-    if not gaps:
+    """How the compute profiles were matched to the points, and the error with the other ways
+    to match them (where ``run`` took profiles beside its cells)."""
+    counts = [len(md.beside_profiles(every, r["net"], r["ranks"], r["batch_per_rank"]))
+              for r in rows]
+    if not any(counts):
         return []
-    gaps.sort()
-    static = [predict_row(r, every, shapes, links, timed=False) for r in rows]
-    errs = [abs(p["images_per_s"] / r["images_per_s"] - 1) for r, p in zip(rows, static) if p]
-    return [f"Compute profiles: {len(gaps)} of {len(rows)} points are predicted from the "
-            f"profile that `run` took beside them (`profiles/`: the same net, batch and number "
-            f"of processes at once, the one nearest in time: median {gaps[len(gaps) // 2]:.0f} "
-            f"s away, at most {gaps[-1]:.0f} s), the rest from the study's one profile per net. "
-            f"With the study's one profile per net (`compute_NET[_x2].json`) for every point, "
-            f"{sum(e <= 0.15 for e in errs)} of {len(errs)} are within 15% (worst "
-            f"{100 * max(errs):.1f}%).", ""]
+
+    def within(pick):
+        preds = [predict_row(r, every, shapes, links, pick) for r in rows]
+        errs = [abs(p["images_per_s"] / r["images_per_s"] - 1) for r, p in zip(rows, preds) if p]
+        return f"{sum(e <= 0.15 for e in errs)} of {len(errs)} within 15% (worst " \
+               f"{100 * max(errs):.1f}%)"
+
+    gaps = sorted(md.nearest_profile(every, r["net"], r["ranks"], r["time_utc"],
+                                     r["batch_per_rank"])[0] for r, c in zip(rows, counts) if c)
+    return [f"Compute profiles: {sum(c > 0 for c in counts)} of {len(rows)} points are "
+            f"predicted from the compute profile that `run` took beside them (`profiles/`: the "
+            f"same net and batch, as many processes at once as the point had ranks; of the "
+            f"{min(c for c in counts if c)}-{max(counts)} such profiles the one taken nearest "
+            f"in time: median {gaps[len(gaps) // 2]:.0f} s away, at most {gaps[-1]:.0f} s), "
+            f"the rest from the study's one profile per net. From the fastest of those profiles "
+            f"instead (the least disturbed): {within('fastest')}. From the study's one profile "
+            f"per net (`compute_NET[_x2].json`) for every point: {within(None)}.", ""]
 
 
 def best_hybrid(prof, shape, nodes, n, kinds, w, max_m=64):
@@ -396,10 +404,11 @@ def _plots(rows, every, shapes, links, out, comm_dir):
                             label=f"{d['link']} {d['ranks']}r {tag}")
                     lk = links.get(d["link"], {}).get("kinds", {})
                     key = f"{k}@{d['ranks']}" if f"{k}@{d['ranks']}" in lk else k
-                    if key in lk:
-                        al, be = lk[key]
-                        ax.plot(xs, [1e6 * md.ab.cost(k, d["ranks"], x, al, be) for x in xs],
-                                "-", color=f"C{i % 10}", lw=0.8)
+                    if key in lk:  # the big messages' own fit past ab.BIG, where there is one
+                        fit = [lk.get(f"{key}@big", lk[key]) if x >= md.ab.BIG else lk[key]
+                               for x in xs]
+                        ax.plot(xs, [1e6 * md.ab.cost(k, d["ranks"], x, *f)
+                                     for x, f in zip(xs, fit)], "-", color=f"C{i % 10}", lw=0.8)
                 ax.set(xscale="log", yscale="log", title=kind, xlabel="bytes", ylabel="us")
                 ax.legend(fontsize=5)
             fig.tight_layout()

@@ -103,7 +103,8 @@ def build_parser():
                    help="communication-only points instead: NODES:LINK,... (e.g. 2:1gbit,"
                         "4:1gbit,8:1gbit,2:shm); bench comm JSON files go to --comm-dir")
     p.add_argument("--comm-dir", default="results/scaling/comm")
-    p.add_argument("--comm-max-bytes", type=at.positive_int, default=16 << 20)
+    p.add_argument("--comm-max-bytes", type=at.positive_int, default=64 << 20,
+                   help="largest message (past data parallelism's 25 MiB gradient buckets)")
     p.add_argument("--comm-budget", type=at.positive_float, default=0.3,
                    help="seconds per size and kind")
     p.add_argument("--profile-dir", default=None,
