@@ -254,6 +254,16 @@ def test_csv_round_trip(tmp_path):
     assert back == rows
 
 
+def test_spreads_and_best_rows_group_rows_by_cell():
+    rows = [_row(images_per_s=100.0), _row(images_per_s=130.0), _row(images_per_s=110.0),
+            _row(images_per_s=50.0, link="1gbit"), _row(images_per_s=40.0, batch_per_rank=64),
+            _row(images_per_s=44.0, batch_per_rank=64)]
+    assert sorted(r["images_per_s"] for r in csvio.best_rows(rows)) == [44.0, 50.0, 130.0]
+    got = csvio.spreads(rows)  # the 1gbit cell has one row: no spread
+    assert [round(x, 6) for x, _ in got] == [0.3, 0.1]
+    assert got[0][1]["images_per_s"] == 130.0 and got[1][1]["batch_per_rank"] == 64
+
+
 def test_csv_refuses_malformed(tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("a,b,c\n1,2,3\n")
@@ -471,6 +481,7 @@ def test_report_builds_from_a_small_csv(tmp_path):
         json.dump(fits, f)
     csv_path = str(tmp_path / "points.csv")
     csvio.append_row(csv_path, _row(net="owt_cifar", batch_per_rank=16, images_per_s=20.0))
+    csvio.append_row(csv_path, _row(net="owt_cifar", batch_per_rank=16, images_per_s=16.0))
     csvio.append_row(csv_path, _row(net="owt_cifar", batch_per_rank=16, images_per_s=12.0,
                                     ranks=2, nodes=2, link="1gbit", grid="2x1",
                                     global_batch=32))
@@ -486,6 +497,10 @@ def test_report_builds_from_a_small_csv(tmp_path):
     assert "2.92x** measured" in text  # 35 / 12
     assert "Projection to 864 nodes" in text and "772x" in text
     assert "Model error" in text and md.ASSUMPTIONS.splitlines()[0] in text
+    assert "| owt_cifar | data | 1x1 | shm | 16 | 20.0 |" in text  # the cell's fastest row
+    assert "Repeatability: of the 1 cells measured more than once, 1 have rows more than 15% " \
+        "apart (fastest over slowest images/s; median 25.0%, largest 25.0%: owt_cifar data, " \
+        "1x1 over shm, batch 16/rank)" in text
     assert "Compute profiles: 2 of 3 points are predicted from the compute profile that `run` " \
         "took beside them" in text and "the one taken nearest in time: median 5 s away, at " \
         "most 5 s)" in text

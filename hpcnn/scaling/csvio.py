@@ -139,12 +139,28 @@ def read_rows(path):
     return rows
 
 
+def cell_key(r):
+    """What makes a row's cell: everything but the measurement."""
+    return (r["net"], r["parallel"], r["scheme"], r["grid"], r["nodes"], r["ranks_per_node"],
+            r["batch_per_rank"], r["link"], r["threads"])
+
+
 def best_rows(rows):
     """Each cell's fastest row (cells measured more than once: the least disturbed run)."""
     best = {}
     for r in rows:
-        key = (r["net"], r["parallel"], r["scheme"], r["grid"], r["nodes"], r["ranks_per_node"],
-               r["batch_per_rank"], r["link"], r["threads"])
+        key = cell_key(r)
         if key not in best or r["images_per_s"] > best[key]["images_per_s"]:
             best[key] = r
     return list(best.values())
+
+
+def spreads(rows):
+    """[(fastest / slowest images/s - 1, fastest row)] of every cell measured more than once,
+    largest first: how far the machine repeats a measurement."""
+    cells = {}
+    for r in rows:
+        cells.setdefault(cell_key(r), []).append(r)
+    out = [(max(x["images_per_s"] for x in v) / min(x["images_per_s"] for x in v) - 1,
+            max(v, key=lambda x: x["images_per_s"])) for v in cells.values() if len(v) > 1]
+    return sorted(out, key=lambda x: -x[0])

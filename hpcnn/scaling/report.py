@@ -12,7 +12,7 @@ import sys
 
 from hpcnn.errors import HpcnnError, UsageError
 from hpcnn.scaling import model as md
-from hpcnn.scaling.csvio import best_rows
+from hpcnn.scaling.csvio import best_rows, spreads
 
 LINK_ORDER = ("shm", "10gbit", "1gbit")
 NAMED = ("10GbE", "IB-EDR", "Tofu")
@@ -105,6 +105,7 @@ def crossover(prof, shape, n, kinds, w, max_nodes=1024):
 def build(rows, profs, fits_path, out, comm_dir=None, plots=True):
     """Write ``out``/report.md (and the PNGs); returns the report's text."""
     measured = len(rows)
+    spread = spreads(rows)
     rows = best_rows(rows)
     links = md.load_links(fits_path)
     every = profs
@@ -156,6 +157,15 @@ def build(rows, profs, fits_path, out, comm_dir=None, plots=True):
                   f"{r['images_per_s']:.1f} img/s, predicted {worst[3]['images_per_s']:.1f} "
                   f"({100 * worst[1]:+.1f}%).", ""]
         lines += _timeline_lines(rows, every, shapes, links)
+    if spread:
+        top, r = spread[0]
+        lines += [f"Repeatability: of the {len(spread)} cells measured more than once, "
+                  f"{sum(x > 0.15 for x, _ in spread)} have rows more than 15% apart "
+                  f"(fastest over slowest images/s; median {100 * spread[len(spread) // 2][0]:.1f}"
+                  f"%, largest {100 * top:.1f}%: {r['net']} {MODE_NAMES[_mode(r)]}, "
+                  f"{r['nodes']}x{r['ranks_per_node']} over {r['link']}, batch "
+                  f"{r['batch_per_rank']}/rank). The model is compared with each cell's "
+                  f"fastest row.", ""]
     # hybrid against data parallelism on owt_cifar over 1 Gbit/s -------------------------------
     lines += ["## Hybrid against data parallelism, 2 nodes", ""]
     for net in sorted({r["net"] for r in rows}):
