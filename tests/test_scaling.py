@@ -350,6 +350,22 @@ def test_run_dry_run_lists_the_matrix():
     assert r.returncode == 0 and "profile" not in r.stdout and "--global-batch 32" in r.stdout
 
 
+def test_run_refuses_an_unusable_autotune_cache_up_front(tmp_path):
+    cache = tmp_path / "autotune.json"
+    cache.write_bytes(b"\xff{not json")
+    env = {k: v for k, v in os.environ.items() if k != "HPCNN_AUTOTUNE_CACHE"}
+    argv = [sys.executable, "-m", "hpcnn.scaling", "run", "--dry-run", "--layouts", "1x1:shm",
+            "--nets", "lenet5", "--csv", str(tmp_path / "points.csv")]
+    for extra in ([], ["--autotune-cache", str(cache)]):  # the default: beside the CSV
+        r = subprocess.run(argv + extra, capture_output=True, text=True, cwd=ROOT, timeout=120,
+                           env=env)
+        assert r.returncode == 2 and "[" not in r.stdout, r.stdout
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: autotune cache") and \
+            str(cache) in lines[0], r.stderr
+        assert cache.read_bytes() == b"\xff{not json"  # left as it was
+
+
 def test_run_takes_profiles_beside_its_cells_with_one_autotune_cache(tmp_path):
     """A real one-cell study (lenet5, 1 rank): the profile is taken before the point, at its
     batch, into profiles/; both share the study's autotune cache; the model then predicts the

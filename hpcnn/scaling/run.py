@@ -282,7 +282,26 @@ def _run_one(cmd, a, label):
     return True
 
 
+def check_autotune_cache(path):
+    """An unusable autotune cache file is one line and exit 2 before any cell runs (each point
+    would only warn and tune in memory, and the study's cells would not share their kernels)."""
+    if not path or not os.path.exists(path):
+        return
+    from hpcnn.kernels import autotune, conv
+
+    old = os.environ.get("HPCNN_AUTOTUNE_CACHE")
+    os.environ["HPCNN_AUTOTUNE_CACHE"] = path
+    try:
+        autotune.Autotuner(conv.ALGOS).check_cache()
+    finally:
+        if old is None:
+            os.environ.pop("HPCNN_AUTOTUNE_CACHE")
+        else:
+            os.environ["HPCNN_AUTOTUNE_CACHE"] = old
+
+
 def run_points(a):
+    check_autotune_cache(a.autotune_cache)
     t0 = time.monotonic()
     todo = cells(a)
     if a.skip_done:
