@@ -148,6 +148,8 @@ def parse_args(argv):
     if a.autotune_cache is None:
         a.autotune_cache = os.environ.get("HPCNN_AUTOTUNE_CACHE",
                                           os.path.join(folder, "autotune.json"))
+    if a.autotune_cache:  # the points run in the repository: a path from here, made absolute
+        a.autotune_cache = os.path.abspath(a.autotune_cache)  # (empty: no cache file at all)
     return a
 
 
