@@ -429,6 +429,8 @@ def test_a_profile_taken_beside_the_cells_predicts_a_point(tmp_path):
     assert fwd0(None, "fastest") == pytest.approx(1.6)
     assert fwd0("2026-12-02T10:01:00Z", "nearest", 64) == pytest.approx(1.6 * 0.5)  # b64 alone
     assert md.nearest_profile(profs, "cifar10_quick", 2, "2026-12-02T10:06:00Z", 16)[0] == 240
+    with pytest.raises(md.HpcnnError, match="time_utc 'noon' is not a time"):
+        md.profile_for(profs, "cifar10_quick", 2, "noon", 16)
     # no profile beside the cells of that batch, or of that many processes: the study-wide one
     for pick in md.PICKS:
         assert md.profile_for(profs, "cifar10_quick", 2, "2026-12-02T10:06:00Z", 256,
@@ -450,6 +452,8 @@ def test_a_profile_taken_beside_the_cells_predicts_a_point(tmp_path):
     (lambda d: d["batches"]["16"].update(fwd=[1.0]), "not one time per layer"),
     (lambda d: d["batches"]["16"].update(loss=-1.0), "a negative time"),
     (lambda d: d.update(batches={}), "no net, layers or batches"),
+    (lambda d: d.update(concurrent=0), "concurrent must be a positive count"),
+    (lambda d: d.update(concurrent="two"), "not a compute profile"),
     (lambda d: d.update(batches={"zero": d["batches"]["16"]}), "not a compute profile"),
     (lambda d: d.update(pad="x" * (md.MAX_PROFILE_BYTES + 1)), "larger than 4 MiB"),
 ])

@@ -311,6 +311,8 @@ def load_profile(path):
         n = len(prof["layers"])
         if not isinstance(prof["net"], str) or not n or not prof["batches"]:
             raise ValueError("no net, layers or batches")
+        if int(prof.get("concurrent", 1)) < 1:
+            raise ValueError("concurrent must be a positive count")
         for b, v in prof["batches"].items():
             if int(b) < 1 or len(v["fwd"]) != n or len(v["bwd"]) != n:
                 raise ValueError(f"batch {b}: not one time per layer")
@@ -578,7 +580,8 @@ def profile_for(profs, net, busy, when=None, batch=None, pick="nearest"):
 
 
 def whole_step(prof, batch):
-    """Seconds of a whole training step at ``batch`` in ``prof`` (its layers' sum without)."""
+    """Seconds of a whole training step at ``batch`` in ``prof`` (the sum of its parts where
+    the profile has no whole step)."""
     v = prof["batches"][str(batch)]
     return v.get("step", sum(v["fwd"]) + sum(v["bwd"]) + v["loss"] + v["optimizer"])
 
@@ -595,7 +598,11 @@ def nearest_profile(profs, net, busy, when, batch):
     cands = beside_profiles(profs, net, busy, batch) if when is not None else []
     if not cands:
         return None
-    t = utc_seconds(when)
+    try:
+        t = utc_seconds(when)
+    except (TypeError, ValueError):
+        raise HpcnnError(f"a point's time_utc {when!r} is not a time "
+                         f"(YYYY-MM-DDTHH:MM:SSZ)") from None
     return min(((abs(t - w), p) for w, p in cands), key=lambda x: x[0])
 
 
