@@ -16,6 +16,7 @@ for pass in 1 2; do
   $PY -m hpcnn.scaling run --layouts 1x1:shm,1x2:shm,2x1:10gbit,2x1:1gbit --nets cifar10_quick,owt_cifar --modes data,a,b,c --batches 16,64,256 --steps 5 --warmup 2 --min-seconds 2 --seed 0 --csv $D/points.csv --skip-done --repeat $pass
   if [ $pass = 1 ]; then
     date -u
+    # run with commit 4f83efd, whose default --comm-max-bytes was 16 MiB (64 MiB since 0402ad5)
     $PY -m hpcnn.scaling run --comm 2:shm,2:1gbit,4:1gbit,8:1gbit,2:10gbit,4:10gbit,8:10gbit --comm-budget 0.2 --comm-dir $D/comm
   fi
   date -u
