@@ -552,10 +552,23 @@ def _scripted_tune(monkeypatch, script, tuner, repeats=2, close_rounds=3):
 def test_autotune_second_fastest_gets_more_rounds(monkeypatch, fresh_autotune):
     """The two fastest always get the extra rounds, however far apart a noisy first pass put
     them: a candidate that timed 1.5x slower there, and faster in every round after, wins."""
-    script = {"lowering": [1.0] * 5, "chunked": [1.5, 1.5, 0.8, 0.8, 0.8], "mec": [3.0]}
+    script = {"lowering": [1.0] * 5, "chunked": [1.5, 1.5, 0.8, 0.8, 0.8], "mec": [3.0, 3.0]}
     best, _, runs = _scripted_tune(monkeypatch, script, fresh_autotune)
     assert best == "chunked"
-    assert runs == {"lowering": 5, "chunked": 5, "mec": 1}
+    assert runs == {"lowering": 5, "chunked": 5, "mec": 2}
+
+
+def test_autotune_a_slow_spell_on_one_run_does_not_lose_the_layer(monkeypatch, fresh_autotune):
+    """Every candidate runs twice, taking turns with the others, before any is dropped: a
+    candidate whose first run a slow spell made 6x slower than the best still wins. A
+    candidate beyond WARMUP_LIMIT after two rounds gets no third; the others do."""
+    script = {"mec": [1.5] * 6, "direct": [9.0, 1.0, 1.0, 1.0, 1.0, 1.0],
+              "lowering": [5.0, 5.0]}
+    best, result, runs = _scripted_tune(monkeypatch, script, fresh_autotune, repeats=3)
+    assert (best, result) == ("direct", "result of direct")
+    assert runs == {"mec": 6, "direct": 6, "lowering": 2}
+    key = autotune.make_key((1, 1, 4, 4), (1, 1, 3, 3), (1, 1), (1, 1), np.float32)
+    assert fresh_autotune.timings()[key]["forward"]["lowering"] == 5.0
 
 
 def test_direct_is_a_candidate_per_direction():
@@ -578,10 +591,10 @@ def test_autotune_close_finish_is_decided_by_more_rounds(chunked_times, winner, 
     """Two candidates within CLOSE of each other get CLOSE_ROUNDS more runs each, and the one
     with the smallest median over all its runs wins, with its own result; a distant one is not
     run again."""
-    script = {"lowering": [1.00] * 5, "chunked": chunked_times, "mec": [3.0]}
+    script = {"lowering": [1.00] * 5, "chunked": chunked_times, "mec": [3.0, 3.0]}
     best, result, runs = _scripted_tune(monkeypatch, script, fresh_autotune)
     assert (best, result) == (winner, f"result of {winner}")
-    assert runs == {"lowering": 5, "chunked": 5, "mec": 1}
+    assert runs == {"lowering": 5, "chunked": 5, "mec": 2}
     key = autotune.make_key((1, 1, 4, 4), (1, 1, 3, 3), (1, 1), (1, 1), np.float32)
     times = fresh_autotune.timings()[key]["forward"]
     assert times == {"lowering": 1.00, "chunked": float(np.median(chunked_times)), "mec": 3.0}

@@ -5,10 +5,15 @@ An :class:`Autotuner` holds the choices. On the first forward (or backward) call
     (x shape, w shape, stride, padding, dtype, Numba thread count, CPU model)
 
 every candidate strategy its caller names runs on the call's own arrays: an untimed warm-up on
-the first image only (it loads or compiles the kernels), one timed run, and two more for the
-candidates within 2x of the best so far; the two fastest, and any other within 10% of the best
-(by their fastest runs), then run three more alternating rounds, and the candidate with the
-smallest median over all its rounds wins (the recorded time of every candidate is its median).
+the first image only (it loads or compiles the kernels), then timed rounds in which the
+candidates take turns, one run each: two rounds for all of them, and a third for those within
+2x of the best (by their fastest runs). Taking turns puts a slow spell of the machine (another
+tenant, the first touches of fresh memory, which cost tens of microseconds a page in some
+virtual machines) on one run of each of several candidates rather than on every run of one:
+timed back to back, a candidate once lost every run to such a spell, and a layer ran at half
+speed ever after. The two fastest, and any other within 10% of the best, then run three more
+alternating rounds, and the candidate with the smallest median over all its rounds wins (the
+recorded time of every candidate is its median).
 Forward, backward and "wgrad" (backward without the data gradient, as in a network's first
 layer) are tuned separately, each on first use. The winner's result of its last run is what
 the call returns, so "auto" gives exactly what the chosen strategy gives, from the first call
@@ -62,8 +67,9 @@ FORMAT = "hpcnn-autotune"
 VERSION = 1
 DIRECTIONS = ("forward", "backward", "wgrad")
 """What is tuned apart: forward, backward, and backward without the data gradient."""
-WARMUP_LIMIT = 2.0  # a candidate slower than this multiple of the best so far stops after 1 run
-REPEATS = 3
+WARMUP_LIMIT = 2.0  # a candidate slower than this multiple of the best stops after ALL_ROUNDS
+ALL_ROUNDS = 2  # timed rounds every candidate runs, taking turns
+REPEATS = 3  # ... and the rounds of the candidates within WARMUP_LIMIT of the best
 CLOSE = 1.10  # candidates within this factor of the best get CLOSE_ROUNDS more runs each
 CLOSE_ROUNDS = 3
 FINALISTS = 2  # ... and so do the fastest FINALISTS, however far apart
@@ -129,7 +135,7 @@ class Autotuner:
     set, replaces it. Thread-safe.
     """
 
-    repeats = REPEATS  # timed runs of each candidate in the first pass
+    repeats = REPEATS  # timed rounds of the first pass (ALL_ROUNDS of them for every candidate)
     close_rounds = CLOSE_ROUNDS  # extra rounds of a close finish
 
     def __init__(self, names, cache=None):
@@ -346,16 +352,19 @@ class Autotuner:
         ``run`` is called once untimed.
         """
         key = make_key(x_shape, w_shape, stride, padding, dtype)
-        times, samples, outs, best = {}, {}, {}, None
+        samples, outs = {name: [] for name in candidates}, {}
         for name in candidates:
             (warmup or run)(name)
-            samples[name], outs[name] = _time(lambda name=name: run(name), 1)
-            if best is None or samples[name][0] < WARMUP_LIMIT * times[best]:
-                t2, outs[name] = _time(lambda name=name: run(name), self.repeats - 1)
-                samples[name] += t2
-            times[name] = min(samples[name])
-            if best is None or times[name] < times[best]:
-                best = name
+        # rounds in which the candidates take turns (see the module's docstring)
+        for rnd in range(max(self.repeats, 1)):
+            times = {name: min(ts) for name, ts in samples.items() if ts}
+            cut = WARMUP_LIMIT * min(times.values()) if times else None
+            for name in candidates:
+                if rnd < ALL_ROUNDS or times[name] < cut:
+                    t, outs[name] = _time(lambda name=name: run(name), 1)
+                    samples[name] += t
+        times = {name: min(ts) for name, ts in samples.items()}
+        best = min(times, key=times.__getitem__)
         # a close finish is decided by more rounds, alternating, and by each candidate's median
         # over all its rounds: neither a slow spell of a noisy machine nor one lucky round can
         # hand the win to a strategy that is slower most of the time
