@@ -202,6 +202,11 @@ POOL_CASES = {
     "nonsquare-kernel-pair-stride": (2, 2, 7, 8, (2, 3), (1, 2), (1, 1)),
     "5x5s3-pad2": (1, 3, 11, 10, 5, 3, 2),
     "batch1-C1-global": (1, 1, 5, 5, 5, 1, 0),
+    # wide enough for the passes along rows (hpcnn.kernels.pool.separable), with padding,
+    # ceil-mode windows that hang over the right and bottom edges, and a non-square window
+    "wide-3x3s2-pad1-odd": (2, 3, 7, 33, 3, 2, 1),
+    "wide-nonsquare": (1, 2, 9, 20, (2, 3), (1, 2), (1, 1)),
+    "wide-5x5s3-pad2": (1, 3, 11, 19, 5, 3, 2),
 }
 POOL_IDS = list(POOL_CASES)
 
@@ -224,8 +229,21 @@ def test_pool_output_sizes_follow_caffe_ceil_mode():
     assert ref.pool_output_size(4, 3, 3, 2) == 2
 
 
+@pytest.fixture(params=["as chosen", "passes", "one output at a time"])
+def maxpool_path(request, monkeypatch):
+    """Max pooling's two NaN-free paths, each forced on every shape (the separable passes also on
+    narrow planes and windows that do not overlap), and the choice of
+    :func:`hpcnn.kernels.pool.separable`."""
+    from hpcnn.kernels import pool
+
+    if request.param != "as chosen":
+        forced = request.param == "passes"
+        monkeypatch.setattr(pool, "separable", lambda *args: forced)
+    return request.param
+
+
 @pytest.mark.parametrize("case", POOL_IDS)
-def test_maxpool_forward_matches_reference(case):
+def test_maxpool_forward_matches_reference(case, maxpool_path):
     x, ks, stride, padding = pool_inputs(case)
     y, argmax = K.maxpool2d_forward(x, ks, stride, padding)
     ry, rarg = ref.maxpool2d_forward(x, ks, stride, padding)
@@ -234,7 +252,7 @@ def test_maxpool_forward_matches_reference(case):
 
 
 @pytest.mark.parametrize("case", POOL_IDS)
-def test_maxpool_backward_matches_reference(case):
+def test_maxpool_backward_matches_reference(case, maxpool_path):
     x, ks, stride, padding = pool_inputs(case)
     y, argmax = K.maxpool2d_forward(x, ks, stride, padding)
     dy = rand(*y.shape, seed=22)
@@ -244,7 +262,7 @@ def test_maxpool_backward_matches_reference(case):
     np.testing.assert_array_equal(dx64, dx)
 
 
-def test_maxpool_ties_pick_first_cell_and_nan_propagates():
+def test_maxpool_ties_pick_first_cell_and_nan_propagates(maxpool_path):
     x = np.zeros((1, 1, 4, 4), dtype=np.float32)
     y, argmax = K.maxpool2d_forward(x, 2, 2)
     np.testing.assert_array_equal(argmax[0, 0], [[0, 2], [8, 10]])
@@ -253,8 +271,22 @@ def test_maxpool_ties_pick_first_cell_and_nan_propagates():
     assert np.isnan(y[0, 0, 0, 0]) and not np.isnan(y[0, 0, 1, 1])
 
 
+def test_maxpool_nan_on_a_wide_plane_propagates_to_its_windows_only(maxpool_path):
+    """A NaN in one plane of a batch: its windows, and only those, give NaN, with the NaN's
+    index; the other planes are untouched by the NaN path."""
+    x = rand(2, 2, 6, 32, seed=24)
+    x[1, 0, 2, 7] = np.nan
+    y, argmax = K.maxpool2d_forward(x, 3, 2)
+    ry, rarg = ref.maxpool2d_forward(np.nan_to_num(x, nan=-np.inf), 3, 2)
+    hit = np.zeros(y.shape, dtype=bool)
+    hit[1, 0, 0:2, 3] = True  # the windows of rows 0-2 and 2-4 and columns 6-8 cover (2, 7)
+    assert np.isnan(y[hit]).all() and (argmax[hit] == 2 * 32 + 7).all()
+    np.testing.assert_array_equal(y[~hit], ry.astype(np.float32)[~hit])
+    np.testing.assert_array_equal(argmax[~hit], rarg[~hit])
+
+
 @pytest.mark.parametrize("case", POOL_IDS)
-def test_maxpool_ties_match_reference_on_overlapping_windows(case):
+def test_maxpool_ties_match_reference_on_overlapping_windows(case, maxpool_path):
     """Values from {-1, 0, 1} and -inf: most windows hold ties, and some hold only -inf, so the
     first-occurrence rule is checked across rows and columns of overlapping windows."""
     x, ks, stride, padding = pool_inputs(case)
