@@ -213,6 +213,29 @@ def test_hybrid_b_and_c_run_the_head_in_m_passes():
     assert same[0]["compute_s"] == pytest.approx(same[1]["compute_s"])
 
 
+def test_hybrid_head_from_a_single_batch_profile_takes_the_study_profiles_batch_shape():
+    """A profile taken beside a cell holds that cell's batch only. Hybrid a's pass over the
+    group's 2 x 16 rows then takes the head's time at 16 from it, scaled by how the study's
+    profile (16 and 64) grows from 16 to 32, not in proportion to the rows: a head that costs
+    mostly its weights' traffic (0.40 s forward at 16, 0.64 at 64, so 0.48 at 32) takes 1.2x, and
+    split over 2 ranks 0.6x, of its time at 16 on each rank, not 1x."""
+    study = json.loads(json.dumps(PROF))
+    study["batches"]["16"]["fwd"][1], study["batches"]["16"]["bwd"][1] = 0.40, 0.80
+    beside = json.loads(json.dumps(study))  # the machine ran 1.5x slower beside the cell
+    beside["batches"] = {"16": {k: ([1.5 * x for x in v] if isinstance(v, list) else 1.5 * v)
+                                for k, v in study["batches"]["16"].items()}}
+    assert md.head_time(beside, 32, 16, 1, "fwd", study) == pytest.approx(0.60 * 1.2)
+    assert md.head_time(beside, 32, 16, 1, "bwd", study) == pytest.approx(1.20 * 1.2)
+    assert md.head_time(beside, 16, 16, 1, "fwd", study) == pytest.approx(0.60)  # held: as is
+    assert md.head_time(beside, 32, 16, 1, "fwd") == pytest.approx(1.20)  # no study: per row
+    a = md.predict(beside, ToyShape, "hybrid", 2, 1, 16, FREE, grid=(1, 2), scheme="a",
+                   shape_prof=study)
+    alone = md.predict(beside, ToyShape, "data", 1, 1, 16, FREE)
+    head_alone = (0.60 + 1.20) * cm.calibration(beside, 16)
+    assert alone["compute_s"] - a["compute_s"] == pytest.approx(
+        head_alone * (1 - 0.6) + cm.optimizer_time(beside, 70) / 2, rel=1e-6)
+
+
 def test_hybrid_b_broadcasts_move_every_round():
     cols = md.collectives(ToyShape, "hybrid", 2, 4, (1, 2), "b")
     bc = [(sent, moved) for k, _, sent, moved, _ in cols if k == "bcast"]

@@ -16,7 +16,9 @@ Assumptions (printed with every report):
 1. Compute per rank is the per-layer times of one process (each layer timed alone, scaled so
    that they add up to a whole training step timed at that batch), interpolated in the batch
    (proportional to it below the smallest batch measured, 16). A pass of a hybrid head over R
-   examples, split over M ranks, takes 1/M of the whole head's time on R examples; scheme a
+   examples, split over M ranks, takes 1/M of the whole head's time on R examples (from a
+   profile taken beside a cell, which holds that cell's batch n only: its time at n, scaled by
+   how the study's profile of several batches grows from n to R); scheme a
    makes one pass over the group's M n examples, b and c make M passes of n each
    (hpcnn.parallel.hybrid), so where a pass costs mostly its weights' traffic (small batches,
    large heads) b and c compute longer than a. The optimizer's time is
@@ -207,14 +209,33 @@ def comm_cost(link, kind, group, nbytes):
     return ab.cost(k, group, nbytes, alpha, beta)
 
 
+def head_time(prof, rows, n, i, direction, shape_prof=None):
+    """Seconds of head layer ``i`` on ``rows`` examples, from ``prof``; where ``prof`` does not
+    hold ``rows`` but does hold ``n`` (a profile ``run`` took beside a cell holds that cell's
+    batch only) and ``shape_prof`` is given (a profile of several batches: the study's one), its
+    time at ``n`` scaled by how ``shape_prof``'s time grows from ``n`` to ``rows``. Scaling in
+    proportion to the batch instead would miss that a large head at a small batch costs its
+    weights' traffic, whatever the rows: hybrid a's one pass over a group's M n rows then looked
+    M times its real cost (owt_cifar's 4096-wide layers at 16 and 32 rows, on an Intel Xeon)."""
+    if shape_prof is None or str(rows) in prof["batches"] or str(n) not in prof["batches"]:
+        return cm.layer_time(prof, rows, i, direction)
+    base = cm.layer_time(shape_prof, n, i, direction)
+    if base <= 0:
+        return cm.layer_time(prof, rows, i, direction)
+    return cm.layer_time(prof, n, i, direction) * cm.layer_time(shape_prof, rows, i,
+                                                                  direction) / base
+
+
 def predict(prof, shape, mode, nodes, ranks_per_node, n, link, overlap=0.0, grid=None,
-            scheme="a", jitter=0.0):
+            scheme="a", jitter=0.0, shape_prof=None):
     """Predicted step of ``mode`` ("data" or "hybrid") on ``nodes`` x ``ranks_per_node`` ranks with
     ``n`` examples per rank, over ``link`` ({kind: (alpha, beta)}). ``jitter``: seconds added at
     every point where the ranks wait for each other (each blocking collective, and the end of
     the overlapped reductions): on a shared machine a rank waits there for a peer that another
-    process has preempted (assumption 6). Returns {"step_s", "compute_s", "exposed_s",
-    "wait_s": {kind: s}, "bytes": {kind: n}, "images_per_s"}."""
+    process has preempted (assumption 6). ``shape_prof``: where ``prof`` holds only the batch
+    ``n``, the profile whose batch dependence gives hybrid's head passes on other row counts
+    (:func:`head_time`). Returns {"step_s", "compute_s", "exposed_s", "wait_s": {kind: s},
+    "bytes": {kind: n}, "images_per_s"}."""
     p = nodes * ranks_per_node
     L = len(prof["layers"])
     hs = shape.head_start
@@ -224,8 +245,8 @@ def predict(prof, shape, mode, nodes, ranks_per_node, n, link, overlap=0.0, grid
     if mode == "hybrid" and M > 1:  # each pass of the head on R rows, split M ways: 1/M of it
         passes = head_passes(scheme, M, n)
         for i in range(hs, L):
-            fwd[i] = sum(cm.layer_time(prof, rows, i, "fwd") for rows in passes) / M
-            bwd[i] = sum(cm.layer_time(prof, rows, i, "bwd") for rows in passes) / M
+            fwd[i] = sum(head_time(prof, rows, n, i, "fwd", shape_prof) for rows in passes) / M
+            bwd[i] = sum(head_time(prof, rows, n, i, "bwd", shape_prof) for rows in passes) / M
     params = (shape.feature_bytes + shape.head_bytes / (M if mode == "hybrid" else 1)) / 4
     loss = cm.loss_time(prof, n)
     opt = cm.optimizer_time(prof, params)
@@ -400,7 +421,8 @@ def fit_link_constants(rows, profs, shapes, links):
                                        r["batch_per_rank"])
                     pr = predict(prof, shapes[r["net"]],
                                  mode, r["nodes"], r["ranks_per_node"], r["batch_per_rank"],
-                                 links[link]["kinds"], w, grid, scheme, j)
+                                 links[link]["kinds"], w, grid, scheme, j,
+                                 profile_for(profs, r["net"], r["ranks"]))
                     err += (pr["step_s"] / r["step_s_max"] - 1) ** 2
                 if best is None or err < best[0] - 1e-12:
                     best = (err, w, j)

@@ -47,7 +47,8 @@ def predict_row(r, profs, shapes, links, pick="nearest"):
     par, grid, scheme = md.point_args(r)
     return md.predict(prof, shapes[r["net"]], par, r["nodes"], r["ranks_per_node"],
                       r["batch_per_rank"], kinds, w, grid, scheme,
-                      links[r["link"]].get("jitter", 0.0))
+                      links[r["link"]].get("jitter", 0.0),
+                      md.profile_for(profs, r["net"], r["ranks"]))
 
 
 def _timeline_lines(rows, every, shapes, links):
