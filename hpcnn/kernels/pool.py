@@ -307,95 +307,94 @@ def _avg_divisors(P, kh, sh, ph, H):
 
 
 @pnjit
-def _avgpool_fwd_kernel(x, kh, cols, sh, sw, ph, pw, y):
+def _avgpool_fwd_kernel(x, kh, cols, sh, sw, ph, pw, y, groups):
     """y = sum over the window clipped to the image / window size clipped to the padded image.
 
-    Separable: a row pass (sums of each window's columns; ``cols`` = tuple(range(kw)), so the
-    window width is a compile-time constant and the sum over an interior window is unrolled, as
-    in max pooling), then a column pass vectorized along q; the divisor is a product of a row
-    and a column factor.
+    Separable, one output row at a time: the window's image rows summed down every column (a
+    loop along the row, which the compiler vectorizes) into a scratch row that holds zeros
+    where a window hangs over the image's left or right edge; then each window's ``kw`` columns
+    of it summed (``cols`` = tuple(range(kw)): a compile-time constant, the sum unrolls). The
+    divisor is a product of a row and a column factor; sums in float64. The planes are dealt
+    out in ``groups`` contiguous ranges, each with its scratch row. (Before: a pass over every
+    image row with a branch per output, then down the columns.)
     """
     N, C, H, W = x.shape
     P, Q = y.shape[2], y.shape[3]
     kw = len(cols)
-    qa, qb = _interior(Q, W, kw, sw, pw)
     inv_h = _avg_divisors(P, kh, sh, ph, H)
     inv_w = _avg_divisors(Q, kw, sw, pw, W)
-    for nc in prange(N * C):
-        n = nc // C
-        c = nc % C
-        plane = x[n, c]
-        rowsum = np.empty((H, Q), dtype=np.float64)
-        for h in range(H):
-            src = plane[h]
-            rs = rowsum[h]
-            for q in range(Q):
-                acc = 0.0
-                if qa <= q < qb:
-                    w0 = q * sw - pw
-                    for dw in range(kw):
-                        acc += src[w0 + dw]
-                else:
-                    for w in range(max(q * sw - pw, 0), min(q * sw - pw + kw, W)):
-                        acc += src[w]
-                rs[q] = acc
-        out = y[n, c]
-        colsum = np.empty(Q, dtype=np.float64)
-        for p in range(P):
-            colsum[:] = 0.0
-            for h in range(max(p * sh - ph, 0), min(p * sh - ph + kh, H)):
-                rs = rowsum[h]
+    NC = N * C
+    V = (Q - 1) * sw + kw  # the columns the windows span, from column -pw on
+    nw = min(W, V - pw)  # the image's columns among them
+    for g in prange(groups):
+        zr = np.zeros(V, dtype=np.float64)
+        zv = zr[pw:pw + nw]
+        for nc in range(g * NC // groups, (g + 1) * NC // groups):
+            plane = x[nc // C, nc % C]
+            out = y[nc // C, nc % C]
+            for p in range(P):
+                h0 = p * sh - ph
+                ha, hb = max(h0, 0), min(h0 + kh, H)
+                for w in range(nw):
+                    zv[w] = plane[ha, w]
+                for h in range(ha + 1, hb):
+                    for w in range(nw):
+                        zv[w] += plane[h, w]
+                f = inv_h[p]
                 for q in range(Q):
-                    colsum[q] += rs[q]
-            o = out[p]
-            for q in range(Q):
-                o[q] = colsum[q] * (inv_h[p] * inv_w[q])
+                    acc = 0.0
+                    for dw in range(kw):
+                        acc += zr[q * sw + dw]
+                    out[p, q] = acc * (f * inv_w[q])
 
 
 @pnjit
-def _avgpool_bwd_kernel(dy, kh, cols, sh, sw, ph, pw, dx):
+def _avgpool_bwd_kernel(dy, kh, cols, sh, sw, ph, pw, dx, groups):
     """Spread dy[p, q] / pool_size over its window (clipped to the image); dx is overwritten.
 
-    The transpose of the forward passes: the column pass spreads each scaled dy row over the
-    window's image rows (vectorized along q), the row pass spreads over the window's columns
-    (unrolled on interior windows: ``cols`` = tuple(range(kw)), as in the forward pass).
+    The transpose of the forward, one output row at a time: the row's scaled gradients spread
+    over the ``kw`` columns of each window in a scratch row (which also spans the columns a
+    window hangs over the edge, dropped), then that row added down the window's image rows (a
+    loop along the row, vectorized).
     """
     N, C, H, W = dx.shape
     P, Q = dy.shape[2], dy.shape[3]
     kw = len(cols)
-    qa, qb = _interior(Q, W, kw, sw, pw)
     inv_h = _avg_divisors(P, kh, sh, ph, H)
     inv_w = _avg_divisors(Q, kw, sw, pw, W)
-    for nc in prange(N * C):
-        n = nc // C
-        c = nc % C
-        g = dy[n, c]
-        rowgrad = np.zeros((H, Q), dtype=np.float64)  # gradient w.r.t. the row-pass sums
-        for p in range(P):
-            gp = g[p]
-            for h in range(max(p * sh - ph, 0), min(p * sh - ph + kh, H)):
-                rg = rowgrad[h]
+    NC = N * C
+    V = (Q - 1) * sw + kw
+    nw = min(W, V - pw)
+    for g in prange(groups):
+        zr = np.empty(V, dtype=np.float64)
+        zv = zr[pw:pw + nw]
+        for nc in range(g * NC // groups, (g + 1) * NC // groups):
+            gp = dy[nc // C, nc % C]
+            d = dx[nc // C, nc % C]
+            for h in range(H):
+                for w in range(W):
+                    d[h, w] = 0
+            for p in range(P):
+                zr[:] = 0.0
+                f = inv_h[p]
                 for q in range(Q):
-                    rg[q] += gp[q] * (inv_h[p] * inv_w[q])
-        d = dx[n, c]
-        for h in range(H):
-            rg = rowgrad[h]
-            dst = d[h]
-            for w in range(W):
-                dst[w] = 0
-            for q in range(Q):
-                v = rg[q]
-                if qa <= q < qb:
-                    w0 = q * sw - pw
+                    v = gp[p, q] * (f * inv_w[q])
                     for dw in range(kw):
-                        dst[w0 + dw] += v
-                else:
-                    for w in range(max(q * sw - pw, 0), min(q * sw - pw + kw, W)):
-                        dst[w] += v
+                        zr[q * sw + dw] += v
+                h0 = p * sh - ph
+                for h in range(max(h0, 0), min(h0 + kh, H)):
+                    for w in range(nw):
+                        d[h, w] += zv[w]
 
 
 # ---------------------------------------------------------------------------------------------
 # public wrappers
+
+
+def _groups(x_shape):
+    """Contiguous ranges of (n, c) planes that the kernels deal out to the threads, each range
+    with its scratch rows allocated once."""
+    return max(1, min(x_shape[0] * x_shape[1], 4 * numba.get_num_threads()))
 
 
 SEPARABLE_MIN_WIDTH = 16
@@ -433,7 +432,7 @@ def maxpool2d_forward(x, kernel_size, stride=None, padding=0):
     N, C = x.shape[:2]
     y = np.empty((N, C, P, Q), dtype=x.dtype)
     argmax = np.empty((N, C, P, Q), dtype=np.int32)
-    groups = max(1, min(N * C, 4 * numba.get_num_threads()))
+    groups = _groups(x.shape)
     sep = separable(x.shape[3], kh, kw, sh, sw)
     index = np.empty(0, dtype=np.float32 if x.shape[2] * x.shape[3] < 1 << 24 else np.float64)
     _maxpool_fwd_kernel(x, tuple(range(kh)), tuple(range(kw)), sh, sw, ph, pw, y, argmax, groups,
@@ -492,7 +491,7 @@ def avgpool2d_forward(x, kernel_size, stride=None, padding=0, out=None):
     (kh, kw), (sh, sw), (ph, pw), (P, Q) = _pool_geometry(x.shape, kernel_size, stride,
                                                           padding, fn)
     y = _check_out(out, x.shape[:2] + (P, Q), x.dtype, fn)
-    _avgpool_fwd_kernel(x, kh, tuple(range(kw)), sh, sw, ph, pw, y)
+    _avgpool_fwd_kernel(x, kh, tuple(range(kw)), sh, sw, ph, pw, y, _groups(x.shape))
     return y
 
 
@@ -518,5 +517,5 @@ def avgpool2d_backward(dy, x_shape, kernel_size, stride=None, padding=0):
         raise ValueError(f"{fn}: dy has shape {dy.shape} but x_shape {x_shape} pools to "
                          f"{x_shape[:2] + (P, Q)}")
     dx = np.empty(x_shape, dtype=dy.dtype)
-    _avgpool_bwd_kernel(dy, kh, tuple(range(kw)), sh, sw, ph, pw, dx)
+    _avgpool_bwd_kernel(dy, kh, tuple(range(kw)), sh, sw, ph, pw, dx, _groups(x_shape))
     return dx
