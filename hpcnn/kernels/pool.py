@@ -306,6 +306,15 @@ def _avg_divisors(P, kh, sh, ph, H):
     return inv
 
 
+@njit
+def _avg_geometry(H, W, P, Q, kh, kw, sh, sw, ph, pw):
+    """(1/row divisors, 1/column divisors, V, nw) of average pooling: V columns that the windows
+    span from column -pw on (a scratch row's length), nw of them in the image."""
+    V = (Q - 1) * sw + kw
+    return (_avg_divisors(P, kh, sh, ph, H), _avg_divisors(Q, kw, sw, pw, W), V,
+            min(W, V - pw))
+
+
 @pnjit
 def _avgpool_fwd_kernel(x, kh, cols, sh, sw, ph, pw, y, groups):
     """y = sum over the window clipped to the image / window size clipped to the padded image.
@@ -320,12 +329,8 @@ def _avgpool_fwd_kernel(x, kh, cols, sh, sw, ph, pw, y, groups):
     """
     N, C, H, W = x.shape
     P, Q = y.shape[2], y.shape[3]
-    kw = len(cols)
-    inv_h = _avg_divisors(P, kh, sh, ph, H)
-    inv_w = _avg_divisors(Q, kw, sw, pw, W)
     NC = N * C
-    V = (Q - 1) * sw + kw  # the columns the windows span, from column -pw on
-    nw = min(W, V - pw)  # the image's columns among them
+    inv_h, inv_w, V, nw = _avg_geometry(H, W, P, Q, kh, len(cols), sh, sw, ph, pw)
     for g in prange(groups):
         zr = np.zeros(V, dtype=np.float64)
         zv = zr[pw:pw + nw]
@@ -343,7 +348,7 @@ def _avgpool_fwd_kernel(x, kh, cols, sh, sw, ph, pw, y, groups):
                 f = inv_h[p]
                 for q in range(Q):
                     acc = 0.0
-                    for dw in range(kw):
+                    for dw in range(len(cols)):
                         acc += zr[q * sw + dw]
                     out[p, q] = acc * (f * inv_w[q])
 
@@ -359,12 +364,9 @@ def _avgpool_bwd_kernel(dy, kh, cols, sh, sw, ph, pw, dx, groups):
     """
     N, C, H, W = dx.shape
     P, Q = dy.shape[2], dy.shape[3]
-    kw = len(cols)
-    inv_h = _avg_divisors(P, kh, sh, ph, H)
-    inv_w = _avg_divisors(Q, kw, sw, pw, W)
     NC = N * C
-    V = (Q - 1) * sw + kw
-    nw = min(W, V - pw)
+    kw = len(cols)
+    inv_h, inv_w, V, nw = _avg_geometry(H, W, P, Q, kh, kw, sh, sw, ph, pw)
     for g in prange(groups):
         zr = np.empty(V, dtype=np.float64)
         zv = zr[pw:pw + nw]
