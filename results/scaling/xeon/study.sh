@@ -24,7 +24,7 @@ for pass in 1 2; do
   $PY -m hpcnn.scaling report --csv $D/points.csv --fits $D/alphabeta.json --profiles $D --comm-dir $D/comm --out $D
 done
 date -u
-# Pass 1's fit and report ran with the model of commit 192bba0 (72 of 78 within 15%). Pass 2's fit
+# Pass 1's fit and report ran with the model as stop 23 left it, commit 6228e59 (72 of 78 within 15%). Pass 2's fit
 # and report ran with the change of commit 3d68df1 in the working tree (a hybrid head pass on
 # other rows than a beside-profile holds takes the study profile's batch shape): 78 of 78. The
 # same two commands with the model before it, on the final CSV, gave 74 of 78
