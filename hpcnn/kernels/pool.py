@@ -143,7 +143,15 @@ cell's, so a cell of the image wins every tie against one (exact in float32)."""
 
 
 @njit
-def _maxpool_plane(plane, rows, cols, sh, sw, ph, pw, o, a, cm, ci, cmv, civ, hm, hi):
+def _span(W, Q, kw, sw, pw):
+    """(V, nw): the V columns that Q windows of width kw at stride sw span from column -pw on
+    (the length of the pooling kernels' scratch rows), and nw of them inside the image."""
+    V = (Q - 1) * sw + kw
+    return V, min(W, V - pw)
+
+
+@njit
+def _maxpool_plane(plane, rows, cols, sh, sw, ph, pw, o, a, cm, ci, hm, hi):
     """Max pooling of one plane, or True when a cell that a window covers is NaN (then o and a
     are to be redone by :func:`_maxpool_plane_nan`); ``rows``, ``cols`` = tuple(range(kh)),
     tuple(range(kw)). Scratch rows of V = (Q-1)*sw + kw values, the columns that the windows
@@ -168,7 +176,8 @@ def _maxpool_plane(plane, rows, cols, sh, sw, ph, pw, o, a, cm, ci, cmv, civ, hm
     H, W = plane.shape
     P, Q = o.shape
     kh, kw = len(rows), len(cols)
-    nw = cmv.shape[0]  # the image's columns that windows span
+    nw = _span(W, Q, kw, sw, pw)[1]
+    cmv, civ = cm[pw:pw + nw], ci[pw:pw + nw]  # the image's columns among them
     ns = hm.shape[0]  # one past the last window start
     nan = False
     for p in range(P):
@@ -247,12 +256,10 @@ def _maxpool_fwd_kernel(x, rows, cols, sh, sw, ph, pw, y, argmax, groups, index,
     """
     N, C, H, W = x.shape
     NC, Q = N * C, y.shape[3]
-    V = (Q - 1) * sw + len(cols)  # the columns the windows span, from column -pw on
+    V = _span(W, Q, len(cols), sw, pw)[0]
     for g in prange(groups):
         cm = np.full(V, -np.inf, dtype=x.dtype)
         ci = np.full(V, FAR, dtype=index.dtype)
-        nw = min(W, V - pw)  # the image's columns that windows span
-        cmv, civ = cm[pw:pw + nw], ci[pw:pw + nw]  # those columns (views made once)
         hm = np.empty((Q - 1) * sw + 1, dtype=x.dtype)  # one per column where a window may start
         hi = np.empty((Q - 1) * sw + 1, dtype=index.dtype)
         for nc in range(g * NC // groups, (g + 1) * NC // groups):
@@ -261,7 +268,7 @@ def _maxpool_fwd_kernel(x, rows, cols, sh, sw, ph, pw, y, argmax, groups, index,
             plane = x[n, c]
             if sep:
                 nan = _maxpool_plane(plane, rows, cols, sh, sw, ph, pw, y[n, c], argmax[n, c],
-                                     cm, ci, cmv, civ, hm, hi)
+                                     cm, ci, hm, hi)
             else:
                 nan = _has_nan(plane)
                 if not nan:
@@ -308,11 +315,9 @@ def _avg_divisors(P, kh, sh, ph, H):
 
 @njit
 def _avg_geometry(H, W, P, Q, kh, kw, sh, sw, ph, pw):
-    """(1/row divisors, 1/column divisors, V, nw) of average pooling: V columns that the windows
-    span from column -pw on (a scratch row's length), nw of them in the image."""
-    V = (Q - 1) * sw + kw
-    return (_avg_divisors(P, kh, sh, ph, H), _avg_divisors(Q, kw, sw, pw, W), V,
-            min(W, V - pw))
+    """(1/row divisors, 1/column divisors, V, nw) of average pooling (V, nw: :func:`_span`)."""
+    V, nw = _span(W, Q, kw, sw, pw)
+    return _avg_divisors(P, kh, sh, ph, H), _avg_divisors(Q, kw, sw, pw, W), V, nw
 
 
 @pnjit

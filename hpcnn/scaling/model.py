@@ -412,17 +412,14 @@ def fit_link_constants(rows, profs, shapes, links):
         if not pts:
             continue
         best = None
+        per_point = [(r, point_args(r), point_profiles(profs, r)) for r in pts]
         for w in OVERLAPS:
             for j in JITTERS:
                 err = 0.0
-                for r in pts:
-                    mode, grid, scheme = point_args(r)
-                    prof = profile_for(profs, r["net"], r["ranks"], r.get("time_utc"),
-                                       r["batch_per_rank"])
+                for r, (mode, grid, scheme), (prof, study) in per_point:
                     pr = predict(prof, shapes[r["net"]],
                                  mode, r["nodes"], r["ranks_per_node"], r["batch_per_rank"],
-                                 links[link]["kinds"], w, grid, scheme, j,
-                                 profile_for(profs, r["net"], r["ranks"]))
+                                 links[link]["kinds"], w, grid, scheme, j, study)
                     err += (pr["step_s"] / r["step_s_max"] - 1) ** 2
                 if best is None or err < best[0] - 1e-12:
                     best = (err, w, j)
@@ -599,6 +596,17 @@ def profile_for(profs, net, busy, when=None, batch=None, pick="nearest"):
         if near is not None:
             return near[1]
     return profs.get((net, busy)) if busy > 1 and (net, busy) in profs else profs.get(net)
+
+
+def point_profiles(profs, r, pick="nearest"):
+    """(profile, study profile) of a measured row ``r``: the profile ``run`` took beside it
+    (:func:`profile_for`, ``pick``; None: the study's one), and the study's one profile of its
+    net and process count, whose batch dependence :func:`head_time` borrows."""
+    study = profile_for(profs, r["net"], r["ranks"])  # all ranks on this one machine
+    if pick is None:
+        return study, study
+    return profile_for(profs, r["net"], r["ranks"], r.get("time_utc"), r["batch_per_rank"],
+                       pick), study
 
 
 def whole_step(prof, batch):

@@ -39,16 +39,14 @@ def predict_row(r, profs, shapes, links, pick="nearest"):
     compute profile that ``run`` took beside the row's net and batch where there is one (``pick``
     the one nearest in time, or the fastest: :func:`md.profile_for`), else (and with ``pick``
     None) from the study's one profile of the net."""
-    prof = md.profile_for(profs, r["net"], r["ranks"],  # all ranks on this one machine
-                          *((r["time_utc"], r["batch_per_rank"], pick) if pick else ()))
+    prof, study = md.point_profiles(profs, r, pick)
     if prof is None or r["link"] not in links:
         return None
     kinds, w = _link_params(links, r["link"])
     par, grid, scheme = md.point_args(r)
     return md.predict(prof, shapes[r["net"]], par, r["nodes"], r["ranks_per_node"],
                       r["batch_per_rank"], kinds, w, grid, scheme,
-                      links[r["link"]].get("jitter", 0.0),
-                      md.profile_for(profs, r["net"], r["ranks"]))
+                      links[r["link"]].get("jitter", 0.0), study)
 
 
 def _timeline_lines(rows, every, shapes, links):
