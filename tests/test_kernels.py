@@ -262,6 +262,21 @@ def test_maxpool_backward_matches_reference(case, maxpool_path):
     np.testing.assert_array_equal(dx64, dx)
 
 
+@pytest.mark.parametrize("bad", [-1, 16])
+def test_maxpool_backward_rejects_an_argmax_outside_the_plane(bad):
+    """An index outside [0, H*W) (a damaged or foreign argmax) is one clear error, checked in the
+    backward's own pass, and the arrays given are left as they were."""
+    x = rand(2, 3, 4, 4, seed=25)
+    y, argmax = K.maxpool2d_forward(x, 2, 2)
+    argmax[1, 2, 0, 1] = bad
+    before, dy = argmax.copy(), rand(*y.shape, seed=26)
+    dy_before = dy.copy()
+    with pytest.raises(ValueError, match=r"argmax holds indices outside \[0, 16\)"):
+        K.maxpool2d_backward(dy, argmax, x.shape)
+    np.testing.assert_array_equal(argmax, before)
+    np.testing.assert_array_equal(dy, dy_before)
+
+
 def test_maxpool_ties_pick_first_cell_and_nan_propagates(maxpool_path):
     x = np.zeros((1, 1, 4, 4), dtype=np.float32)
     y, argmax = K.maxpool2d_forward(x, 2, 2)
