@@ -50,6 +50,29 @@ def test_no_points_for_other_tiles():
         _winograd_gen.matrices(3, 3)
 
 
+@pytest.mark.parametrize("m, r", _winograd_gen.VARIANTS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_weight_transforms_are_g_w_gt_and_its_adjoint(m, r, dtype):
+    """U[xi, k, c] = (G w[k, c] G^T)[xi], and dw[k, c] = G^T (sum of the threads' dU) G, the
+    partials added in thread order, each against the matrix formula in float64."""
+    _, g, _ = _winograd_gen.matrices(m, r)
+    a = m + r - 1
+    rng = np.random.default_rng(1)
+    K, C = 5, 3
+    w = rng.standard_normal((K, C, r, r)).astype(dtype)
+    U = np.empty((a * a, K, C), dtype=dtype)
+    winograd._weight_transform(w, m, U)
+    want = np.einsum("uq,kcqs,vs->uvkc", g, w.astype(np.float64), g).reshape(a * a, K, C)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(U, want, rtol=tol, atol=tol)
+    dUs = rng.standard_normal((3, a * a, K, C)).astype(dtype)
+    dw = np.empty((K, C, r, r), dtype=dtype)
+    winograd._weight_untransform(dUs, m, dw)
+    du = dUs.astype(np.float64).sum(axis=0).reshape(a, a, K, C)
+    want = np.einsum("uq,uvkc,vs->kcqs", g, du, g)
+    np.testing.assert_allclose(dw, want, rtol=tol, atol=tol * 10)
+
+
 def _case(N, C, H, W, K, r, pad, dtype, seed=0):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((N, C, H, W)).astype(dtype)
