@@ -17,6 +17,14 @@ THREADS = [1, 2] if numba.config.NUMBA_NUM_THREADS >= 2 else [1]
 VARIANTS = [(algo, r) for algo, sizes in winograd.TILE.items() for r in sizes]
 
 
+@pytest.fixture(params=["rows", "chunk"])
+def form(request, monkeypatch):
+    """Both forms of the generated transforms, whatever the row length (see
+    winograd.ROW_TILES): one tile row at a time, or all the chunk's tiles at once."""
+    monkeypatch.setattr(winograd, "ROW_TILES", {2: 1, 4: 1} if request.param == "rows" else {})
+    return request.param
+
+
 @pytest.fixture
 def threads():
     old = numba.get_num_threads()
@@ -99,7 +107,7 @@ SHAPES = [  # (N, C, H, W, K): odd sizes (partial tiles), batch 1, one channel, 
 @pytest.mark.parametrize("n_threads", THREADS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("algo, r", VARIANTS)
-def test_matches_reference_every_padding(algo, r, dtype, n_threads, threads):
+def test_matches_reference_every_padding(algo, r, dtype, n_threads, threads, form):
     threads(n_threads)
     for i, (N, C, H, W, K) in enumerate(SHAPES):
         for pad in range(r):
@@ -107,6 +115,9 @@ def test_matches_reference_every_padding(algo, r, dtype, n_threads, threads):
                 continue
             x, w, b = _case(N, C, H, W, K, r, pad, dtype, seed=i)
             assert winograd.applies(algo, x.shape, w.shape, (1, 1), (pad, pad))
+            geo = winograd._geo(x.shape, K, r, (pad, pad), winograd.tile_size(algo, w.shape),
+                                x.itemsize, n_threads, None)[0]
+            assert geo[14] == (form == "rows")
             y = ref.conv2d_forward(x, w, b, 1, pad)
             dy = np.random.default_rng(7).standard_normal(y.shape).astype(dtype)
             want = ref.conv2d_backward(dy, x, w, 1, pad)
@@ -123,7 +134,7 @@ def test_matches_reference_every_padding(algo, r, dtype, n_threads, threads):
 
 
 @pytest.mark.parametrize("algo, r", VARIANTS)
-def test_gradients_match_finite_differences(algo, r):
+def test_gradients_match_finite_differences(algo, r, form):
     """Central differences of sum(y * dy) in float64, for a few entries of x and w."""
     x, w, b = _case(2, 3, 7, 6, 2, r, 1, np.float64, seed=3)
     fwd, bwd = conv.ALGOS[algo]

@@ -90,12 +90,19 @@ def _lin(terms):
     return text
 
 
-def _input_kernel(m, r, at, bt):
+# Two forms of each transform. "rows": one tile row per loop, the loop over its tiles j at unit
+# stride; inside the parallel drivers (where Numba marks the arrays noalias) LLVM vectorizes it
+# along j, which pays when a row has many tiles. "chunk": passes over all the tiles of a chunk
+# at once, for rows of few tiles (7x7 images: 4 tiles of F(2, 3), 2 of F(4, 3)), where the row
+# loop is too short to vectorize. The drivers pick per call (geo[14], see winograd._geo).
+
+
+def _rows_input_kernel(m, r, at, bt):
     a = m + r - 1
     s = f"{m}_{r}"
     lines = [
         "@njit",
-        f"def input_{s}(x, r0, r1, geo, V, xs):",
+        f"def input_rows_{s}(x, r0, r1, geo, V, xs):",
         f'    """V[xi, c, t] = (BT d B)[xi] of F({m}, {r}) for the tiles of rows r0 <= R < r1.',
         "",
         "    xs (a, m, tiles_w + (a-1)//m) holds the a input rows of one tile row, zero-padded and",
@@ -135,12 +142,12 @@ def _input_kernel(m, r, at, bt):
     return lines
 
 
-def _output_kernel(m, r, at, bt):
+def _rows_output_kernel(m, r, at, bt):
     a = m + r - 1
     s = f"{m}_{r}"
     lines = [
         "@njit",
-        f"def output_{s}(M, r0, r1, geo, b, y, ys):",
+        f"def output_rows_{s}(M, r0, r1, geo, b, y, ys):",
         f'    """y tiles of rows r0 <= R < r1 = AT M A + b of F({m}, {r}), clipped to y; the',
         '    tile loop writes ys (m, m, tiles_w) with unit stride, then ys goes to y."""',
         "    K, P, Q = geo[4], geo[5], geo[6]",
@@ -177,12 +184,12 @@ def _output_kernel(m, r, at, bt):
     return lines
 
 
-def _grad_kernel(m, r, at, bt):
+def _rows_grad_kernel(m, r, at, bt):
     a = m + r - 1
     s = f"{m}_{r}"
     lines = [
         "@njit",
-        f"def grad_{s}(dy, r0, r1, geo, dM, gs):",
+        f"def grad_rows_{s}(dy, r0, r1, geo, dM, gs):",
         f'    """dM[xi, k, t] = (A g AT)[xi] of F({m}, {r}), g the m x m tile of dy (zero',
         "    outside), for the tiles of rows r0 <= R < r1; gs (m, m, tiles_w) holds one tile row,",
         '    gs[u, v, j] = dy[n, k, p0 + u, j*m + v]."""',
@@ -217,44 +224,215 @@ def _grad_kernel(m, r, at, bt):
     return lines
 
 
+def _pass(comment, loads, stores):
+    """One loop over the chunk's tiles: ``loads`` (name, source) then ``stores`` (target, expr).
+    At most a stores per loop: with more, LLVM's runtime alias checks give up and the loop
+    stays scalar (16 stores did, 8 did not, measured)."""
+    lines = [f"        for t in range(nt):  # {comment}"]
+    lines += [f"            {name} = {src}" for name, src in loads]
+    lines += [f"            {dst} = {expr}" for dst, expr in stores]
+    return lines
+
+
+def _input_kernel(m, r, at, bt):
+    a, nb = m + r - 1, (m + r - 2) // m + 1
+    s = f"{m}_{r}"
+    lines = [
+        "@njit",
+        f"def input_{s}(x, r0, r1, geo, V, xs):",
+        f'    """V[xi, c, t] = (BT d B)[xi] of F({m}, {r}) for the tiles t of rows r0 <= R < r1.',
+        "",
+        "    Per channel, xs (a*m*nb, tiles) gathers the input of every tile of the chunk, zero",
+        "    outside the image: row (u*m + p)*nb + b holds x[n, c, h0 + u, (j + b)*m + p - pw] at",
+        "    tile t = (R - r0)*tw + j, so column q of the tile's row u is row (u*m + q % m)*nb +",
+        "    q // m. Then passes over all the chunk's tiles (unit stride, vectorized), each",
+        "    storing the a rows of one column v of V = BT d B.",
+        '    """',
+        "    C, H, W = geo[1], geo[2], geo[3]",
+        "    ph, pw, th, tw = geo[8], geo[9], geo[10], geo[11]",
+        "    nt = (r1 - r0) * tw",
+        f"    ja = min(tw, (pw + {m - 1}) // {m})  # tiles ja <= j < jb read inside the image only",
+        f"    jb = max(ja, min(tw, (W - {m * nb} + pw) // {m} + 1))",
+        "    for c in range(C):",
+        "        for R in range(r0, r1):",
+        "            img = x[R // th, c]",
+        f"            h0 = (R % th) * {m} - ph",
+        "            t0 = (R - r0) * tw",
+        f"            for u in range({a}):",
+        "                h = h0 + u",
+        "                if h < 0 or h >= H:",
+        f"                    for i in range({m * nb}):",
+        f"                        xs[u * {m * nb} + i, t0:t0 + tw] = 0.0",
+        "                    continue",
+        "                row = img[h]",
+        "                for j in range(ja, jb):",
+    ]
+    lines += [f"                    xs[u * {m * nb} + {p * nb + b}, t0 + j] = "
+              f"row[j * {m} + {b * m + p} - pw]" for p in range(m) for b in range(nb)]
+    for edge in ("range(ja)", "range(jb, tw)"):  # the edge tiles, one column at a time
+        lines += [
+            f"                for j in {edge}:",
+            f"                    for p in range({m}):",
+            f"                        for b in range({nb}):",
+            f"                            w = (j + b) * {m} + p - pw",
+            f"                            xs[u * {m * nb} + p * {nb} + b, t0 + j] = (",
+            "                                row[w] if 0 <= w < W else f32(0.0))",
+        ]
+    lines.append("        Vc = V[:, c, :nt]")
+    for v in range(a):  # V column v = BT (d B)[:, v], (d B)[u, v] from the taps q it needs
+        taps = [q for q in range(a) if bt[v, q] != 0]
+        loads = [(f"d{u}_{q}", f"xs[{(u * m + q % m) * nb + q // m}, t]")
+                 for u in range(a) for q in taps]
+        loads += [(f"e{u}", _lin([(bt[v, q], f"d{u}_{q}") for q in taps])) for u in range(a)]
+        stores = [(f"Vc[{u2 * a + v}, t]", _lin([(bt[u2, u], f"e{u}") for u in range(a)]))
+                  for u2 in range(a)]
+        lines += _pass(f"column {v} of BT d B", loads, stores)
+    return lines
+
+
+def _output_kernel(m, r, at, bt):
+    a = m + r - 1
+    s = f"{m}_{r}"
+    lines = [
+        "@njit",
+        f"def output_{s}(M, r0, r1, geo, b, y, fs, ys):",
+        f'    """y tiles of rows r0 <= R < r1 = AT M A + b of F({m}, {r}), clipped to y: per',
+        "    output channel, passes over all the chunk's tiles (unit stride, vectorized) give",
+        "    fs = AT M one column v at a time and ys[u*m + v, t] = (fs A)[u, v] + b one row u at a",
+        '    time; then ys goes to y, row by row."""',
+        "    K, P, Q = geo[4], geo[5], geo[6]",
+        "    th, tw = geo[10], geo[11]",
+        "    nt = (r1 - r0) * tw",
+        "    for k in range(K):",
+        "        bk = b[k] if b.shape[0] else f32(0.0)",
+        "        Mk = M[:, k, :nt]",
+    ]
+    for v in range(a):
+        loads = [(f"m{q}", f"Mk[{q * a + v}, t]") for q in range(a)]
+        stores = [(f"fs[{u * a + v}, t]", _lin([(at[u, q], f"m{q}") for q in range(a)]))
+                  for u in range(m)]
+        lines += _pass(f"column {v} of AT M", loads, stores)
+    for u in range(m):
+        loads = [(f"f{q}", f"fs[{u * a + q}, t]") for q in range(a)]
+        stores = [(f"ys[{u * m + v}, t]", _lin([(at[v, q], f"f{q}") for q in range(a)]) + " + bk")
+                  for v in range(m)]
+        lines += _pass(f"row {u} of (AT M) A", loads, stores)
+    lines += [
+        "        for R in range(r0, r1):",
+        "            out = y[R // th, k]",
+        f"            p0 = (R % th) * {m}",
+        "            t0 = (R - r0) * tw",
+        f"            for u in range(min({m}, P - p0)):",
+        "                row = out[p0 + u]",
+        f"                for v in range({m}):",
+        f"                    src = ys[u * {m} + v, t0:t0 + tw]",
+        f"                    for j in range(min(tw, (Q - v + {m - 1}) // {m})):",
+        f"                        row[j * {m} + v] = src[j]",
+    ]
+    return lines
+
+
+def _grad_kernel(m, r, at, bt):
+    a = m + r - 1
+    s = f"{m}_{r}"
+    lines = [
+        "@njit",
+        f"def grad_{s}(dy, r0, r1, geo, dM, gs, fs):",
+        f'    """dM[xi, k, t] = (A g AT)[xi] of F({m}, {r}), g the m x m tile of dy (zero',
+        "    outside), for the tiles of rows r0 <= R < r1: per output channel, gs[u*m + v, t]",
+        "    gathers every tile of the chunk, then passes over all the tiles (unit stride,",
+        "    vectorized) give fs = A g one column v at a time and dM = fs AT one row u at a",
+        '    time."""',
+        "    K, P, Q = geo[4], geo[5], geo[6]",
+        "    th, tw = geo[10], geo[11]",
+        "    nt = (r1 - r0) * tw",
+        "    for k in range(K):",
+        "        for R in range(r0, r1):",
+        "            src = dy[R // th, k]",
+        f"            p0 = (R % th) * {m}",
+        "            t0 = (R - r0) * tw",
+        f"            for u in range({m}):",
+        f"                for v in range({m}):",
+        f"                    dst = gs[u * {m} + v, t0:t0 + tw]",
+        "                    if p0 + u >= P:",
+        "                        dst[:] = 0.0",
+        "                        continue",
+        "                    row = src[p0 + u]",
+        f"                    jn = max(0, min(tw, (Q - v + {m - 1}) // {m}))",
+        "                    for j in range(jn):",
+        f"                        dst[j] = row[j * {m} + v]",
+        "                    for j in range(jn, tw):",
+        "                        dst[j] = 0.0",
+    ]
+    for v in range(m):
+        loads = [(f"g{q}", f"gs[{q * m + v}, t]") for q in range(m)]
+        stores = [(f"fs[{u * m + v}, t]", _lin([(at[q, u], f"g{q}") for q in range(m)]))
+                  for u in range(a)]
+        lines += _pass(f"column {v} of A g", loads, stores)
+    lines.append("        Mk = dM[:, k, :nt]")
+    for u in range(a):
+        loads = [(f"f{q}", f"fs[{u * m + q}, t]") for q in range(m)]
+        stores = [(f"Mk[{u * a + v}, t]", _lin([(at[q, v], f"f{q}") for q in range(m)]))
+                  for v in range(a)]
+        lines += _pass(f"row {u} of (A g) AT", loads, stores)
+    return lines
+
+
 _DRIVERS = '''
 @pnjit
 def forward_{s}(gemm, x, U, b, y, geo, starts, V, M):
     """y = the F({m}, {r}) convolution of x with the transformed weights U (a*a, K, C): each
-    thread g takes the tile rows starts[g] .. starts[g + 1], in chunks of geo[13] rows."""
-    C, K, tw, ld, rows = geo[1], geo[4], geo[11], geo[12], geo[13]
+    thread g takes the tile rows starts[g] .. starts[g + 1], in chunks of geo[13] rows; the
+    transforms are the "rows" form when geo[14] is 1, else the "chunk" form."""
+    C, K, tw, ld, rows, by_rows = geo[1], geo[4], geo[11], geo[12], geo[13], geo[14]
     isz = x.itemsize
     for g in prange(starts.shape[0] - 1):
         Vg = V[g]
         Mg = M[g]
-        xs = np.empty(({a}, {m}, tw + {e}), dtype=x.dtype)
-        ys = np.empty(({m}, {m}, tw), dtype=x.dtype)
+        xr = np.empty(({a}, {m}, tw + {e}), dtype=x.dtype)
+        yr = np.empty(({m}, {m}, tw), dtype=x.dtype)
+        xs = np.empty(({amb}, ld if by_rows == 0 else 1), dtype=x.dtype)
+        fs = np.empty(({am}, ld if by_rows == 0 else 1), dtype=x.dtype)
+        ys = np.empty(({m2}, ld if by_rows == 0 else 1), dtype=x.dtype)
         for r0 in range(starts[g], starts[g + 1], rows):
             r1 = min(r0 + rows, starts[g + 1])
-            input_{s}(x, r0, r1, geo, Vg, xs)
+            if by_rows:
+                input_rows_{s}(x, r0, r1, geo, Vg, xr)
+            else:
+                input_{s}(x, r0, r1, geo, Vg, xs)
             for xi in range({a2}):
                 gemm(ROW_MAJOR, NO_TRANS, NO_TRANS, K, (r1 - r0) * tw, C, 1.0,
                      U.ctypes.data + xi * K * C * isz, C,
                      Vg.ctypes.data + xi * C * ld * isz, ld, 0.0,
                      Mg.ctypes.data + xi * K * ld * isz, ld)
-            output_{s}(Mg, r0, r1, geo, b, y, ys)
+            if by_rows:
+                output_rows_{s}(Mg, r0, r1, geo, b, y, yr)
+            else:
+                output_{s}(Mg, r0, r1, geo, b, y, fs, ys)
 
 
 @pnjit
 def wgrad_{s}(gemm, x, dy, geo, starts, V, dM, dU):
     """dU[g] = sum over thread g's tiles of dM[xi] @ V[xi].T, F({m}, {r}) (zeroed here)."""
-    C, K, tw, ld, rows = geo[1], geo[4], geo[11], geo[12], geo[13]
+    C, K, tw, ld, rows, by_rows = geo[1], geo[4], geo[11], geo[12], geo[13], geo[14]
     isz = x.itemsize
     for g in prange(starts.shape[0] - 1):
         Vg = V[g]
         dMg = dM[g]
         dU[g] = 0.0
-        xs = np.empty(({a}, {m}, tw + {e}), dtype=x.dtype)
-        gs = np.empty(({m}, {m}, tw), dtype=x.dtype)
+        xr = np.empty(({a}, {m}, tw + {e}), dtype=x.dtype)
+        gr = np.empty(({m}, {m}, tw), dtype=x.dtype)
+        xs = np.empty(({amb}, ld if by_rows == 0 else 1), dtype=x.dtype)
+        gs = np.empty(({m2}, ld if by_rows == 0 else 1), dtype=x.dtype)
+        fs = np.empty(({am}, ld if by_rows == 0 else 1), dtype=x.dtype)
         for r0 in range(starts[g], starts[g + 1], rows):
             r1 = min(r0 + rows, starts[g + 1])
-            input_{s}(x, r0, r1, geo, Vg, xs)
-            grad_{s}(dy, r0, r1, geo, dMg, gs)
+            if by_rows:
+                input_rows_{s}(x, r0, r1, geo, Vg, xr)
+                grad_rows_{s}(dy, r0, r1, geo, dMg, gr)
+            else:
+                input_{s}(x, r0, r1, geo, Vg, xs)
+                grad_{s}(dy, r0, r1, geo, dMg, gs, fs)
             for xi in range({a2}):
                 gemm(ROW_MAJOR, NO_TRANS, TRANS, K, C, (r1 - r0) * tw, 1.0,
                      dMg.ctypes.data + xi * K * ld * isz, ld,
@@ -264,8 +442,9 @@ def wgrad_{s}(gemm, x, dy, geo, starts, V, dM, dU):
 
 _HEADER = '''"""Winograd tile kernels, GENERATED by hpcnn/kernels/_winograd_gen.py: do not edit.
 
-Straight-line transforms of one tile per loop iteration, with the coefficients of
-:func:`hpcnn.kernels._winograd_gen.matrices`; see :mod:`hpcnn.kernels.winograd`.
+Straight-line transforms with the coefficients of :func:`hpcnn.kernels._winograd_gen.matrices`,
+each a few passes over all the tiles of a chunk at unit stride (vectorized); see
+:mod:`hpcnn.kernels.winograd`.
 geo: N, Cin, H, W, Kout, P, Q, m, ph, pw, tiles_h, tiles_w, ld, rows per chunk. Tile t of a
 chunk is (tile row R, column j), t = (R - r0) * tiles_w + j.
 """
@@ -286,9 +465,11 @@ def generate():
         at, _, bt = matrices(m, r)
         a = m + r - 1
         s = f"{m}_{r}"
-        for make in (_input_kernel, _output_kernel, _grad_kernel):
+        for make in (_rows_input_kernel, _rows_output_kernel, _rows_grad_kernel,
+                     _input_kernel, _output_kernel, _grad_kernel):
             parts.append("\n\n" + "\n".join(make(m, r, at, bt)) + "\n")
-        parts.append("\n" + _DRIVERS.format(s=s, m=m, r=r, a=a, a2=a * a, e=(a - 1) // m))
+        parts.append("\n" + _DRIVERS.format(s=s, m=m, r=r, a=a, a2=a * a, am=a * m, m2=m * m,
+                                             amb=a * m * ((a - 1) // m + 1), e=(a - 1) // m))
         table.append(f"    ({m}, {r}): (forward_{s}, wgrad_{s}),")
     parts.append("\n\nKERNELS = {\n" + "\n".join(table) + "\n}\n"
                  '"""(m, r) -> (forward driver, weight-gradient driver)."""\n')
