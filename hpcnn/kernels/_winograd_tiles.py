@@ -3,8 +3,8 @@
 Straight-line transforms with the coefficients of :func:`hpcnn.kernels._winograd_gen.matrices`,
 each a few passes over all the tiles of a chunk at unit stride (vectorized); see
 :mod:`hpcnn.kernels.winograd`.
-geo: N, Cin, H, W, Kout, P, Q, m, ph, pw, tiles_h, tiles_w, ld, rows per chunk. Tile t of a
-chunk is (tile row R, column j), t = (R - r0) * tiles_w + j.
+geo: N, Cin, H, W, Kout, P, Q, m, ph, pw, tiles_h, tiles_w, ld, rows per chunk, rows form (1)
+or chunk form (0). Tile t of a chunk is (tile row R, column j), t = (R - r0) * tiles_w + j.
 """
 
 import numpy as np

@@ -125,18 +125,13 @@ def _bias_grad(dy, db):
 # orchestration
 
 
-ROW_TILES = {2: 7}
-"""m -> the fewest tiles in a tile row for which the transforms take a row at a time (the "rows"
-form of :mod:`~._winograd_gen`); shorter rows, and every row of an m without an entry, take
-the "chunk" form, all the chunk's tiles at once. Measured on an Intel Xeon (AVX-512), one
-thread, forward + backward of GoogLeNet's 3x3 layers, chunk form against rows form: F(2, 3)
-1.45x on 7x7 images (4 tiles a row) but 0.90-0.94x on 14x14 to 56x56 (7-28 tiles); F(4, 3)
-1.2x on 7x7, 1.6-1.7x on 14x14 (4 tiles), 1.02x on 28x28 and 56x56 (7 and 14 tiles)."""
-
-
-def by_rows(m, tw):
-    """Whether the transforms of F(m, r) take one tile row of ``tw`` tiles at a time."""
-    return tw >= ROW_TILES.get(m, 1 << 30)
+ROW_TILES = 7
+"""Tile rows of at least this many tiles are transformed one row at a time (the "rows" form of
+:mod:`~._winograd_gen`, vectorized along the row); shorter ones in passes over all the chunk's
+tiles (the "chunk" form). Measured on an Intel Xeon (AVX-512), forward + backward of
+GoogLeNet's 3x3 layers, chunk form against rows form (``results/isa/xeon2/winograd_ab.py``):
+1.44-1.53x for F(2, 3) on 7x7 images (rows of 4 tiles), 1.16-1.31x for F(4, 3) there (2 tiles),
+1.48-1.65x for F(4, 3) on 14x14 (4 tiles); on rows of 7 to 28 tiles 0.95-1.01x."""
 
 
 MIN_TILES = 256
@@ -161,7 +156,7 @@ def _geo(x_shape, k_out, r, pads, m, itemsize, threads, chunk):
     T = max(1, min(threads, nrows))
     starts = np.linspace(0, nrows, T + 1).round().astype(np.int64)
     geo = np.array([N, C, H, W, k_out, P, Q, m, ph, pw, th, tw, rows * tw, rows,
-                    int(by_rows(m, tw))], dtype=np.int64)
+                    int(tw >= ROW_TILES)], dtype=np.int64)
     return geo, starts
 
 
