@@ -73,6 +73,9 @@ def test_weight_transforms_are_g_w_gt_and_its_adjoint(m, r, dtype):
     want = np.einsum("uq,kcqs,vs->uvkc", g, w.astype(np.float64), g).reshape(a * a, K, C)
     tol = 1e-5 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(U, want, rtol=tol, atol=tol)
+    winograd._weight_transform(w, m, U, turned=True)  # of w turned by 180 degrees
+    want = np.einsum("uq,kcqs,vs->uvkc", g, w[:, :, ::-1, ::-1].astype(np.float64), g)
+    np.testing.assert_allclose(U, want.reshape(a * a, K, C), rtol=tol, atol=tol)
     dUs = rng.standard_normal((3, a * a, K, C)).astype(dtype)
     dw = np.empty((K, C, r, r), dtype=dtype)
     winograd._weight_untransform(dUs, m, dw)

@@ -383,8 +383,10 @@ _DRIVERS = '''
 def forward_{s}(gemm, x, U, b, y, geo, starts, V, M):
     """y = the F({m}, {r}) convolution of x with the transformed weights U (a*a, K, C): each
     thread g takes the tile rows starts[g] .. starts[g + 1], in chunks of geo[13] rows; the
-    transforms are the "rows" form when geo[14] is 1, else the "chunk" form."""
+    transforms are the "rows" form when geo[14] is 1, else the "chunk" form. U[xi] is (K, C),
+    or (C, K) taken transposed when geo[15] is 1."""
     C, K, tw, ld, rows, by_rows = geo[1], geo[4], geo[11], geo[12], geo[13], geo[14]
+    ta, lda = (TRANS, K) if geo[15] else (NO_TRANS, C)
     isz = x.itemsize
     for g in prange(starts.shape[0] - 1):
         Vg = V[g]
@@ -401,8 +403,8 @@ def forward_{s}(gemm, x, U, b, y, geo, starts, V, M):
             else:
                 input_{s}(x, r0, r1, geo, Vg, xs)
             for xi in range({a2}):
-                gemm(ROW_MAJOR, NO_TRANS, NO_TRANS, K, (r1 - r0) * tw, C, 1.0,
-                     U.ctypes.data + xi * K * C * isz, C,
+                gemm(ROW_MAJOR, ta, NO_TRANS, K, (r1 - r0) * tw, C, 1.0,
+                     U.ctypes.data + xi * K * C * isz, lda,
                      Vg.ctypes.data + xi * C * ld * isz, ld, 0.0,
                      Mg.ctypes.data + xi * K * ld * isz, ld)
             if by_rows:
@@ -446,7 +448,8 @@ Straight-line transforms with the coefficients of :func:`hpcnn.kernels._winograd
 each a few passes over all the tiles of a chunk at unit stride (vectorized); see
 :mod:`hpcnn.kernels.winograd`.
 geo: N, Cin, H, W, Kout, P, Q, m, ph, pw, tiles_h, tiles_w, ld, rows per chunk, rows form (1)
-or chunk form (0). Tile t of a chunk is (tile row R, column j), t = (R - r0) * tiles_w + j.
+or chunk form (0), U transposed (1). Tile t of a chunk is (tile row R, column j),
+t = (R - r0) * tiles_w + j.
 """
 
 import numpy as np

@@ -4,7 +4,8 @@ Straight-line transforms with the coefficients of :func:`hpcnn.kernels._winograd
 each a few passes over all the tiles of a chunk at unit stride (vectorized); see
 :mod:`hpcnn.kernels.winograd`.
 geo: N, Cin, H, W, Kout, P, Q, m, ph, pw, tiles_h, tiles_w, ld, rows per chunk, rows form (1)
-or chunk form (0). Tile t of a chunk is (tile row R, column j), t = (R - r0) * tiles_w + j.
+or chunk form (0), U transposed (1). Tile t of a chunk is (tile row R, column j),
+t = (R - r0) * tiles_w + j.
 """
 
 import numpy as np
@@ -453,8 +454,10 @@ def grad_2_3(dy, r0, r1, geo, dM, gs, fs):
 def forward_2_3(gemm, x, U, b, y, geo, starts, V, M):
     """y = the F(2, 3) convolution of x with the transformed weights U (a*a, K, C): each
     thread g takes the tile rows starts[g] .. starts[g + 1], in chunks of geo[13] rows; the
-    transforms are the "rows" form when geo[14] is 1, else the "chunk" form."""
+    transforms are the "rows" form when geo[14] is 1, else the "chunk" form. U[xi] is (K, C),
+    or (C, K) taken transposed when geo[15] is 1."""
     C, K, tw, ld, rows, by_rows = geo[1], geo[4], geo[11], geo[12], geo[13], geo[14]
+    ta, lda = (TRANS, K) if geo[15] else (NO_TRANS, C)
     isz = x.itemsize
     for g in prange(starts.shape[0] - 1):
         Vg = V[g]
@@ -471,8 +474,8 @@ def forward_2_3(gemm, x, U, b, y, geo, starts, V, M):
             else:
                 input_2_3(x, r0, r1, geo, Vg, xs)
             for xi in range(16):
-                gemm(ROW_MAJOR, NO_TRANS, NO_TRANS, K, (r1 - r0) * tw, C, 1.0,
-                     U.ctypes.data + xi * K * C * isz, C,
+                gemm(ROW_MAJOR, ta, NO_TRANS, K, (r1 - r0) * tw, C, 1.0,
+                     U.ctypes.data + xi * K * C * isz, lda,
                      Vg.ctypes.data + xi * C * ld * isz, ld, 0.0,
                      Mg.ctypes.data + xi * K * ld * isz, ld)
             if by_rows:
@@ -1387,8 +1390,10 @@ def grad_4_3(dy, r0, r1, geo, dM, gs, fs):
 def forward_4_3(gemm, x, U, b, y, geo, starts, V, M):
     """y = the F(4, 3) convolution of x with the transformed weights U (a*a, K, C): each
     thread g takes the tile rows starts[g] .. starts[g + 1], in chunks of geo[13] rows; the
-    transforms are the "rows" form when geo[14] is 1, else the "chunk" form."""
+    transforms are the "rows" form when geo[14] is 1, else the "chunk" form. U[xi] is (K, C),
+    or (C, K) taken transposed when geo[15] is 1."""
     C, K, tw, ld, rows, by_rows = geo[1], geo[4], geo[11], geo[12], geo[13], geo[14]
+    ta, lda = (TRANS, K) if geo[15] else (NO_TRANS, C)
     isz = x.itemsize
     for g in prange(starts.shape[0] - 1):
         Vg = V[g]
@@ -1405,8 +1410,8 @@ def forward_4_3(gemm, x, U, b, y, geo, starts, V, M):
             else:
                 input_4_3(x, r0, r1, geo, Vg, xs)
             for xi in range(36):
-                gemm(ROW_MAJOR, NO_TRANS, NO_TRANS, K, (r1 - r0) * tw, C, 1.0,
-                     U.ctypes.data + xi * K * C * isz, C,
+                gemm(ROW_MAJOR, ta, NO_TRANS, K, (r1 - r0) * tw, C, 1.0,
+                     U.ctypes.data + xi * K * C * isz, lda,
                      Vg.ctypes.data + xi * C * ld * isz, ld, 0.0,
                      Mg.ctypes.data + xi * K * ld * isz, ld)
             if by_rows:
@@ -2195,8 +2200,10 @@ def grad_2_5(dy, r0, r1, geo, dM, gs, fs):
 def forward_2_5(gemm, x, U, b, y, geo, starts, V, M):
     """y = the F(2, 5) convolution of x with the transformed weights U (a*a, K, C): each
     thread g takes the tile rows starts[g] .. starts[g + 1], in chunks of geo[13] rows; the
-    transforms are the "rows" form when geo[14] is 1, else the "chunk" form."""
+    transforms are the "rows" form when geo[14] is 1, else the "chunk" form. U[xi] is (K, C),
+    or (C, K) taken transposed when geo[15] is 1."""
     C, K, tw, ld, rows, by_rows = geo[1], geo[4], geo[11], geo[12], geo[13], geo[14]
+    ta, lda = (TRANS, K) if geo[15] else (NO_TRANS, C)
     isz = x.itemsize
     for g in prange(starts.shape[0] - 1):
         Vg = V[g]
@@ -2213,8 +2220,8 @@ def forward_2_5(gemm, x, U, b, y, geo, starts, V, M):
             else:
                 input_2_5(x, r0, r1, geo, Vg, xs)
             for xi in range(36):
-                gemm(ROW_MAJOR, NO_TRANS, NO_TRANS, K, (r1 - r0) * tw, C, 1.0,
-                     U.ctypes.data + xi * K * C * isz, C,
+                gemm(ROW_MAJOR, ta, NO_TRANS, K, (r1 - r0) * tw, C, 1.0,
+                     U.ctypes.data + xi * K * C * isz, lda,
                      Vg.ctypes.data + xi * C * ld * isz, ld, 0.0,
                      Mg.ctypes.data + xi * K * ld * isz, ld)
             if by_rows:

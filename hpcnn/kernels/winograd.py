@@ -87,12 +87,14 @@ def _taps(m, r, dtype):
     return np.kron(G, G).astype(dtype)
 
 
-def _weight_transform(w, m, U):
+def _weight_transform(w, m, U, turned=False):
     """U[xi, k, c] = (G w[k, c] G^T)[xi] for w (K, C, r, r): one GEMM, (a*a, r*r) by (r*r, K*C).
     (Per (k, c) pair in a loop it took longer than the GEMMs of GoogLeNet's 7x7 layers: 6.5 ms on
-    5b_3x3 at one thread on an Intel Xeon, against 10.6 for the sixteen GEMMs.)"""
+    5b_3x3 at one thread on an Intel Xeon, against 10.6 for the sixteen GEMMs.) ``turned``: of w
+    turned by 180 degrees (the taps in reverse order), still indexed [xi, k, c]."""
     K, C, r = w.shape[0], w.shape[1], w.shape[2]
-    np.matmul(_taps(m, r, w.dtype.str), w.reshape(K * C, r * r).T,
+    taps = _taps(m, r, w.dtype.str)
+    np.matmul(taps[:, ::-1] if turned else taps, w.reshape(K * C, r * r).T,
               out=U.reshape(U.shape[0], K * C))
 
 
@@ -100,9 +102,9 @@ def _weight_untransform(dUs, m, dw):
     """dw[k, c] = G^T (sum over threads of dUs[g, :, k, c]) G, the sum in thread order; the
     transform is one GEMM, (K*C, a*a) by (a*a, r*r)."""
     K, C, r = dw.shape[0], dw.shape[1], dw.shape[2]
-    du = dUs[0].copy()
+    du = dUs[0]
     for g in range(1, dUs.shape[0]):
-        du += dUs[g]
+        du = du + dUs[g] if g == 1 else np.add(du, dUs[g], out=du)
     np.matmul(du.reshape(du.shape[0], K * C).T, _taps(m, r, dw.dtype.str),
               out=dw.reshape(K * C, r * r))
 
@@ -156,7 +158,7 @@ def _geo(x_shape, k_out, r, pads, m, itemsize, threads, chunk):
     T = max(1, min(threads, nrows))
     starts = np.linspace(0, nrows, T + 1).round().astype(np.int64)
     geo = np.array([N, C, H, W, k_out, P, Q, m, ph, pw, th, tw, rows * tw, rows,
-                    int(tw >= ROW_TILES)], dtype=np.int64)
+                    int(tw >= ROW_TILES), 0], dtype=np.int64)
     return geo, starts
 
 
@@ -168,15 +170,19 @@ def _buffers(geo, starts, a, backward):
     return {"V": (G, a * a, C, ld), "M": (G, a * a, K, ld)}
 
 
-def _conv(x, w_t, b, pads, m, chunk):
-    """Winograd forward of checked x (N, C, H, W) with w_t (K, C, r, r), stride 1."""
-    r = w_t.shape[2]
+def _conv(x, w, b, pads, m, chunk, dgrad=False):
+    """Winograd forward of checked x (N, C, H, W) with w (K, C, r, r), stride 1; ``dgrad``:
+    with w (C, K, r, r) turned by 180 degrees and its channel axes swapped instead (the data
+    gradient), without copying it: the transformed weights stay [xi, C, K] and the GEMMs take
+    them transposed."""
+    r = w.shape[2]
     a = m + r - 1
-    geo, starts = _geo(x.shape, w_t.shape[0], r, pads, m, x.itemsize, numba.get_num_threads(),
-                       chunk)
-    U = np.empty((a * a, w_t.shape[0], w_t.shape[1]), dtype=x.dtype)
-    _weight_transform(w_t, m, U)
-    y = np.empty((x.shape[0], w_t.shape[0], int(geo[5]), int(geo[6])), dtype=x.dtype)
+    k_out = w.shape[1] if dgrad else w.shape[0]
+    geo, starts = _geo(x.shape, k_out, r, pads, m, x.itemsize, numba.get_num_threads(), chunk)
+    geo[15] = int(dgrad)
+    U = np.empty((a * a, w.shape[0], w.shape[1]), dtype=x.dtype)
+    _weight_transform(w, m, U, turned=dgrad)
+    y = np.empty((x.shape[0], k_out, int(geo[5]), int(geo[6])), dtype=x.dtype)
     ws = pipelined._workspace(_buffers(geo, starts, a, False), x.dtype)
     bias = np.zeros(0, dtype=x.dtype) if b is None else b
     with pipelined._BlasThreads(1):
@@ -214,8 +220,7 @@ def backward(dy, x, w, stride, padding, input_grad=True, algo="winograd", chunk=
     _weight_untransform(ws["dU"], m, dw)
     if not input_grad:
         return None, dw, db
-    w_rot = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
-    dx = _conv(dy, w_rot, None, (r - 1 - padding[0], r - 1 - padding[1]), m, chunk)
+    dx = _conv(dy, w, None, (r - 1 - padding[0], r - 1 - padding[1]), m, chunk, dgrad=True)
     return dx, dw, db
 
 
