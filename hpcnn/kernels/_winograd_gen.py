@@ -97,6 +97,18 @@ def _lin(terms):
 # loop is too short to vectorize. The drivers pick per call (geo[14]: winograd.ROW_TILES).
 
 
+def _input_rows(m, a):
+    """The loop head both input forms share: channel c, tile row R of the chunk (image plane
+    ``img``, first input row h0, first tile t0), then the a input rows h of that tile row."""
+    return ["    for c in range(C):",
+            "        for R in range(r0, r1):",
+            "            img = x[R // th, c]",
+            f"            h0 = (R % th) * {m} - ph",
+            "            t0 = (R - r0) * tw",
+            f"            for u in range({a}):",
+            "                h = h0 + u"]
+
+
 def _rows_input_kernel(m, r, at, bt):
     a = m + r - 1
     s = f"{m}_{r}"
@@ -111,13 +123,7 @@ def _rows_input_kernel(m, r, at, bt):
         "    C, H, W = geo[1], geo[2], geo[3]",
         "    ph, pw, th, tw = geo[8], geo[9], geo[10], geo[11]",
         "    L = xs.shape[2]",
-        "    for c in range(C):",
-        "        for R in range(r0, r1):",
-        "            img = x[R // th, c]",
-        f"            h0 = (R % th) * {m} - ph",
-        "            t0 = (R - r0) * tw",
-        f"            for u in range({a}):",
-        "                h = h0 + u",
+    ] + _input_rows(m, a) + [
         "                for p in range(" + str(m) + "):",
         "                    dst = xs[u, p]",
         "                    if 0 <= h < H:",
@@ -253,13 +259,7 @@ def _input_kernel(m, r, at, bt):
         "    nt = (r1 - r0) * tw",
         f"    ja = min(tw, (pw + {m - 1}) // {m})  # tiles ja <= j < jb read inside the image only",
         f"    jb = max(ja, min(tw, (W - {m * nb} + pw) // {m} + 1))",
-        "    for c in range(C):",
-        "        for R in range(r0, r1):",
-        "            img = x[R // th, c]",
-        f"            h0 = (R % th) * {m} - ph",
-        "            t0 = (R - r0) * tw",
-        f"            for u in range({a}):",
-        "                h = h0 + u",
+    ] + _input_rows(m, a) + [
         "                if h < 0 or h >= H:",
         f"                    for i in range({m * nb}):",
         f"                        xs[u * {m * nb} + i, t0:t0 + tw] = 0.0",

@@ -103,8 +103,10 @@ def _weight_untransform(dUs, m, dw):
     transform is one GEMM, (K*C, a*a) by (a*a, r*r)."""
     K, C, r = dw.shape[0], dw.shape[1], dw.shape[2]
     du = dUs[0]
-    for g in range(1, dUs.shape[0]):
-        du = du + dUs[g] if g == 1 else np.add(du, dUs[g], out=du)
+    if dUs.shape[0] > 1:
+        du = du + dUs[1]  # a new array: the partials stay as they are
+        for g in range(2, dUs.shape[0]):
+            du += dUs[g]
     np.matmul(du.reshape(du.shape[0], K * C).T, _taps(m, r, dw.dtype.str),
               out=dw.reshape(K * C, r * r))
 
