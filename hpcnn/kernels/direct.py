@@ -25,15 +25,15 @@ Every pass runs its tiles over exactly those ranges:
   and S-1-pw, with the weights flipped and their two channel axes swapped; its border is skipped
   the same way. Otherwise it is taken from the "chunked" strategy.
 - **weight gradient**: a tile is up to 14 output channels by 32 entries of one kernel row of dW
-  (when C is at least a vector, the entries of one kernel column s: c0..c0+31); it sums dy's
+  (when C fills a wide tile, the entries of one kernel column s: c0..c0+31); it sums dy's
   rows (NCHW, contiguous) against the windows' rows over the output pixels whose input pixel is
   real for that r and s, and over all the images of a block (several when an image has fewer
   than :data:`WGRAD_PIXELS` output pixels: on 8x8 outputs one image gives a tile too few steps
   to pay for loading and storing its accumulators). Each thread adds its tiles into a dW of its
   own; the groups' partials are summed in group order, so the result depends on the thread
-  count only. With fewer input channels than a vector (a first layer, C = 3), a tile spans
-  several kernel columns and only the kernel rows are trimmed: there, the edge columns' border
-  taps are multiplied.
+  count only. With fewer input channels than a wide tile (a first layer, C = 3; or 16 and 24,
+  as on GoogLeNet's 5x5 branches), a tile spans several kernel columns and only the kernel rows
+  are trimmed: there, the edge columns' border taps are multiplied, but the tiles are wide.
 
 Ragged edges: a run of pixels (or output channels) is cut into tiles of even heights, and a
 tile of fewer rows runs its own shorter code (no repeated rows); an output-channel count that is
@@ -289,8 +289,12 @@ def _wgrad_kernel(dy, x, R, S, sh, sw, ph, pw, band, nb, jt, isa, lanes, mr, oo_
 
 def column_tiles(C, S, isa):
     """The weight gradient's column tiles of one kernel row (int64 rows j0, width, nj, s): per
-    kernel column s when C holds at least a vector (so that the tile's output columns can be
-    trimmed for s), else across the whole row of S*C entries (s = -1)."""
+    kernel column s when C fills a wide (two-vector) tile (so that the tile's output columns can
+    be trimmed for s), else across the whole row of S*C entries (s = -1). A one-vector tile
+    needs a broadcast per FMA and runs at about half the speed of a wide one (Intel Xeon,
+    AVX-512), which costs more than multiplying the border: with C = 16 and 24 (GoogLeNet's
+    5x5 branches, and a 3x3 layer) spanning was 1.12-1.20x faster at 1 and 2 threads; with
+    C = 48 and 80 per-column tiles were faster (1.01-1.09x; results/isa/xeon3/wgrad_span.log)."""
     wide, narrow = isa.widths
     out = []
 
@@ -302,7 +306,7 @@ def column_tiles(C, S, isa):
             out.append((base + c0, width, min(width, rest), s))
             c0 += width
 
-    if C >= narrow:
+    if C >= wide:
         for s in range(S):
             cover(s * C, C, s)
     else:
