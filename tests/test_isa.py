@@ -232,3 +232,38 @@ def _run_tile(isa_id, nv, m, A, aoffs, a_step, a_blk, B, b_step, b_blk, b_inc, n
               out, ooffs):
     _fma.tile(isa_id, nv, m, A, 0, aoffs, a_step, a_blk, B, 0, b_step, b_blk, b_inc, nblk, nseg,
               L, out, 0, ooffs, 1)
+
+
+PAIRED = [  # (N, C, H, W, K, R, S, padding): the data gradient on pairs of output pixels
+    (2, 16, 6, 8, 20, 5, 5, 2),  # even width
+    (2, 9, 5, 7, 33, 3, 5, (1, 2)),  # odd width: the last pair's odd pixel lies past the edge
+    (1, 12, 3, 3, 7, 3, 3, 0),  # no padding: the input is smaller than the kernel's reach
+    (2, 16, 4, 5, 40, 3, 3, (2, 2)),  # padding R-1: dy's border is wider than the image's
+    (1, 5, 1, 1, 3, 1, 1, 0),  # a 1x1 image and kernel
+]
+
+
+@pytest.mark.parametrize("n_threads", THREADS)
+@pytest.mark.parametrize("name", RUNNABLE)
+@pytest.mark.parametrize("case", PAIRED, ids=str)
+def test_paired_data_gradient_matches_the_reference(case, name, n_threads):
+    """Forced onto pairs whatever :func:`direct.pairs` says (and on the plain path), dx matches
+    the reference; the choice itself follows the ISA's vector width."""
+    N, C, H, W, K, R, S, pad = case
+    old = numba.get_num_threads()
+    numba.set_num_threads(n_threads)
+    try:
+        x, w, b, stride, pad = _case(N, C, H, W, K, R, S, 1, pad, seed=C)
+        path = isa.ISAS[name]
+        dy = np.random.default_rng(2).standard_normal(
+            ref.conv2d_forward(x, w, b, stride, pad).shape).astype(np.float32)
+        want = ref.conv2d_backward(dy, x, w, stride, pad)[0]
+        wflip = w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]
+        dpad = (R - 1 - pad[0], S - 1 - pad[1])
+        for paired in (True, False):
+            _close(direct._data_grad(dy, wflip, dpad, W, path, paired=paired), want)
+    finally:
+        numba.set_num_threads(old)
+    narrow = path.widths[1]
+    assert direct.pairs(narrow, 5, 28, path) and not direct.pairs(narrow // 2, 5, 28, path)
+    assert not direct.pairs(narrow, 3, 28, path) and not direct.pairs(narrow, 5, 7, path)

@@ -23,7 +23,9 @@ Every pass runs its tiles over exactly those ranges:
   on most GoogLeNet and cifar10_quick layers on an AMD Zen 4, both vector paths.)
 - **data gradient** (stride 1, padding at most R-1 and S-1): the forward of dy, padded by R-1-ph
   and S-1-pw, with the weights flipped and their two channel axes swapped; its border is skipped
-  the same way. Otherwise it is taken from the "chunked" strategy.
+  the same way; with 9-16 input channels (AVX-512; 5-8 on AVX2) and wide enough rows, pairs of
+  output pixels share a tile of two vectors (:func:`pairs`). Otherwise it is taken from the
+  "chunked" strategy.
 - **weight gradient**: a tile is up to 14 output channels by 32 entries of one kernel row of dW
   (when C fills a wide tile, the entries of one kernel column s: c0..c0+31); it sums dy's
   rows (NCHW, contiguous) against the windows' rows over the output pixels whose input pixel is
@@ -349,11 +351,14 @@ def _block(N, G, P, Q, band_pixels, block_pixels):
     return band, nb
 
 
-def _forward(x, w, b, stride, padding, isa):
+def _forward(x, w, b, stride, padding, isa, Q=None):
+    """The forward kernel's call; ``Q`` overrides the output width (the columns past the
+    input's right border are still computed from real taps only)."""
     N, C, H, W = x.shape
     K, _, R, S = w.shape
     (sh, sw), (ph, pw) = stride, padding
-    P, Q = _out_size(H, W, R, S, stride, padding)
+    P, Q0 = _out_size(H, W, R, S, stride, padding)
+    Q = Q0 if Q is None else Q
     wp, widths, offsets = _pack_weights(w, isa)
     bias = np.zeros(K, dtype=x.dtype) if b is None else b
     y = np.empty((N, K, P, Q), dtype=x.dtype)
@@ -415,12 +420,62 @@ def backward(dy, x, w, stride, padding, input_grad=True, *, isa=None):
     if not input_grad:
         return None, dw, db
     if applies(x.shape, w.shape, stride, padding):
-        wflip = np.ascontiguousarray(w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
+        wflip = w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]
         with profile.region("gemm"):
-            dx = _forward(dy, wflip, None, (1, 1), (R - 1 - ph, S - 1 - pw), isa)
+            dx = _data_grad(dy, wflip, (R - 1 - ph, S - 1 - pw), W, isa)
     else:
         dx = pipelined.backward(dy, x, w, stride, padding, True, schedule="chunked")[0]
     return dx, dw, db
+
+
+def pairs(C, S, W, isa):
+    """Whether the data gradient of a layer with C input channels, S kernel columns and input
+    width W takes output pixels in pairs (:func:`_data_grad`): where C fills more than half of one
+    vector and at most one (a one-vector panel otherwise), and the pairs' extra work, (S+1)/S
+    taps and an odd row's missing partner, is at most 1.25x on rows of 14 pixels or more.
+    Measured on an Intel Xeon, AVX-512 (``results/isa/xeon3/dgrad_pairs.log``): with 5x5 kernels
+    on 14-28 wide rows, 1.07-1.23x at 1 thread and 1.00-1.08x at 2 (GoogLeNet 3a_5x5 and 4a_5x5
+    among them); with 3x3 kernels 0.85-0.97x, on 7x7 images 0.82x at 2 threads."""
+    narrow = isa.widths[1]
+    waste = (S + 1) / S * (W + W % 2) / W
+    return 2 * C > narrow >= C and W >= 14 and waste <= 1.25
+
+
+def _data_grad(dy, wflip, padding, W, isa, paired=None):
+    """dx: the forward of dy with the turned weights wflip (C, K, R, S), stride 1. With at most
+    one vector of input channels C, the output-channel panel would be one vector wide, whose
+    tiles need a broadcast per FMA and run at about half the speed of a wide one; there
+    (:func:`pairs`; ``paired`` overrides it) the output pixels go in pairs instead: a forward of
+    stride 2 along the row with a kernel one column wider, whose 2C output channels are the
+    pair's even pixel (taps 0..S-1, zero at S) and its odd one (the same taps one column to the
+    right, zero at 0), on a panel of two vectors. Its windows are trimmed to the real pixels
+    like any forward's, so the odd pixel past an odd width reads nothing outside the image."""
+    C, K, R, S = wflip.shape
+    if not (pairs(C, S, W, isa) if paired is None else paired):
+        return _forward(dy, np.ascontiguousarray(wflip), None, (1, 1), padding, isa)
+    N, H = dy.shape[0], dy.shape[2] + 2 * padding[0] - R + 1
+    w2 = np.zeros((2, C, K, R, S + 1), dtype=wflip.dtype)
+    w2[0, :, :, :, :S] = wflip
+    w2[1, :, :, :, 1:] = wflip
+    y2 = _forward(dy, w2.reshape(2 * C, K, R, S + 1), None, (1, 2), padding, isa, Q=-(-W // 2))
+    dx = np.empty((N, C, H, W), dtype=dy.dtype)
+    _unpair(y2, dx)
+    return dx
+
+
+@pnjit
+def _unpair(y2, dx):
+    """dx[n, c, h, 2q + e] = y2[n, e*C + c, h, q] (the last odd column dropped when W is odd)."""
+    N, C, H, W = dx.shape
+    Q2 = y2.shape[3]
+    for nc in prange(N * C):
+        n, c = nc // C, nc % C
+        for h in range(H):
+            for q in range(W // 2):
+                dx[n, c, h, 2 * q] = y2[n, c, h, q]
+                dx[n, c, h, 2 * q + 1] = y2[n, C + c, h, q]
+            if W % 2:
+                dx[n, c, h, W - 1] = y2[n, c, h, Q2 - 1]
 
 
 def real_macs(x_shape, w_shape, stride, padding):
