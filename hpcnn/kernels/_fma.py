@@ -104,19 +104,23 @@ def emit_tile(builder, p, v, MR, NV, VL):
     # goes through an empty asm before the rows use it and the next j is taken from that asm's
     # output: otherwise loop strength reduction gives each of the MR rows an induction pointer
     # of its own, more than the 16 general registers, and the loop spends more on spilling them
-    # than on FMAs; and with j itself live past the asm, its copy takes a register. On AVX-512
-    # with 14 rows a step loads 4 spilled values (2 rows' pointers, b_inc, the bound) where it
-    # loaded 6 and multiplied j by b_inc before; 12 rows load only the bound. "direct" ran
-    # 1.02-1.16x faster (forward + backward, 1 thread, cifar10_quick and GoogLeNet's 5x5
-    # layers, both vector paths) and 0.95-1.05x at 2 threads (Intel Xeon; results/isa/xeon3/).
+    # than on FMAs; and with j itself live past the asm, its copy takes a register. j runs from
+    # -L up to 0 (the rows' pointers start L further on), so no bound is kept either. On
+    # AVX-512 a step of 14 rows reloads 3 spilled row pointers, where it loaded 6 spilled values
+    # and multiplied j by b_inc before; 12 rows reload nothing. "direct" ran 1.02-1.16x faster
+    # (forward + backward, 1 thread, cifar10_quick and GoogLeNet's 5x5 layers, both vector
+    # paths) and 0.95-1.05x at 2 threads; 12-row tiles against 14 with this loop, 0.93-1.08x,
+    # so 14 stay (Intel Xeon; results/isa/xeon3/tile_loop_ab.log).
     fn = builder.function
     with _for(builder, v["nblk"]) as blk:
         ja1 = builder.mul(blk.index, v["a_blk"])
         jb1 = builder.add(v["b0"], builder.mul(blk.index, v["b_blk"]))
         with _for(builder, v["nseg"]) as seg:
             ja0 = builder.add(ja1, builder.mul(seg.index, v["a_step"]))
-            rows = [builder.gep(p["A"], [builder.add(abase[i], ja0)]) for i in range(MR)]
+            jend = builder.add(ja0, v["L"])  # j runs from -L up to 0 (no bound to keep)
+            rows = [builder.gep(p["A"], [builder.add(abase[i], jend)]) for i in range(MR)]
             bp0 = builder.gep(p["B"], [builder.add(jb1, builder.mul(seg.index, v["b_step"]))])
+            j0 = builder.neg(v["L"])
             pre = builder.block
             head = fn.append_basic_block("tile.head")
             body = fn.append_basic_block("tile.body")
@@ -125,9 +129,9 @@ def emit_tile(builder, p, v, MR, NV, VL):
             builder.position_at_end(head)
             j = builder.phi(_I64)
             bp = builder.phi(p["B"].type)
-            j.add_incoming(ir.Constant(_I64, 0), pre)
+            j.add_incoming(j0, pre)
             bp.add_incoming(bp0, pre)
-            builder.cbranch(builder.icmp_signed("<", j, v["L"]), body, after)
+            builder.cbranch(builder.icmp_signed("<", j, ir.Constant(_I64, 0)), body, after)
             builder.position_at_end(body)
             jo = _opaque(builder, j)
             step(rows, jo, bp)
