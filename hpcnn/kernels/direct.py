@@ -99,25 +99,33 @@ def _panels(K, isa):
     return np.array(widths, dtype=np.int64)
 
 
-def _pack_weights(w, isa):
+def _pack_weights(w, isa, turned=False):
     """w (K, C, R, S) -> (flat panels, widths, offsets): panel p holds its output channels as a
-    (R*S*C, width) matrix, in the order of a window's NHWC rows (zero columns past K)."""
+    (R*S*C, width) matrix, in the order of a window's NHWC rows (zero columns past K). With
+    ``turned``, the weights packed are those of the data gradient, w turned by 180 degrees with
+    its two channel axes swapped (C output channels, K input channels), read from w in place."""
     K, C, R, S = w.shape
+    if turned:
+        K, C = C, K
     widths = _panels(K, isa)
     starts = np.concatenate(([0], np.cumsum(widths)[:-1])).astype(np.int64)
     offsets = R * S * C * starts
     out = np.empty(R * S * C * int(widths.sum()), dtype=w.dtype)
-    _pack_panels(np.ascontiguousarray(w), widths, starts, offsets, out)
+    _pack_panels(np.ascontiguousarray(w), widths, starts, offsets, out, turned)
     return out, widths, offsets
 
 
 @pnjit
-def _pack_panels(w, widths, starts, offsets, out):
+def _pack_panels(w, widths, starts, offsets, out, turned):
     """The panels of :func:`_pack_weights`, one per iteration of a parallel loop, channel by
     channel, so that the cache line of w[k, c] serves the R*S rows it holds. (As a NumPy
     transpose and copy, serial, it took 2.8 ms for GoogLeNet 5b_3x3's 2.6 MiB of weights on an
-    Intel Xeon, beside a forward of 15.6 ms at 1 thread and 9.2 at 2; now 0.45 and 0.21 ms.)"""
+    Intel Xeon, beside a forward of 15.6 ms at 1 thread and 9.2 at 2; now 0.45 and 0.21 ms. The
+    data gradient's turned copy of w, made by NumPy before packing, took 0.33 ms of 5a_3x3's
+    12-ms backward at 2 threads.)"""
     K, C, R, S = w.shape
+    if turned:
+        K, C = C, K
     for pi in prange(widths.shape[0]):
         width, k0, base = widths[pi], starts[pi], offsets[pi]
         kn = min(width, K - k0)
@@ -125,8 +133,12 @@ def _pack_panels(w, widths, starts, offsets, out):
             for r in range(R):
                 for s in range(S):
                     row = base + ((r * S + s) * C + c) * width
-                    for j in range(kn):
-                        out[row + j] = w[k0 + j, c, r, s]
+                    if turned:
+                        for j in range(kn):
+                            out[row + j] = w[c, k0 + j, R - 1 - r, S - 1 - s]
+                    else:
+                        for j in range(kn):
+                            out[row + j] = w[k0 + j, c, r, s]
                     for j in range(kn, width):
                         out[row + j] = 0.0
 
@@ -351,15 +363,18 @@ def _block(N, G, P, Q, band_pixels, block_pixels):
     return band, nb
 
 
-def _forward(x, w, b, stride, padding, isa, Q=None):
+def _forward(x, w, b, stride, padding, isa, Q=None, turned=False):
     """The forward kernel's call; ``Q`` overrides the output width (the columns past the
-    input's right border are still computed from real taps only)."""
+    input's right border are still computed from real taps only); ``turned``: convolve with the
+    data gradient's weights of w (see :func:`_pack_weights`)."""
     N, C, H, W = x.shape
     K, _, R, S = w.shape
+    if turned:
+        K = w.shape[1]
     (sh, sw), (ph, pw) = stride, padding
     P, Q0 = _out_size(H, W, R, S, stride, padding)
     Q = Q0 if Q is None else Q
-    wp, widths, offsets = _pack_weights(w, isa)
+    wp, widths, offsets = _pack_weights(w, isa, turned)
     bias = np.zeros(K, dtype=x.dtype) if b is None else b
     y = np.empty((N, K, P, Q), dtype=x.dtype)
     G = _groups(N)
@@ -412,17 +427,14 @@ def backward(dy, x, w, stride, padding, input_grad=True, *, isa=None):
     with profile.region("gemm"):
         _wgrad_kernel(dy, x, R, S, sh, sw, ph, pw, band, nb, jt, isa.id, isa.lanes, mr, oo_dw, oo_t,
                       xp, tb, ao, dwp, db)
-    dw_rsc = dwp[0]
-    for g in range(1, G):  # the groups' partials, always in group order
-        dw_rsc = dw_rsc + dwp[g]
-    dw = np.ascontiguousarray(dw_rsc.reshape(K, R, S, C).transpose(0, 3, 1, 2))
+    dw = np.empty(w.shape, dtype=x.dtype)
+    nhwc.sum_partials(dwp, dw)
     db = db[:, :K].sum(axis=0).astype(x.dtype)
     if not input_grad:
         return None, dw, db
     if applies(x.shape, w.shape, stride, padding):
-        wflip = w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]
         with profile.region("gemm"):
-            dx = _data_grad(dy, wflip, (R - 1 - ph, S - 1 - pw), W, isa)
+            dx = _data_grad(dy, w, (R - 1 - ph, S - 1 - pw), W, isa)
     else:
         dx = pipelined.backward(dy, x, w, stride, padding, True, schedule="chunked")[0]
     return dx, dw, db
@@ -441,20 +453,21 @@ def pairs(C, S, W, isa):
     return 2 * C > narrow >= C and W >= 14 and waste <= 1.25
 
 
-def _data_grad(dy, wflip, padding, W, isa, paired=None):
-    """dx: the forward of dy with the turned weights wflip (C, K, R, S), stride 1. With at most
-    one vector of input channels C, the output-channel panel would be one vector wide, whose
-    tiles need a broadcast per FMA and run at about half the speed of a wide one; there
+def _data_grad(dy, w, padding, W, isa, paired=None):
+    """dx: the forward of dy with w (K, C, R, S) turned (C output channels, K input channels),
+    stride 1. With at most one vector of output channels C, the panel would be one vector wide,
+    whose tiles need a broadcast per FMA and run at about half the speed of a wide one; there
     (:func:`pairs`; ``paired`` overrides it) the output pixels go in pairs instead: a forward of
     stride 2 along the row with a kernel one column wider, whose 2C output channels are the
     pair's even pixel (taps 0..S-1, zero at S) and its odd one (the same taps one column to the
     right, zero at 0), on a panel of two vectors. Its windows are trimmed to the real pixels
     like any forward's, so the odd pixel past an odd width reads nothing outside the image."""
-    C, K, R, S = wflip.shape
+    K, C, R, S = w.shape
     if not (pairs(C, S, W, isa) if paired is None else paired):
-        return _forward(dy, np.ascontiguousarray(wflip), None, (1, 1), padding, isa)
+        return _forward(dy, w, None, (1, 1), padding, isa, turned=True)
     N, H = dy.shape[0], dy.shape[2] + 2 * padding[0] - R + 1
-    w2 = np.zeros((2, C, K, R, S + 1), dtype=wflip.dtype)
+    wflip = w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]
+    w2 = np.zeros((2, C, K, R, S + 1), dtype=w.dtype)
     w2[0, :, :, :, :S] = wflip
     w2[1, :, :, :, 1:] = wflip
     y2 = _forward(dy, w2.reshape(2 * C, K, R, S + 1), None, (1, 2), padding, isa, Q=-(-W // 2))

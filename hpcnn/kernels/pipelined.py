@@ -643,11 +643,8 @@ def backward(dy, x, w, stride, padding, input_grad=True, schedule="chunked", chu
                               geom.geo, ws["xp"], ws["colT"], ws["dcolT"], ws["dyc"], ws["dxp"],
                               dwp, db)
     _report_events(ev, cnt)
-    dw_rsc = dwp[0]
-    for g in range(1, G):  # the groups' partials, always in group order
-        dw_rsc = dw_rsc + dwp[g]
-    K, C, R, S = w.shape
-    dw = np.ascontiguousarray(dw_rsc.reshape(K, R, S, C).transpose(0, 3, 1, 2))
+    dw = np.empty(w.shape, dtype=x.dtype)
+    nhwc.sum_partials(dwp, dw)
     return (dx if input_grad else None), dw, db.sum(axis=0).astype(x.dtype)
 
 
