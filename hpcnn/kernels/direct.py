@@ -305,10 +305,11 @@ def column_tiles(C, S, isa):
     """The weight gradient's column tiles of one kernel row (int64 rows j0, width, nj, s): per
     kernel column s when C fills a wide (two-vector) tile (so that the tile's output columns can
     be trimmed for s), else across the whole row of S*C entries (s = -1). A one-vector tile
-    needs a broadcast per FMA and runs at about half the speed of a wide one (Intel Xeon,
-    AVX-512), which costs more than multiplying the border: with C = 16 and 24 (GoogLeNet's
-    5x5 branches, and a 3x3 layer) spanning was 1.12-1.20x faster at 1 and 2 threads; with
-    C = 48 and 80 per-column tiles were faster (1.01-1.09x; results/isa/xeon3/wgrad_span.log)."""
+    needs a broadcast per FMA and runs slower than a wide one (0.8x alone, Intel Xeon, AVX-512:
+    results/isa/xeon3/tile_widths.log), which costs more than multiplying the border: with
+    C = 16 and 24 (GoogLeNet's 5x5 branches, and a 3x3 layer) spanning was 1.12-1.20x faster
+    at 1 and 2 threads; with C = 48 and 80 per-column tiles were faster (1.01-1.09x;
+    results/isa/xeon3/wgrad_span.log)."""
     wide, narrow = isa.widths
     out = []
 
@@ -456,7 +457,8 @@ def pairs(C, S, W, isa):
 def _data_grad(dy, w, padding, W, isa, paired=None):
     """dx: the forward of dy with w (K, C, R, S) turned (C output channels, K input channels),
     stride 1. With at most one vector of output channels C, the panel would be one vector wide,
-    whose tiles need a broadcast per FMA and run at about half the speed of a wide one; there
+    whose tiles need a broadcast per FMA and run slower than wide ones (see
+    :func:`column_tiles`); there
     (:func:`pairs`; ``paired`` overrides it) the output pixels go in pairs instead: a forward of
     stride 2 along the row with a kernel one column wider, whose 2C output channels are the
     pair's even pixel (taps 0..S-1, zero at S) and its odd one (the same taps one column to the
