@@ -2,7 +2,7 @@
 # Forced AVX2 against the code before issue 14 (c0fcc04, 8-lane tiles, from a worktree at /tmp/old:
 # `git worktree add /tmp/old c0fcc04`), `direct` on cifar10_quick, alternated twice.
 cd /work/main
-O=results/isa/xeon2
+O=${O:-results/isa/xeon2}  # the output folder (each stop its own)
 P=/work/main/.venv/bin/python
 for i in 1 2; do
   (cd /tmp/old && $P -m hpcnn.bench conv --set cifar10_quick --algos direct --no-torch --threads 1,2 --repeats 5 --json /work/main/$O/before_direct_$i.json > /work/main/$O/before_direct_$i.log 2>&1)
