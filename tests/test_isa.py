@@ -75,6 +75,23 @@ def test_generated_code_uses_the_isa_vectors(name, reg, width):
     assert not re.search(r"vmov\w+\s+-?\d*\(%rsp\), %[xyz]mm", loop), loop
 
 
+@pytest.mark.parametrize("name", ["avx512", "avx2"])
+def test_packed_tile_prefetches_its_panel_ahead(name):
+    """tile_packed's inner loop: the same FMAs and no vector spill, plus one prefetch per cache
+    line of the step's B, PREFETCH steps ahead of the step's own load."""
+    target = isa.ISAS[name]
+    width = target.widths[0]
+    loop = _hot_loop(_fma.assembly(_fma.standalone_module(target, prefetch=_fma.PREFETCH),
+                                   target.llvm_cpu))
+    assert len(re.findall(r"vfmadd\w*ps", loop)) == target.rows * 2
+    assert not re.search(r"vmov\w+\s+%[xyz]mm\d+, -?\d*\(%rsp\)", loop), loop
+    pf = [int(d or 0) for d in re.findall(r"prefetcht0\s+(-?\d*)\(%\w+\)", loop)]
+    assert len(pf) == width * 4 // 64, loop  # one per 64-byte line
+    # B's own loads use the same base register: the prefetches lie PREFETCH steps past them
+    loads = [int(d or 0) for d in re.findall(r"vmovups\s+(-?\d*)\(%\w+\), %[yz]mm", loop)]
+    assert min(pf) - min(loads) == _fma.PREFETCH * width * 4, loop
+
+
 def _case(N, C, H, W, K, R, S, stride, pad, seed):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((N, C, H, W)).astype(np.float32)
@@ -93,7 +110,7 @@ def _close(got, want):
 # (N, C, H, W, K, R, S, stride, padding)
 AWKWARD = [
     (2, 3, 8, 8, 5, 5, 5, 1, 2),  # the first layer's 3 channels: weight-gradient tiles span s
-    (3, 32, 8, 8, 35, 5, 5, 1, 2),  # per-kernel-row forward, panels of 32 + narrow rest
+    (3, 32, 8, 8, 35, 5, 5, 1, 2),  # panels of 32 + narrow rest, prefetched (> PREFETCH_PANEL)
     (2, 16, 7, 7, 64, 3, 3, 1, 1),  # 7x7 outputs
     (1, 17, 1, 1, 19, 3, 3, 1, 2),  # a 1x1 image, padding R-1: every window mostly border
     (2, 4, 2, 3, 9, 3, 3, 1, 4),  # padding beyond R-1: windows wholly on the border
@@ -103,6 +120,16 @@ AWKWARD = [
     (1, 9, 4, 4, 30, 2, 2, 1, 1),  # even kernel
     (3, 48, 5, 5, 16, 1, 1, 1, 0),  # 1x1
 ]
+
+
+@pytest.mark.parametrize("name", [n for n in RUNNABLE if n != "generic"])
+def test_awkward_cases_run_both_tile_kinds(name):
+    """Some forward weight panels of the cases below are prefetched (tile_packed), some not (the
+    generic path's 8-wide panels are all small: test_tile_sums_over_image_blocks checks its
+    tile_packed)."""
+    wide = isa.ISAS[name].widths[0]
+    panels = [R * S * C * wide * 4 for _, C, _, _, _, R, S, _, _ in AWKWARD]
+    assert min(panels) <= direct.PREFETCH_PANEL < max(panels)
 
 
 @pytest.mark.parametrize("n_threads", THREADS)
@@ -200,9 +227,11 @@ def test_pack_x_moves_blocks_and_ragged_edges(C, H, W, ph, pw, dtype):
         np.testing.assert_array_equal(xp, want.reshape(xp.shape))
 
 
+@pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("name", RUNNABLE)
-def test_tile_sums_over_image_blocks(name):
-    """The tile's outer loop (nblk blocks at strides a_blk, b_blk) against NumPy."""
+def test_tile_sums_over_image_blocks(name, packed):
+    """The tile's outer loop (nblk blocks at strides a_blk, b_blk) against NumPy, with and
+    without prefetching B (tile_packed: the prefetches reach past B's end, harmlessly)."""
     path = isa.ISAS[name]
     nv, m, nblk, nseg, L = 2, path.rows - 1, 3, 2, 5
     lanes = path.lanes
@@ -222,8 +251,9 @@ def test_tile_sums_over_image_blocks(name):
                     a = A[aoffs[i] + u * a_blk + t * a_step + j]
                     b0 = u * b_blk + t * b_step + j * b_inc
                     want[ooffs[i]:ooffs[i] + width] += a * B[b0:b0 + width].astype(np.float64)
-    _run_tile(path.id, nv, m, A, aoffs, a_step, a_blk, B, b_step, b_blk, b_inc, nblk, nseg, L,
-              out, ooffs)
+    run = _run_tile_packed if packed else _run_tile
+    run(path.id, nv, m, A, aoffs, a_step, a_blk, B, b_step, b_blk, b_inc, nblk, nseg, L, out,
+        ooffs)
     np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-4)
 
 
@@ -232,6 +262,13 @@ def _run_tile(isa_id, nv, m, A, aoffs, a_step, a_blk, B, b_step, b_blk, b_inc, n
               out, ooffs):
     _fma.tile(isa_id, nv, m, A, 0, aoffs, a_step, a_blk, B, 0, b_step, b_blk, b_inc, nblk, nseg,
               L, out, 0, ooffs, 1)
+
+
+@numba.njit
+def _run_tile_packed(isa_id, nv, m, A, aoffs, a_step, a_blk, B, b_step, b_blk, b_inc, nblk,
+                     nseg, L, out, ooffs):
+    _fma.tile_packed(isa_id, nv, m, A, 0, aoffs, a_step, a_blk, B, 0, b_step, b_blk, b_inc, nblk,
+                     nseg, L, out, 0, ooffs, 1)
 
 
 PAIRED = [  # (N, C, H, W, K, R, S, padding): the data gradient on pairs of output pixels

@@ -17,7 +17,8 @@ Every pass runs its tiles over exactly those ranges:
   rows' range of real kernel rows and their columns' range of real kernel columns
   (:func:`window_classes`: the few edge rows and columns have their own, shorter ranges). The
   tile adds all those taps, kernel row after kernel row and s*C + c after s*C + c within one,
-  against the weights packed as (R*S*C, 32) panels, into the block's output kept pixel-major,
+  against the weights packed as (R*S*C, 32) panels (prefetched ahead into L1 when a panel is
+  larger than :data:`PREFETCH_PANEL`), into the block's output kept pixel-major,
   which then moves to NCHW with the bias. (Taking one kernel row at a time over every pixel
   real for it, with the tiles adding into the output, gave taller tiles but was 2-8% slower
   on most GoogLeNet and cifar10_quick layers on an AMD Zen 4, both vector paths.)
@@ -49,7 +50,7 @@ import numpy as np
 from hpcnn import profile
 from hpcnn.kernels import isa as isa_mod
 from hpcnn.kernels import nhwc
-from hpcnn.kernels._fma import tile, transpose8
+from hpcnn.kernels._fma import tile, tile_packed, transpose8
 from hpcnn.kernels._jit import njit, pnjit, prange
 
 BAND_PIXELS = 256
@@ -61,6 +62,12 @@ band: several small images are packed and summed by one tile."""
 BLOCK = 512
 """Output pixels per forward band, about (whole output rows, at least one): the band's output,
 pixel-major, stays in L2 until it moves to NCHW, and the edge columns' tiles get tall."""
+PREFETCH_PANEL = 32 * 1024
+"""Bytes of a forward weight panel above which its tiles prefetch it (:data:`~._fma.tile_packed`):
+a panel that fits in L1 (32-48 KiB) gains nothing. Measured on an Intel Xeon, forward alone,
+alternated in one process (``results/isa/xeon4/prefetch_ab_*.log``): with AVX-512, panels of
+51-184 KiB, 0.99-1.10x (1.04x and more on 11 of 15 layers at 2 threads); on forced AVX2, panels
+of 25 KiB (16-channel 5x5 layers) ran 0.95-0.99x with prefetching, larger ones 0.98-1.05x."""
 SLACK = 64  # floats after a packed image: a weight-gradient tile reads up to 31 past its row
 
 
@@ -226,11 +233,17 @@ def _forward_kernel(x, wp, widths, offsets, bias, y, R, S, sh, sw, ph, pw, rows,
                         for pi in range(widths.shape[0]):
                             width = widths[pi]
                             b0 = offsets[pi] + (r0 * S + s0) * C * width
+                            fetch = R * SC * width * 4 > PREFETCH_PANEL
                             for ti in range(nt):
                                 t0, t1 = ti * cnt // nt, (ti + 1) * cnt // nt
-                                tile(isa, width // lanes, t1 - t0, buf, 0, aof[t0:], row, 0, wp,
-                                     b0, SC * width, 0, width, 1, r1 - r0, (s1 - s0) * C, outf,
-                                     k0, oof[t0:], 0)
+                                if fetch:
+                                    tile_packed(isa, width // lanes, t1 - t0, buf, 0, aof[t0:],
+                                                row, 0, wp, b0, SC * width, 0, width, 1, r1 - r0,
+                                                (s1 - s0) * C, outf, k0, oof[t0:], 0)
+                                else:
+                                    tile(isa, width // lanes, t1 - t0, buf, 0, aof[t0:], row, 0,
+                                         wp, b0, SC * width, 0, width, 1, r1 - r0, (s1 - s0) * C,
+                                         outf, k0, oof[t0:], 0)
                             k0 += width
                 for i in range(ni):
                     _to_nchw(outf, i * nr * Q * Kp, Kp, bias, yf, n0 + i, K, PQ, oh0 * Q, oh1 * Q)
