@@ -61,13 +61,15 @@ def _hot_loop(asm):
     return max(blocks, key=lambda b: len(re.findall(r"vfmadd\w*ps", b)))
 
 
-@pytest.mark.parametrize("name,reg,width", [("avx512", "zmm", 32), ("avx2", "ymm", 16)])
-def test_generated_code_uses_the_isa_vectors(name, reg, width):
+@pytest.mark.parametrize("name,reg,width,nv", [("avx512", "zmm", 32, 2), ("avx512", "zmm", 32, 3),
+                                               ("avx2", "ymm", 16, 2)])
+def test_generated_code_uses_the_isa_vectors(name, reg, width, nv):
     target = isa.ISAS[name]
-    asm = _fma.assembly(_fma.standalone_module(target), target.llvm_cpu)
+    rows = target.rows3 if nv == 3 else target.rows
+    asm = _fma.assembly(_fma.standalone_module(target, nv, rows), target.llvm_cpu)
     loop = _hot_loop(asm)
     fmas = re.findall(r"vfmadd\w*ps\s+(%\w+), (%\w+), (%\w+)", loop)
-    assert len(fmas) == target.rows * 2  # one FMA per accumulator and step
+    assert len(fmas) == rows * nv  # one FMA per accumulator and step
     assert all(all(op.startswith("%" + reg) for op in f) for f in fmas), fmas
     assert target.widths[0] == width
     # the accumulators stay in registers: no vector register goes to or comes from the stack
@@ -118,8 +120,21 @@ AWKWARD = [
     (2, 20, 7, 7, 40, 3, 3, 3, (0, 1)),  # stride 3
     (2, 24, 6, 5, 13, 5, 3, (1, 2), (2, 1)),  # channels between one and two vectors
     (1, 9, 4, 4, 30, 2, 2, 1, 1),  # even kernel
-    (3, 48, 5, 5, 16, 1, 1, 1, 0),  # 1x1
+    (3, 48, 5, 5, 16, 1, 1, 1, 0),  # 1x1; the data gradient's 48 channels: a three-vector panel
+    (2, 8, 6, 6, 80, 3, 3, 1, 1),  # 80 output channels: panels of 32 and 48 on AVX-512
 ]
+
+
+def test_panels_take_three_vectors_for_a_one_vector_rest():
+    avx512, avx2 = isa.ISAS["avx512"], isa.ISAS["avx2"]
+    assert list(direct._panels(16, avx512)) == [16]
+    assert list(direct._panels(35, avx512)) == [48]
+    assert list(direct._panels(48, avx512)) == [48]
+    assert list(direct._panels(64, avx512)) == [32, 32]
+    assert list(direct._panels(80, avx512)) == [32, 48]
+    assert list(direct._panels(88, avx512)) == [32, 32, 32]  # a rest of 24: two vectors
+    assert list(direct._panels(24, avx2)) == [16, 8]  # AVX2 has no three-vector tile
+    assert list(direct._panels(8, avx2)) == [8]
 
 
 @pytest.mark.parametrize("name", [n for n in RUNNABLE if n != "generic"])
@@ -227,13 +242,18 @@ def test_pack_x_moves_blocks_and_ragged_edges(C, H, W, ph, pw, dtype):
         np.testing.assert_array_equal(xp, want.reshape(xp.shape))
 
 
+@pytest.mark.parametrize("nv", [1, 2, 3])
 @pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("name", RUNNABLE)
-def test_tile_sums_over_image_blocks(name, packed):
+def test_tile_sums_over_image_blocks(name, packed, nv):
     """The tile's outer loop (nblk blocks at strides a_blk, b_blk) against NumPy, with and
-    without prefetching B (tile_packed: the prefetches reach past B's end, harmlessly)."""
+    without prefetching B (tile_packed: the prefetches reach past B's end, harmlessly), for
+    every tile width the path has."""
     path = isa.ISAS[name]
-    nv, m, nblk, nseg, L = 2, path.rows - 1, 3, 2, 5
+    rows = path.rows3 if nv == 3 else path.rows
+    if rows == 0:
+        pytest.skip(f"{name} has no {nv}-vector tile")
+    m, nblk, nseg, L = rows - 1, 3, 2, 5
     lanes = path.lanes
     width = nv * lanes
     a_step, a_blk, b_step, b_blk, b_inc = 7, 40, 3 * width, 11 * width, width

@@ -19,7 +19,8 @@ o0, ooffs, acc)`` computes, with ``lanes`` the ISA's vector width, for i < m and
         * B.flat[b0 + u*b_blk + t*b_step + j*b_inc + n]
 
 (``+=`` when ``acc`` is non-zero), for ``isa`` an :attr:`~hpcnn.kernels.isa.Isa.id`, ``nv`` 1 or
-2 and 1 <= m <= the ISA's rows; other values do nothing. Every (isa, nv, m) has its own code
+2 and 1 <= m <= the ISA's rows, or ``nv`` 3 and m <= its ``rows3`` (AVX-512: 9 rows x 3 vectors,
+27 accumulators); other values do nothing. Every (isa, nv, m) has its own code
 (one IR switch picks it): a short tile costs its own FMAs only. A, B and out are float32 arrays
 of which only the data pointer is used (the caller keeps every address in bounds; B may be read
 up to nv*lanes - 1 elements past the last ``j*b_inc``); aoffs and ooffs are int64 arrays of at
@@ -189,8 +190,8 @@ def _emit_switch(builder, p, v, prefetch):
     done = fn.append_basic_block("tile.done")
     sw = builder.switch(key, done)
     for isa in runnable():  # only what the host runs: LLVM cannot emit AVX-512 for an AVX2 CPU
-        for nv in (1, 2):
-            for m in range(1, isa.rows + 1):
+        for nv, rows in ((1, isa.rows), (2, isa.rows), (3, isa.rows3)):
+            for m in range(1, rows + 1):
                 blk = fn.append_basic_block(f"tile.{isa.name}.{nv}x{m}")
                 sw.add_case(ir.Constant(_I64, _case_key(isa.id, nv, m)), blk)
                 builder.position_at_end(blk)

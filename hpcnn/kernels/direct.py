@@ -12,7 +12,8 @@ Every pass runs its tiles over exactly those ranges:
 
 - **forward**: a block is a band of output rows of one image, or several whole small images
   (:func:`_block`). A tile is up to 14 of the block's output pixels (anywhere in the block:
-  every row has its own input and output offset) by 32 output channels, and the pixels that
+  every row has its own input and output offset) by 32 output channels (9 by 48 on a
+  three-vector panel, :func:`_panels`), and the pixels that
   share a tile also share their range of real taps: the block's pixels are grouped by their
   rows' range of real kernel rows and their columns' range of real kernel columns
   (:func:`window_classes`: the few edge rows and columns have their own, shorter ranges). The
@@ -96,13 +97,28 @@ def window_classes(out, size, k, stride, pad):
     return np.array(rows, dtype=np.int64).reshape(-1, 4)
 
 
+PANELS3 = True
+"""Whether a one-vector rest panel and the two-vector panel before it become one three-vector
+panel (AVX-512, :func:`_panels`)."""
+
+
 def _panels(K, isa):
-    """Widths of the output-channel panels: two vectors wide, then one or two for the rest."""
+    """Widths of the output-channel panels: two vectors wide, then one or two for the rest. On
+    a path with three-vector tiles (AVX-512), a one-vector rest and the panel before it are one
+    panel of three vectors instead (K = 48, 80, 112, ...): a one-vector tile needs a broadcast
+    per FMA and ran at 0.8x a two-vector tile's speed, a three-vector tile of 9 rows at 1.0x
+    (``results/isa/xeon3/tile_widths.log``). Measured on an Intel Xeon, alternated in one
+    process (``results/isa/xeon4/panels3_ab_*.log``), on every GoogLeNet pass whose panels
+    change: 1.02-1.09x at 1 thread and 1.01-1.09x at 2 (GoogLeNet 4a_5x5's forward 1.09x,
+    5b_5x5's data gradient 1.07-1.09x). (With a three-vector panel wherever the estimated time
+    was lower, the 7x7 layers lost up to 12%: ``results/isa/xeon3/panels48_ab_*.log``.)"""
     wide, narrow = isa.widths
     widths = [wide] * (K // wide)
     rest = K - wide * (K // wide)
     if rest:
         widths.append(narrow if rest <= narrow else wide)
+    if PANELS3 and isa.rows3 and len(widths) > 1 and widths[-1] == narrow:
+        widths[-2:] = [wide + narrow]
     return np.array(widths, dtype=np.int64)
 
 
@@ -185,14 +201,15 @@ def _to_nchw(src, s0, Kp, bias, yf, n, K, PQ, p_lo, p_hi):
 
 @pnjit
 def _forward_kernel(x, wp, widths, offsets, bias, y, R, S, sh, sw, ph, pw, rows, cols, band, nb,
-                    isa, lanes, mr, xp, yt, ao, oo):
+                    isa, lanes, mr, mr3, xp, yt, ao, oo):
     """y (N, K, P, Q) = conv(x, w) + bias; wp/widths/offsets from :func:`_pack_weights`, rows
     and cols from :func:`window_classes` (output rows and columns). A block is ``nb`` images
     (when a band of ``band`` output rows is the whole image; else nb is 1) by a band: its
     pixels of a row class and a column class share tiles, which store their sums (only the
     pixels whose window lies wholly on the border, when there are some, are zeroed). Scratch
     per group g: xp[g] (nb*Hp*Wp*C + SLACK floats), yt[g] (nb*band*Q pixels, panel widths
-    summed), ao[g], oo[g] (nb*band*Q: a tile's input and output offsets)."""
+    summed), ao[g], oo[g] (nb*band*Q: a tile's input and output offsets). mr, mr3: rows of a
+    tile of up to two vectors, of three."""
     N, C, H, W = x.shape
     K, P, Q = y.shape[1], y.shape[2], y.shape[3]
     G = xp.shape[0]
@@ -229,9 +246,9 @@ def _forward_kernel(x, wp, widths, offsets, bias, y, R, S, sh, sw, ph, pw, rows,
                                     oof[cnt] = ((i * nr + oh - oh0) * Q + q) * Kp
                                     cnt += 1
                         k0 = 0
-                        nt = -(-cnt // mr)  # tiles of even heights
                         for pi in range(widths.shape[0]):
                             width = widths[pi]
+                            nt = -(-cnt // (mr if width <= 2 * lanes else mr3))  # even heights
                             b0 = offsets[pi] + (r0 * S + s0) * C * width
                             fetch = R * SC * width * 4 > PREFETCH_PANEL
                             for ti in range(nt):
@@ -400,7 +417,7 @@ def _forward(x, w, b, stride, padding, isa, Q=None, turned=False):
     rows = window_classes(P, H, R, sh, ph)
     cols = window_classes(Q, W, S, sw, pw)
     _forward_kernel(x, wp, widths, offsets, bias, y, R, S, sh, sw, ph, pw, rows, cols, band, nb,
-                    isa.id, isa.lanes, isa.rows, xp, yt, ao, oo)
+                    isa.id, isa.lanes, isa.rows, isa.rows3, xp, yt, ao, oo)
     return y
 
 

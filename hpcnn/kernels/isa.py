@@ -6,7 +6,7 @@ many vector registers there are. :data:`ISAS` lists the three paths hpcnn genera
 =========  =====  =========  =====================================================
 name       lanes  registers  tiles (vectors wide x rows): accumulators
 =========  =====  =========  =====================================================
-avx512        16         32  2 x 14 (28 accumulators), 1 x 14
+avx512        16         32  2 x 14 (28 accumulators), 1 x 14, 3 x 9 (27)
 avx2           8         16  2 x 6 (12 accumulators), 1 x 6: the BLIS/oneDNN AVX2 shape
 generic        4         16  2 x 6, 1 x 6: plain LLVM vectors any target lowers
 =========  =====  =========  =====================================================
@@ -40,6 +40,7 @@ class Isa:
     regs: int  # vector registers
     rows: int  # rows of a full tile (output pixels, or output channels in the weight gradient)
     llvm_cpu: str  # an LLVM CPU that has exactly this path (for the generated-code check)
+    rows3: int = 0  # rows of a three-vector tile (0: none)
 
     @property
     def widths(self):
@@ -48,7 +49,7 @@ class Isa:
 
 
 ISAS = {
-    "avx512": Isa("avx512", 0, 16, 32, 14, "skylake-avx512"),
+    "avx512": Isa("avx512", 0, 16, 32, 14, "skylake-avx512", 9),
     "avx2": Isa("avx2", 1, 8, 16, 6, "haswell"),
     "generic": Isa("generic", 2, 4, 16, 6, "x86-64"),
 }
