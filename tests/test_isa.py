@@ -125,6 +125,20 @@ AWKWARD = [
 ]
 
 
+def test_weight_gradient_tiles_take_three_vectors_for_a_one_vector_rest():
+    avx512, avx2 = isa.ISAS["avx512"], isa.ISAS["avx2"]
+
+    def tiles(C, S, path):  # (first column, width, columns used, kernel column) per tile
+        return [tuple(int(v) for v in t) for t in direct.column_tiles(C, S, path)]
+
+    assert tiles(16, 5, avx512) == [(0, 32, 32, -1), (32, 48, 48, -1)]  # spans the row: 80
+    assert tiles(48, 2, avx512) == [(0, 48, 48, 0), (48, 48, 48, 1)]  # per kernel column
+    assert tiles(24, 3, avx512) == [(0, 32, 32, -1), (32, 48, 40, -1)]  # 72: 40 of 48 used
+    assert tiles(3, 5, avx512) == [(0, 16, 15, -1)]
+    assert tiles(64, 1, avx512) == [(0, 32, 32, 0), (32, 32, 32, 0)]
+    assert tiles(24, 1, avx2) == [(0, 16, 16, 0), (16, 8, 8, 0)]  # no three-vector tile
+
+
 def test_panels_take_three_vectors_for_a_one_vector_rest():
     avx512, avx2 = isa.ISAS["avx512"], isa.ISAS["avx2"]
     assert list(direct._panels(16, avx512)) == [16]

@@ -28,8 +28,9 @@ Every pass runs its tiles over exactly those ranges:
   the same way; with 9-16 input channels (AVX-512; 5-8 on AVX2) and wide enough rows, pairs of
   output pixels share a tile of two vectors (:func:`pairs`). Otherwise it is taken from the
   "chunked" strategy.
-- **weight gradient**: a tile is up to 14 output channels by 32 entries of one kernel row of dW
-  (when C fills a wide tile, the entries of one kernel column s: c0..c0+31); it sums dy's
+- **weight gradient**: a tile is up to 14 output channels by 32 entries (or 9 by 48:
+  :func:`column_tiles`) of one kernel row of dW (when C fills a wide tile, the entries of one
+  kernel column s: c0..c0+31); it sums dy's
   rows (NCHW, contiguous) against the windows' rows over the output pixels whose input pixel is
   real for that r and s, and over all the images of a block (several when an image has fewer
   than :data:`WGRAD_PIXELS` output pixels: on 8x8 outputs one image gives a tile too few steps
@@ -97,6 +98,11 @@ def window_classes(out, size, k, stride, pad):
     return np.array(rows, dtype=np.int64).reshape(-1, 4)
 
 
+TILES3 = True
+"""Whether the weight gradient's column tiles end in a three-vector tile where they would end in
+a one-vector one (AVX-512, :func:`column_tiles`). Measured on an Intel Xeon, alternated in one
+process (``results/isa/xeon4/tiles3_wgrad_ab_*.log``), on the GoogLeNet layers whose tiles
+change (C = 16, 48, 112, 144): 1.05-1.16x at 1 thread, 1.04-1.14x at 2."""
 PANELS3 = True
 """Whether a one-vector rest panel and the two-vector panel before it become one three-vector
 panel (AVX-512, :func:`_panels`)."""
@@ -267,8 +273,8 @@ def _forward_kernel(x, wp, widths, offsets, bias, y, R, S, sh, sw, ph, pw, rows,
 
 
 @pnjit
-def _wgrad_kernel(dy, x, R, S, sh, sw, ph, pw, band, nb, jt, isa, lanes, mr, oo_dw, oo_t, xp, tb,
-                  ao, dwp, db):
+def _wgrad_kernel(dy, x, R, S, sh, sw, ph, pw, band, nb, jt, isa, lanes, mr, mr3, oo_dw, oo_t,
+                  xp, tb, ao, dwp, db):
     """dwp[g] (K, R*S*C) += group g's weight gradient (window order), db[g] (float64) its dy
     sums. jt (int64 rows j0, width, nj, s): the column tiles of one kernel row of dW (s = -1: a
     tile spanning several kernel columns). ``nb`` images at a time are packed into xp[g] (nb is
@@ -276,15 +282,14 @@ def _wgrad_kernel(dy, x, R, S, sh, sw, ph, pw, band, nb, jt, isa, lanes, mr, oo_
     small images (8x8, 7x7) one image gives a tile only a few dozen steps, too few to pay for
     loading and storing its accumulators. Output rows are taken ``band`` at a time, so that the
     window rows the tiles read stay in cache while the tiles of all output channels read them.
-    The output channels are cut into tiles of even heights. oo_dw[i] = i*R*S*C, oo_t[i] =
-    i*tb's row."""
+    The output channels are cut into tiles of even heights (at most mr rows, mr3 for a
+    three-vector tile). oo_dw[i] = i*R*S*C, oo_t[i] = i*tb's row."""
     N, C, H, W = x.shape
     K, P, Q = dy.shape[1], dy.shape[2], dy.shape[3]
     G = xp.shape[0]
     Hp, row, SC, PQ = H + 2 * ph, (W + 2 * pw) * C, S * C, P * Q
     RSC = R * SC
-    ldt = 2 * lanes  # tb's rows: a wide tile's (oo_t)
-    nk = -(-K // mr)
+    ldt = oo_t[1] - oo_t[0]  # tb's rows: the widest tile's
     dyv = dy.reshape(N, K, PQ)
     for g in prange(G):
         buf, aof, t, dwg = xp[g], ao[g], tb[g], dwp[g]
@@ -311,6 +316,7 @@ def _wgrad_kernel(dy, x, R, S, sh, sw, ph, pw, band, nb, jt, isa, lanes, mr, oo_
                                 continue
                         b0 = (lo * sh + r) * row + q0 * sw * C + j0
                         a0 = n0 * K * PQ + lo * Q + q0
+                        nk = -(-K // (mr if width <= 2 * lanes else mr3))
                         for kt in range(nk):
                             k0 = kt * K // nk
                             m = (kt + 1) * K // nk - k0
@@ -339,7 +345,10 @@ def column_tiles(C, S, isa):
     results/isa/xeon3/tile_widths.log), which costs more than multiplying the border: with
     C = 16 and 24 (GoogLeNet's 5x5 branches, and a 3x3 layer) spanning was 1.12-1.20x faster
     at 1 and 2 threads; with C = 48 and 80 per-column tiles were faster (1.01-1.09x;
-    results/isa/xeon3/wgrad_span.log)."""
+    results/isa/xeon3/wgrad_span.log). On a path with three-vector tiles (AVX-512), a run whose
+    rest after a two-vector tile would be one vector or less takes one three-vector tile of 9
+    rows instead (:data:`TILES3`): C = 48 is one tile per kernel column, a 16-channel 5x5 row
+    (80 entries) is 32 + 48."""
     wide, narrow = isa.widths
     out = []
 
@@ -348,6 +357,8 @@ def column_tiles(C, S, isa):
         while c0 < n:
             rest = n - c0
             width = wide if rest > narrow else narrow
+            if TILES3 and isa.rows3 and wide < rest <= wide + narrow:
+                width = wide + narrow  # a one-vector rest joins the tile before it
             out.append((base + c0, width, min(width, rest), s))
             c0 += width
 
@@ -446,18 +457,19 @@ def backward(dy, x, w, stride, padding, input_grad=True, *, isa=None):
     Hp, Wp = H + 2 * ph, W + 2 * pw
     G = _groups(N)
     band, nb = _block(N, G, P, Q, BAND_PIXELS, WGRAD_PIXELS)
-    mr, wide = isa.rows, isa.widths[0]
+    mr = isa.rows
     jt = column_tiles(C, S, isa)
     dwp = np.zeros((G, K, R * S * C), dtype=x.dtype)
     db = np.zeros((G, _row(K, 8)), dtype=np.float64)
     xp = np.zeros((G, nb * Hp * Wp * C + SLACK), dtype=x.dtype)
-    tb = np.empty((G, _row(mr * wide, 4)), dtype=x.dtype)  # a tile with columns past its row
+    ldt = int(jt[:, 1].max())  # the widest tile
+    tb = np.empty((G, _row(mr * ldt, 4)), dtype=x.dtype)  # a tile with columns past its row
     ao = np.empty((G, _row(mr, 8)), dtype=np.int64)
     oo_dw = np.arange(mr, dtype=np.int64) * (R * S * C)
-    oo_t = np.arange(mr, dtype=np.int64) * wide
+    oo_t = np.arange(mr, dtype=np.int64) * ldt
     with profile.region("gemm"):
-        _wgrad_kernel(dy, x, R, S, sh, sw, ph, pw, band, nb, jt, isa.id, isa.lanes, mr, oo_dw, oo_t,
-                      xp, tb, ao, dwp, db)
+        _wgrad_kernel(dy, x, R, S, sh, sw, ph, pw, band, nb, jt, isa.id, isa.lanes, mr, isa.rows3,
+                      oo_dw, oo_t, xp, tb, ao, dwp, db)
     dw = np.empty(w.shape, dtype=x.dtype)
     nhwc.sum_partials(dwp, dw)
     db = db[:, :K].sum(axis=0).astype(x.dtype)
@@ -554,7 +566,8 @@ def workspace_bytes(x_shape, w_shape, stride, padding, itemsize=4, threads=None,
         return (G * (nb * Hp * Wp * C + SLACK + px * kp) + R * S * C * kp) * itemsize \
             + G * px * 16, 0
     nbw = _block(N, G, P, Q, BAND_PIXELS, WGRAD_PIXELS)[1]
-    total = (G * (nbw * Hp * Wp * C + SLACK + isa.rows * isa.widths[0] + K * R * S * C) * itemsize
+    ldt = int(column_tiles(C, S, isa)[:, 1].max())
+    total = (G * (nbw * Hp * Wp * C + SLACK + isa.rows * ldt + K * R * S * C) * itemsize
              + G * K * 8)
     if applies(x_shape, w_shape, stride, padding):  # the data gradient: a forward of dy
         dyp = (P + 2 * (R - 1 - ph)) * (Q + 2 * (S - 1 - pw)) * K
