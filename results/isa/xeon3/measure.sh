@@ -1,8 +1,9 @@
 #!/bin/bash
-# [G] figures on the Intel Xeon (AVX-512) of stop 26 (the same kind of machine), each command alone on the machine
+# [G] figures on the Intel Xeon (AVX-512) of stop 26 (the same kind of machine), each command alone on the machine;
+# O=results/isa/xeon4 for stop 27
 cd /work/main
 unset HPCNN_AUTOTUNE_CACHE
-O=results/isa/xeon3
+O=${O:-results/isa/xeon3}  # the output folder (each stop its own)
 P=.venv/bin/python
 REV=$(git rev-parse --short HEAD)
 log() { echo "$(date -u +%H:%M:%S) $*" >> $O/measure.log; }
