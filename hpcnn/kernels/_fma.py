@@ -236,7 +236,8 @@ PREFETCH = 16
 """Steps ahead that :data:`tile_packed` prefetches its B panel (2 KiB of a 32-wide AVX-512
 panel). Measured on an Intel Xeon (AVX-512; ``results/isa/xeon4/prefetch_ab_*.log``), "direct"'s
 forward on 15 layer shapes with 0, 8, 16 and 24 steps alternated in one process: 16 steps ran
-0.99-1.09x as fast as none at 1 thread and 0.99-1.10x at 2; 8 and 24 steps within 2% of 16."""
+0.99-1.09x as fast as none at 1 thread and 0.99-1.10x at 2; 8 and 24 steps within 4% of 16
+(mostly 2%)."""
 
 tile = _tile_intrinsic("tile", 0)
 tile_packed = _tile_intrinsic("tile_packed", PREFETCH)

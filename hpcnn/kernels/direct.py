@@ -68,9 +68,9 @@ PREFETCH_PANEL = 32 * 1024
 """Bytes of a forward weight panel above which its tiles prefetch it (:data:`~._fma.tile_packed`):
 a panel that fits in L1 (32-48 KiB) gains nothing. Measured on an Intel Xeon, forward alone,
 alternated in one process (``results/isa/xeon4/prefetch_ab_*.log``): with AVX-512, panels of
-51-184 KiB, 0.99-1.10x (1.04x and more on 11 of 15 layers at 2 threads); on forced AVX2, panels
-of 25 KiB (16-channel 5x5 layers) ran 0.95-0.99x with prefetching, larger ones 0.98-1.05x."""
-SLACK = 64  # floats after a packed image: a weight-gradient tile reads up to 31 past its row
+51-368 KiB, 0.99-1.10x (1.04x and more on 11 of 15 layers at 2 threads); on forced AVX2, panels
+of 25 KiB (16-channel 5x5 layers) ran 0.95-0.99x with prefetching, larger ones 1.00-1.05x."""
+SLACK = 64  # floats after a packed image: a weight-gradient tile reads up to 47 past its row
 
 
 def applies(x_shape, w_shape, stride, padding, direction=None):
@@ -115,7 +115,7 @@ def _panels(K, isa):
     per FMA and ran at 0.8x a two-vector tile's speed, a three-vector tile of 9 rows at 1.0x
     (``results/isa/xeon3/tile_widths.log``). Measured on an Intel Xeon, alternated in one
     process (``results/isa/xeon4/panels3_ab_*.log``), on every GoogLeNet pass whose panels
-    change: 1.02-1.09x at 1 thread and 1.01-1.09x at 2 (GoogLeNet 4a_5x5's forward 1.09x,
+    change: 1.01-1.09x at 1 and at 2 threads (GoogLeNet 4a_5x5's forward 1.09x,
     5b_5x5's data gradient 1.07-1.09x). (With a three-vector panel wherever the estimated time
     was lower, the 7x7 layers lost up to 12%: ``results/isa/xeon3/panels48_ab_*.log``.)"""
     wide, narrow = isa.widths
