@@ -118,14 +118,23 @@ def _panels(K, isa):
     change: 1.01-1.09x at 1 and at 2 threads (GoogLeNet 4a_5x5's forward 1.09x,
     5b_5x5's data gradient 1.07-1.09x). (With a three-vector panel wherever the estimated time
     was lower, the 7x7 layers lost up to 12%: ``results/isa/xeon3/panels48_ab_*.log``.)"""
+    return np.array(_widths(K, isa, PANELS3), dtype=np.int64)
+
+
+def _widths(n, isa, three):
+    """Tile widths that cover n columns: two vectors while more than one vector is left, then
+    one vector; with ``three`` on a path that has three-vector tiles, a rest of one vector or
+    less after a two-vector tile joins it in one three-vector tile (the rule of :func:`_panels`
+    and :func:`column_tiles`). The last tile may have columns past n."""
     wide, narrow = isa.widths
-    widths = [wide] * (K // wide)
-    rest = K - wide * (K // wide)
-    if rest:
-        widths.append(narrow if rest <= narrow else wide)
-    if PANELS3 and isa.rows3 and len(widths) > 1 and widths[-1] == narrow:
-        widths[-2:] = [wide + narrow]
-    return np.array(widths, dtype=np.int64)
+    out, rest = [], n
+    while rest > 0:
+        width = wide if rest > narrow else narrow
+        if three and isa.rows3 and wide < rest <= wide + narrow:
+            width = wide + narrow
+        out.append(width)
+        rest -= width
+    return out
 
 
 def _pack_weights(w, isa, turned=False):
@@ -349,17 +358,13 @@ def column_tiles(C, S, isa):
     rest after a two-vector tile would be one vector or less takes one three-vector tile of 9
     rows instead (:data:`TILES3`): C = 48 is one tile per kernel column, a 16-channel 5x5 row
     (80 entries) is 32 + 48."""
-    wide, narrow = isa.widths
+    wide = isa.widths[0]
     out = []
 
     def cover(base, n, s):
         c0 = 0
-        while c0 < n:
-            rest = n - c0
-            width = wide if rest > narrow else narrow
-            if TILES3 and isa.rows3 and wide < rest <= wide + narrow:
-                width = wide + narrow  # a one-vector rest joins the tile before it
-            out.append((base + c0, width, min(width, rest), s))
+        for width in _widths(n, isa, TILES3):
+            out.append((base + c0, width, min(width, n - c0), s))
             c0 += width
 
     if C >= wide:
