@@ -36,7 +36,7 @@ pnjit = numba.njit(cache=CACHE, nogil=True, fastmath=FASTMATH, parallel=True)
 prange = numba.prange
 
 
-GENERATORS = ("_fma.py", "isa.py")
+GENERATORS = ("_fma.py", "_wtrans.py", "isa.py")
 """Files of this folder whose generated code the kernels inline (see the module docstring)."""
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _PACKAGE = os.path.dirname(_HERE)

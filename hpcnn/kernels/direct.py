@@ -555,8 +555,9 @@ def real_macs(x_shape, w_shape, stride, padding):
 
 
 def workspace_bytes(x_shape, w_shape, stride, padding, itemsize=4, threads=None,
-                    backward=False, isa=None):
-    """(total, lowering) scratch bytes of one pass; "direct" lowers nothing."""
+                    backward=False, isa=None, input_grad=True):
+    """(total, lowering) scratch bytes of one pass; "direct" lowers nothing. ``input_grad``
+    False: a backward pass without the data gradient."""
     isa = _isa(isa)
     N, C, H, W = x_shape
     K, _, R, S = w_shape
@@ -574,7 +575,7 @@ def workspace_bytes(x_shape, w_shape, stride, padding, itemsize=4, threads=None,
     ldt = int(column_tiles(C, S, isa)[:, 1].max())
     total = (G * (nbw * Hp * Wp * C + SLACK + isa.rows * ldt + K * R * S * C) * itemsize
              + G * K * 8)
-    if applies(x_shape, w_shape, stride, padding):  # the data gradient: a forward of dy
+    if input_grad and applies(x_shape, w_shape, stride, padding):  # the data gradient
         dyp = (P + 2 * (R - 1 - ph)) * (Q + 2 * (S - 1 - pw)) * K
         cp = int(_panels(C, isa).sum())
         band, nb = _block(N, G, H, W, BLOCK, BLOCK)

@@ -48,7 +48,7 @@ import functools
 import numba
 import numpy as np
 
-from hpcnn.kernels import _native, pipelined
+from hpcnn.kernels import _native, pipelined, winograd_fma
 from hpcnn.kernels._jit import pnjit, prange
 from hpcnn.kernels._winograd_gen import matrices
 from hpcnn.kernels._winograd_tiles import KERNELS
@@ -69,8 +69,11 @@ def tile_size(algo, w_shape):
 
 
 def applies(algo, x_shape, w_shape, stride, padding, direction=None):
-    """True where ``algo`` runs Winograd (else it runs "chunked"), in every direction."""
+    """True where ``algo`` runs Winograd (else it runs "chunked"), in ``direction`` (None: all
+    three); a 5x5 layer's weight gradient in float32 is "direct"'s (:mod:`~.winograd_fma`)."""
     r = w_shape[2]
+    if direction == "wgrad" and _fma_path(algo, w_shape):
+        return False
     return (tile_size(algo, w_shape) > 0 and tuple(stride) == (1, 1)
             and max(padding) <= r - 1 and x_shape[2] + 2 * padding[0] >= r
             and x_shape[3] + 2 * padding[1] >= r)
@@ -196,10 +199,17 @@ def _fallback(x, w, stride, padding, algo):
     return not applies(algo, x.shape, w.shape, stride, padding)
 
 
+def _fma_path(algo, w_shape, dtype=np.float32):
+    """Whether F(2x2, 5x5) runs on register tiles (:mod:`~.winograd_fma`): float32, r = 5."""
+    return tile_size(algo, w_shape) == 2 and w_shape[2] == 5 and np.dtype(dtype) == np.float32
+
+
 def forward(x, w, b, stride, padding, algo="winograd", chunk=None):
     """y (N, K, P, Q) of checked arguments (see :mod:`hpcnn.kernels.conv`)."""
     if _fallback(x, w, stride, padding, algo):
         return pipelined.forward(x, w, b, stride, padding, schedule="chunked", chunk=chunk)
+    if _fma_path(algo, w.shape, x.dtype) and chunk is None:
+        return winograd_fma.forward(x, w, b, stride, padding)
     return _conv(x, w, b, padding, tile_size(algo, w.shape), chunk)
 
 
@@ -208,6 +218,8 @@ def backward(dy, x, w, stride, padding, input_grad=True, algo="winograd", chunk=
     if _fallback(x, w, stride, padding, algo):
         return pipelined.backward(dy, x, w, stride, padding, input_grad, schedule="chunked",
                                   chunk=chunk)
+    if _fma_path(algo, w.shape, x.dtype) and chunk is None:
+        return winograd_fma.backward(dy, x, w, stride, padding, input_grad)
     m = tile_size(algo, w.shape)
     K, C, r, _ = w.shape
     a = m + r - 1
@@ -233,6 +245,9 @@ def workspace_bytes(algo, x_shape, w_shape, stride, padding, itemsize=4, threads
     if not applies(algo, x_shape, w_shape, stride, padding):
         return pipelined.workspace_bytes("chunked", x_shape, w_shape, stride, padding, itemsize,
                                          threads, backward, chunk)
+    if _fma_path(algo, w_shape, f"f{itemsize}") and chunk is None:
+        return winograd_fma.workspace_bytes(x_shape, w_shape, padding, itemsize, threads,
+                                            backward)
     T = threads or numba.get_num_threads()
     m = tile_size(algo, w_shape)
     K, C, r, _ = w_shape

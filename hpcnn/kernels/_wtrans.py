@@ -1,0 +1,172 @@
+"""Winograd tile transforms generated as LLVM IR on the ISA's vectors (a Numba intrinsic).
+
+A Winograd transform maps an a x b tile of values to ``L tile R^T`` with small constant matrices
+(Lavin & Gray: BT d B for the input, AT M A for the output, A g AT for the output gradient).
+Here the tile's values are vectors of channels (NHWC: the channels of one pixel are contiguous),
+so that one transform moves ``lanes`` channels at once: the code is straight-line, one load per
+input value, the products with the matrices' entries written out as adds, subtracts and FMAs by
+constants (entries 0 cost nothing, +-1 an add), one store per output value. Numba's loops over
+tiles of scalars do not reliably vectorize (36 input and 36 output streams need more run-time
+alias checks than LLVM makes), so the vectors are written out in the IR, as :mod:`~._fma` does
+for its register tiles.
+
+``wtrans(kind, isa, src, s0, s_row, s_col, dst, d0, d_row, d_col, n, oi, oj)`` computes, for
+c < n and the matrices (L, R) of :data:`KINDS`[kind],
+
+    dst.flat[d0 + i*d_row + j*d_col + c] = sum over u, v of L[i, u] * R[j, v]
+                                           * src.flat[s0 + u*s_row + v*s_col + c]
+
+for the output rows i < oi and columns j < oj only (the others are not written: a tile past
+the image's last row or column), with ``isa`` an :attr:`~hpcnn.kernels.isa.Isa.id`: c in
+vectors of the ISA's lanes, then one by one. src and dst are float32 arrays of which only the
+data pointer is used (the caller keeps every address in bounds).
+"""
+
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from hpcnn.kernels._winograd_gen import matrices
+from hpcnn.kernels.isa import runnable
+
+_F32 = ir.FloatType()
+_I64 = ir.IntType(64)
+
+
+def _kinds():
+    AT, _, BT = matrices(2, 5)
+    return {
+        0: (BT, BT),  # input of F(2x2, 5x5): 6x6 -> 6x6
+        1: (AT, AT),  # output of F(2x2, 5x5): 6x6 -> 2x2
+        2: (AT.T, AT.T),  # output gradient of F(2x2, 5x5): 2x2 -> 6x6
+    }
+
+
+KINDS = _kinds()
+"""kind -> (L, R), float64 matrices with small integer entries."""
+INPUT, OUTPUT, GRAD = 0, 1, 2
+
+
+def _splat(vt, value):
+    if isinstance(vt, ir.VectorType):
+        return ir.Constant(vt, [float(value)] * vt.count)
+    return ir.Constant(vt, float(value))
+
+
+def _ops(builder, vt, fma):
+    """The three 1-D transforms of F(2, 5), with their common terms shared (12, 8 and 4
+    vector operations; written out row by row, the matrices take 23, 9 and 4)."""
+    add, sub = builder.fadd, builder.fsub
+    c2, c4, m2, m5 = (_splat(vt, c) for c in (2.0, 4.0, -2.0, -5.0))
+
+    def fms(c, a, b):  # c*a - b
+        return builder.call(fma, [c, a, builder.fneg(b)])
+
+    def bt(d):  # rows of BT: 4d0-5d2+d4, (4d2-d4)+-(4d1-d3), (d4-d2)+-2(d3-d1), 4d1-5d3+d5
+        a, b = fms(c4, d[2], d[4]), fms(c4, d[1], d[3])
+        c, e = sub(d[4], d[2]), sub(d[3], d[1])
+        return [builder.call(fma, [c4, d[0], builder.call(fma, [m5, d[2], d[4]])]),
+                add(a, b), sub(a, b),
+                builder.call(fma, [c2, e, c]), builder.call(fma, [m2, e, c]),
+                builder.call(fma, [c4, d[1], builder.call(fma, [m5, d[3], d[5]])])]
+
+    def at(m):  # rows of AT: m0+m1+m2+m3+m4, m1-m2+2(m3-m4)+m5
+        return [add(add(m[0], add(m[1], m[2])), add(m[3], m[4])),
+                add(builder.call(fma, [c2, sub(m[3], m[4]), sub(m[1], m[2])]), m[5])]
+
+    def a(g):  # rows of A: g0, g0+g1, g0-g1, g0+2g1, g0-2g1, g1
+        g2 = builder.fmul(c2, g[1])
+        return [g[0], add(g[0], g[1]), sub(g[0], g[1]), add(g[0], g2), sub(g[0], g2), g[1]]
+
+    return {INPUT: (bt, 6), OUTPUT: (at, 6), GRAD: (a, 2)}
+
+
+def emit_transform(builder, kind, VL, src, s0, s_row, s_col, dst, d0, d_row, d_col, oi, oj):
+    """One transform of ``VL`` channels (VL = 1: a scalar) at the builder's position; offsets are
+    i64 values, src/dst float pointers. Only the output transform checks oi and oj."""
+    vt = ir.VectorType(_F32, VL) if VL > 1 else _F32
+    vp = vt.as_pointer()
+    name = f"llvm.fma.v{VL}f32" if VL > 1 else "llvm.fma.f32"
+    fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt, vt, vt]), name)
+    one_d, n = _ops(builder, vt, fma)[kind]
+
+    def at(base, off, i, j, row, col):
+        o = builder.add(off, builder.add(builder.mul(ir.Constant(_I64, i), row),
+                                         builder.mul(ir.Constant(_I64, j), col)))
+        return builder.bitcast(builder.gep(base, [o]), vp)
+
+    rows = [one_d([builder.load(at(src, s0, u, v, s_row, s_col), align=4) for v in range(n)])
+            for u in range(n)]  # rows[u][j]: the transform along each input row
+    for j in range(len(rows[0])):
+        col = one_d([rows[u][j] for u in range(n)])
+        for i, out in enumerate(col):
+            if kind != OUTPUT:
+                builder.store(out, at(dst, d0, i, j, d_row, d_col), align=4)
+                continue
+            inside = builder.and_(builder.icmp_signed(">", oi, ir.Constant(_I64, i)),
+                                  builder.icmp_signed(">", oj, ir.Constant(_I64, j)))
+            with builder.if_then(inside, likely=True):
+                builder.store(out, at(dst, d0, i, j, d_row, d_col), align=4)
+
+
+_ARGS = ("kind", "isa", "src", "s0", "s_row", "s_col", "dst", "d0", "d_row", "d_col", "n", "oi",
+         "oj")
+
+
+def _typer(typingctx, kind, isa, src, s0, s_row, s_col, dst, d0, d_row, d_col, n, oi, oj):
+    ty = dict(zip(_ARGS, (kind, isa, src, s0, s_row, s_col, dst, d0, d_row, d_col, n, oi, oj)))
+    if not all(isinstance(ty[a], types.Array) and ty[a].dtype == types.float32
+               for a in ("src", "dst")):
+        return None
+    if not all(isinstance(ty[a], types.Integer) for a in _ARGS if a not in ("src", "dst")):
+        return None
+    sig = types.void(*ty.values())
+
+    def codegen(context, builder, sig, args):
+        v = {}
+        for arg, t, val in zip(_ARGS, sig.args, args):
+            if arg in ("src", "dst"):
+                v[arg] = context.make_array(t)(context, builder, val).data
+            else:
+                v[arg] = context.cast(builder, val, t, types.int64)
+        fn = builder.function
+        done = fn.append_basic_block("wtrans.done")
+        key = builder.or_(builder.shl(v["isa"], ir.Constant(_I64, 8)), v["kind"])
+        sw = builder.switch(key, done)
+        for isa in runnable():
+            for kind in KINDS:
+                blk = fn.append_basic_block(f"wtrans.{isa.name}.{kind}")
+                sw.add_case(ir.Constant(_I64, (isa.id << 8) | kind), blk)
+                builder.position_at_end(blk)
+                _emit_loop(builder, kind, isa.lanes, v)
+                builder.branch(done)
+        builder.position_at_end(done)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def _emit_loop(builder, kind, lanes, v):
+    """The n channels: vectors of ``lanes``, then one by one."""
+    n = v["n"]
+    nvec = builder.sdiv(n, ir.Constant(_I64, lanes))
+    for VL, count, first in ((lanes, nvec, ir.Constant(_I64, 0)),
+                             (1, builder.sub(n, builder.mul(nvec, ir.Constant(_I64, lanes))),
+                              builder.mul(nvec, ir.Constant(_I64, lanes)))):
+        with cgutils.for_range(builder, count) as loop:
+            c = builder.add(first, builder.mul(loop.index, ir.Constant(_I64, VL)))
+            emit_transform(builder, kind, VL, v["src"], builder.add(v["s0"], c), v["s_row"],
+                           v["s_col"], v["dst"], builder.add(v["d0"], c), v["d_row"],
+                           v["d_col"], v["oi"], v["oj"])
+
+
+_typer.__name__ = "wtrans"
+wtrans = intrinsic(_typer)
+
+
+def reference(kind, tile):
+    """The transform of one tile (u, v, ...) in float64, for tests."""
+    Lm, Rm = KINDS[kind]
+    return np.einsum("iu,jv,uv...->ij...", Lm, Rm, np.asarray(tile, dtype=np.float64))

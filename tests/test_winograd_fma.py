@@ -1,0 +1,133 @@
+"""Winograd F(2x2, 5x5) on register tiles (hpcnn.kernels.winograd_fma, the "winograd" strategy's
+5x5 layers in float32) and its vector transforms (hpcnn.kernels._wtrans)."""
+
+import numba
+import numpy as np
+import pytest
+from llvmlite import ir
+
+from hpcnn.kernels import _fma, _wtrans, conv, direct, isa, winograd, winograd_fma
+from tests import reference as ref
+
+RUNNABLE = [i.name for i in isa.runnable()]
+THREADS = [1, 2] if numba.config.NUMBA_NUM_THREADS >= 2 else [1]
+
+
+@numba.njit
+def _apply(kind, isa_id, src, s0, s_row, s_col, dst, d0, d_row, d_col, n, oi, oj):
+    _wtrans.wtrans(kind, isa_id, src, s0, s_row, s_col, dst, d0, d_row, d_col, n, oi, oj)
+
+
+@pytest.mark.parametrize("name", RUNNABLE)
+@pytest.mark.parametrize("kind", sorted(_wtrans.KINDS))
+def test_transforms_match_their_matrices(name, kind):
+    """Every kind on every path, for channel counts below, at and past a vector (the vector
+    loop and the one-by-one rest), with strided rows and columns and clipped outputs."""
+    Lm, Rm = _wtrans.KINDS[kind]
+    nu, nv = Lm.shape[1], Rm.shape[1]
+    rng = np.random.default_rng(kind)
+    for n in (1, 3, 16, 21, 37):
+        s_col, s_row = n + 5, (n + 5) * nv + 3
+        src = rng.standard_normal(2 + nu * s_row).astype(np.float32)
+        d_col, d_row = n + 2, (n + 2) * Rm.shape[0] + 1
+        for oi, oj in ((Lm.shape[0], Rm.shape[0]), (1, 2), (2, 1)):
+            dst = np.full(3 + Lm.shape[0] * d_row, 7.0, dtype=np.float32)
+            _apply(kind, isa.ISAS[name].id, src, 2, s_row, s_col, dst, 3, d_row, d_col, n, oi, oj)
+            tile = np.stack([[src[2 + u * s_row + v * s_col:][:n] for v in range(nv)]
+                             for u in range(nu)])
+            want = _wtrans.reference(kind, tile)
+            if kind != _wtrans.OUTPUT:
+                oi, oj = Lm.shape[0], Rm.shape[0]  # only the output transform clips
+            expect = np.full_like(dst, 7.0)
+            for i in range(oi):
+                for j in range(oj):
+                    expect[3 + i * d_row + j * d_col:][:n] = want[i, j]
+            np.testing.assert_allclose(dst, expect, rtol=1e-5, atol=1e-4)
+
+
+def test_avx512_transform_uses_512_bit_vectors():
+    mod = ir.Module(name="t")
+    fp, i64 = ir.FloatType().as_pointer(), ir.IntType(64)
+    fn = ir.Function(mod, ir.FunctionType(ir.VoidType(), [fp, i64, i64, i64, fp, i64, i64, i64,
+                                                          i64, i64]), name="t")
+    builder = ir.IRBuilder(fn.append_basic_block("entry"))
+    _wtrans.emit_transform(builder, _wtrans.INPUT, 16, *fn.args)
+    builder.ret_void()
+    asm = _fma.assembly(mod, isa.ISAS["avx512"].llvm_cpu)
+    ops = [line.split(None, 1) for line in asm.splitlines() if "zmm" in line]
+    ops = [(op, args.split(", ")) for op, args in ops if "rsp" not in args]  # not spills
+    stores = [a for op, a in ops if op.startswith("vmov") and "(" in a[-1]]
+    loads = [a for op, a in ops if any("(" in x for x in a[:-1])]
+    assert len(stores) == 36 and len(loads) >= 36  # one 16-lane vector per tile value
+    assert sum(op.startswith(("vfmadd", "vfmsub", "vfnmadd")) for op, _ in ops) >= 36
+
+
+CASES = [  # (N, C, H, W, K, pad): 3-vector panels (K 48, 80), ragged channels, bands, many images
+    (3, 16, 14, 14, 48, 2),
+    (2, 33, 9, 11, 80, 2),
+    (5, 7, 7, 7, 20, 1),
+    (1, 5, 40, 37, 9, 3),  # a block is a band of tile rows
+    (9, 3, 6, 6, 33, 4),  # several images per block; padding 4: windows wholly on the border
+    (2, 17, 5, 8, 16, 0),
+]
+
+
+@pytest.mark.parametrize("name", RUNNABLE)
+@pytest.mark.parametrize("n_threads", THREADS)
+def test_forward_and_backward_match_the_reference(name, n_threads, monkeypatch):
+    old = numba.get_num_threads()
+    numba.set_num_threads(n_threads)
+    try:
+        for i, (N, C, H, W, K, pad) in enumerate(CASES):
+            rng = np.random.default_rng(i)
+            x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+            w = (rng.standard_normal((K, C, 5, 5)) / np.sqrt(25 * C)).astype(np.float32)
+            b = rng.standard_normal(K).astype(np.float32)
+            assert winograd_fma.applies(x.shape, w.shape, (1, 1), (pad, pad))
+            y = winograd_fma.forward(x, w, b, (1, 1), (pad, pad), isa=name)
+            want = ref.conv2d_forward(x, w, b, 1, pad)
+            np.testing.assert_allclose(y, want, rtol=0, atol=1e-4 * np.abs(want).max())
+            dy = rng.standard_normal(y.shape).astype(np.float32)
+            got = winograd_fma.backward(dy, x, w, (1, 1), (pad, pad), isa=name)
+            for g, e in zip(got, ref.conv2d_backward(dy, x, w, 1, pad), strict=True):
+                np.testing.assert_allclose(g, e, rtol=0, atol=1e-4 * max(1, np.abs(e).max()))
+            assert winograd_fma.backward(dy, x, w, (1, 1), (pad, pad), False, isa=name)[0] is None
+    finally:
+        numba.set_num_threads(old)
+
+
+def test_bands_and_image_blocks_are_planned():
+    assert winograd_fma._blocks(4, 1, 20, 19) == (6, 1)  # 128 // 19 tile rows of one image
+    assert winograd_fma._blocks(100, 2, 8, 8) == (8, 2)  # two 64-tile images per block
+    assert winograd_fma._blocks(3, 2, 2, 2) == (2, 2)  # no more than a group's images
+
+
+def test_strategy_takes_the_tiles_in_float32_only():
+    """"winograd" runs F(2x2, 5x5) on the tiles in float32; float64 and an explicit chunk keep
+    the BLAS path; its weight gradient is "direct"'s, so the autotuner does not time it."""
+    xs, ws = (2, 8, 9, 9), (4, 8, 5, 5)
+    assert winograd._fma_path("winograd", ws) and not winograd._fma_path("winograd", ws, "f8")
+    assert not winograd._fma_path("winograd", (4, 8, 3, 3))
+    assert "winograd" in conv.candidates(xs, ws, (1, 1), (2, 2), direction="forward")
+    assert "winograd" in conv.candidates(xs, ws, (1, 1), (2, 2), direction="backward")
+    assert "winograd" not in conv.candidates(xs, ws, (1, 1), (2, 2), direction="wgrad")
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(xs)
+    w = rng.standard_normal(ws)
+    for dtype in (np.float32, np.float64):
+        got = conv.conv2d_forward(x.astype(dtype), w.astype(dtype), None, 1, 2, algo="winograd")
+        want = ref.conv2d_forward(x, w, None, 1, 2)
+        assert got.dtype == dtype
+        np.testing.assert_allclose(got, want, rtol=0, atol=(1e-4 if dtype == np.float32
+                                                            else 1e-10) * np.abs(want).max())
+
+
+def test_workspace_is_block_sized():
+    xs, ws = (32, 32, 14, 14), (128, 32, 5, 5)
+    fwd, v = winograd.workspace_bytes("winograd", xs, ws, (1, 1), (2, 2), 4, 2)
+    bwd, _ = winograd.workspace_bytes("winograd", xs, ws, (1, 1), (2, 2), 4, 2, backward=True)
+    lowering = conv.workspace_bytes("lowering", xs, ws, 1, 2)[0]
+    assert 0 < v < fwd < lowering / 4 and 0 < bwd < lowering / 4
+    assert v == 2 * 36 * 98 * 32 * 4  # two groups' V blocks: 98 tiles (two 7x7-tile images)
+    wgrad = direct.workspace_bytes(xs, ws, (1, 1), (2, 2), 4, 2, True, input_grad=False)[0]
+    assert bwd >= wgrad
