@@ -117,7 +117,8 @@ def test_matches_reference_every_padding(algo, r, dtype, n_threads, threads, for
             if H + 2 * pad < r or W + 2 * pad < r:
                 continue
             x, w, b = _case(N, C, H, W, K, r, pad, dtype, seed=i)
-            assert winograd.applies(algo, x.shape, w.shape, (1, 1), (pad, pad))
+            for direction in ("forward", "backward"):  # the weight gradient may be direct's
+                assert winograd.applies(algo, x.shape, w.shape, (1, 1), (pad, pad), direction)
             geo = winograd._geo(x.shape, K, r, (pad, pad), winograd.tile_size(algo, w.shape),
                                 x.itemsize, n_threads, None)[0]
             assert geo[14] == (form == "rows")

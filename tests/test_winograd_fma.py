@@ -104,13 +104,16 @@ def test_bands_and_image_blocks_are_planned():
 
 def test_strategy_takes_the_tiles_in_float32_only():
     """"winograd" runs F(2x2, 5x5) on the tiles in float32; float64 and an explicit chunk keep
-    the BLAS path; its weight gradient is "direct"'s, so the autotuner does not time it."""
+    the BLAS path; with 8 input channels its weight gradient is "direct"'s, so the autotuner
+    does not time it there."""
     xs, ws = (2, 8, 9, 9), (4, 8, 5, 5)
     assert winograd._fma_path("winograd", ws) and not winograd._fma_path("winograd", ws, "f8")
     assert not winograd._fma_path("winograd", (4, 8, 3, 3))
     assert "winograd" in conv.candidates(xs, ws, (1, 1), (2, 2), direction="forward")
     assert "winograd" in conv.candidates(xs, ws, (1, 1), (2, 2), direction="backward")
     assert "winograd" not in conv.candidates(xs, ws, (1, 1), (2, 2), direction="wgrad")
+    assert "winograd" in conv.candidates((2, 32, 9, 9), (4, 32, 5, 5), (1, 1), (2, 2),
+                                         direction="wgrad")  # two vectors of input channels
     rng = np.random.default_rng(1)
     x = rng.standard_normal(xs)
     w = rng.standard_normal(ws)
@@ -128,6 +131,9 @@ def test_workspace_is_block_sized():
     bwd, _ = winograd.workspace_bytes("winograd", xs, ws, (1, 1), (2, 2), 4, 2, backward=True)
     lowering = conv.workspace_bytes("lowering", xs, ws, 1, 2)[0]
     assert 0 < v < fwd < lowering / 4 and 0 < bwd < lowering / 4
-    assert v == 2 * 36 * 98 * 32 * 4  # two groups' V blocks: 98 tiles (two 7x7-tile images)
-    wgrad = direct.workspace_bytes(xs, ws, (1, 1), (2, 2), 4, 2, True, input_grad=False)[0]
-    assert bwd >= wgrad
+    T = winograd_fma._geometry(xs, 128, (2, 2), direct._isa(None), 2)[7]
+    assert v == 2 * 36 * T * 32 * 4  # two groups' V blocks
+    assert 36 * T * (32 + 48) * 4 <= winograd_fma.BLOCK_BYTES  # V and one panel's M
+    shapes = winograd_fma._geometry(xs, 128, (2, 2), direct._isa(None), 2, wgrad=True)[-1]
+    assert shapes["vb"][1] * 4 + shapes["mb"][1] * 4 <= 1.1 * winograd_fma.BLOCK_BYTES
+    assert bwd >= sum(int(np.prod(s)) for s in shapes.values()) * 4

@@ -26,6 +26,11 @@ of which only the data pointer is used (the caller keeps every address in bounds
 up to nv*lanes - 1 elements past the last ``j*b_inc``); aoffs and ooffs are int64 arrays of at
 least m element offsets.
 
+``tile_strided`` takes one more argument, ``a_inc``: A is read at ``... + j*a_inc`` instead of
+``... + j`` (a reduction over rows of a matrix whose columns are the tile's rows: Winograd's
+weight gradient sums over tiles, :mod:`~.winograd_fma`); the loop is the same, its index moving
+by a_inc.
+
 ``tile_packed`` (same arguments) is the tile for a B that is a packed panel read in order, b_inc
 = nv * lanes (the weights in "direct"'s forward and data gradient): each step also prefetches
 the panel's lines :data:`PREFETCH` steps ahead (prefetches never fault, so running past B's end
@@ -87,7 +92,8 @@ def _opaque(builder, value):
 def emit_tile(builder, p, v, MR, NV, VL, prefetch=0):
     """Emit one MR x (NV*VL) tile at the builder's position. ``p``: float*/i64* pointers "A",
     "aoffs", "B", "out", "ooffs"; ``v``: i64 values "a0", "a_step", "a_blk", "b0", "b_step",
-    "b_blk", "b_inc", "nblk", "nseg", "L", "o0", "acc" (see the module docstring). With
+    "b_blk", "b_inc", "nblk", "nseg", "L", "o0", "acc" (see the module docstring), and "a_inc"
+    for :data:`tile_strided` (A's step between j; 1 when absent). With
     ``prefetch`` > 0, each step prefetches B's lines ``prefetch`` steps ahead of a packed panel
     (b_inc = NV*VL: see :data:`tile_packed`)."""
     vt = ir.VectorType(_F32, VL)
@@ -97,6 +103,7 @@ def emit_tile(builder, p, v, MR, NV, VL, prefetch=0):
     undef = ir.Constant(vt, ir.Undefined)
     splat = ir.Constant(ir.VectorType(_I32, VL), [0] * VL)
     one = ir.Constant(_I64, 1)
+    a_inc = v.get("a_inc")
     accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(NV)] for _ in range(MR)]
 
     def at(ptr, i):
@@ -139,10 +146,11 @@ def emit_tile(builder, p, v, MR, NV, VL, prefetch=0):
         jb1 = builder.add(v["b0"], builder.mul(blk.index, v["b_blk"]))
         with _for(builder, v["nseg"]) as seg:
             ja0 = builder.add(ja1, builder.mul(seg.index, v["a_step"]))
-            jend = builder.add(ja0, v["L"])  # j runs from -L up to 0 (no bound to keep)
+            span = v["L"] if a_inc is None else builder.mul(v["L"], a_inc)
+            jend = builder.add(ja0, span)  # j runs from -span up to 0 (no bound to keep)
             rows = [builder.gep(p["A"], [builder.add(abase[i], jend)]) for i in range(MR)]
             bp0 = builder.gep(p["B"], [builder.add(jb1, builder.mul(seg.index, v["b_step"]))])
-            j0 = builder.neg(v["L"])
+            j0 = builder.neg(span)
             pre = builder.block
             head = fn.append_basic_block("tile.head")
             body = fn.append_basic_block("tile.body")
@@ -157,7 +165,7 @@ def emit_tile(builder, p, v, MR, NV, VL, prefetch=0):
             builder.position_at_end(body)
             jo = _opaque(builder, j)
             step(rows, jo, bp)
-            j.add_incoming(builder.add(jo, one), builder.block)
+            j.add_incoming(builder.add(jo, one if a_inc is None else a_inc), builder.block)
             bp.add_incoming(builder.gep(bp, [v["b_inc"]]), builder.block)
             builder.branch(head)
             builder.position_at_end(after)
@@ -200,25 +208,25 @@ def _emit_switch(builder, p, v, prefetch):
     builder.position_at_end(done)
 
 
-def _tile_intrinsic(name, prefetch):
-    def typer(typingctx, isa, nv, m, A, a0, aoffs, a_step, a_blk, B, b0, b_step, b_blk, b_inc,
-              nblk, nseg, L, out, o0, ooffs, acc):
-        ty = dict(zip(_ARGS, (isa, nv, m, A, a0, aoffs, a_step, a_blk, B, b0, b_step, b_blk,
-                              b_inc, nblk, nseg, L, out, o0, ooffs, acc)))
+def _tile_intrinsic(name, prefetch, strided=False):
+    names = _ARGS + ("a_inc",) if strided else _ARGS
+
+    def type_of(args):
+        ty = dict(zip(names, args))
         if not all(isinstance(ty[a], types.Array) and ty[a].dtype == types.float32
                    for a in _FLOATS):
             return None
         if not all(isinstance(ty[a], types.Array) and ty[a].dtype == types.int64
                    for a in _OFFSETS):
             return None
-        if not all(isinstance(ty[a], types.Integer) for a in _ARGS
+        if not all(isinstance(ty[a], types.Integer) for a in names
                    if a not in _FLOATS + _OFFSETS):
             return None
         sig = types.void(*ty.values())
 
         def codegen(context, builder, sig, args):
             p, v = {}, {}
-            for arg, t, val in zip(_ARGS, sig.args, args):
+            for arg, t, val in zip(names, sig.args, args):
                 if arg in _FLOATS or arg in _OFFSETS:
                     p[arg] = _data(context, builder, t, val)
                 else:
@@ -228,8 +236,12 @@ def _tile_intrinsic(name, prefetch):
 
         return sig, codegen
 
-    typer.__name__ = name
-    return intrinsic(typer)
+    # Numba passes an intrinsic its arguments by name (a typer with *args fails to lower): one
+    # with exactly these parameters
+    params = ", ".join(names)
+    scope = {"type_of": type_of}
+    exec(f"def {name}(typingctx, {params}):\n    return type_of(({params},))", scope)
+    return intrinsic(scope[name])
 
 
 PREFETCH = 16
@@ -241,6 +253,7 @@ forward on 15 layer shapes with 0, 8, 16 and 24 steps alternated in one process:
 
 tile = _tile_intrinsic("tile", 0)
 tile_packed = _tile_intrinsic("tile_packed", PREFETCH)
+tile_strided = _tile_intrinsic("tile_strided", 0, strided=True)
 
 
 def standalone_module(isa, nv=2, m=None, prefetch=0):

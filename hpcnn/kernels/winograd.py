@@ -48,7 +48,7 @@ import functools
 import numba
 import numpy as np
 
-from hpcnn.kernels import _native, pipelined, winograd_fma
+from hpcnn.kernels import _native, direct, pipelined, winograd_fma
 from hpcnn.kernels._jit import pnjit, prange
 from hpcnn.kernels._winograd_gen import matrices
 from hpcnn.kernels._winograd_tiles import KERNELS
@@ -70,9 +70,11 @@ def tile_size(algo, w_shape):
 
 def applies(algo, x_shape, w_shape, stride, padding, direction=None):
     """True where ``algo`` runs Winograd (else it runs "chunked"), in ``direction`` (None: all
-    three); a 5x5 layer's weight gradient in float32 is "direct"'s (:mod:`~.winograd_fma`)."""
+    three); the weight gradient of a 5x5 layer with fewer than two vectors of input channels is
+    "direct"'s in float32 (:func:`~.winograd_fma.own_wgrad`)."""
     r = w_shape[2]
-    if direction == "wgrad" and _fma_path(algo, w_shape):
+    if (direction in ("wgrad", None) and _fma_path(algo, w_shape)
+            and not winograd_fma.own_wgrad(w_shape[1], direct._isa(None))):
         return False
     return (tile_size(algo, w_shape) > 0 and tuple(stride) == (1, 1)
             and max(padding) <= r - 1 and x_shape[2] + 2 * padding[0] >= r

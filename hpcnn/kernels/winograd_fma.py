@@ -28,7 +28,12 @@ in a loop on an Intel Xeon; with an odd number of cache lines between the blocks
 with this layout 58-84.) V of a block is tiles x 36 x C floats, M tiles x 36 x one panel.
 
 The data gradient is this forward of dy with the weights turned by 180 degrees and their
-channel axes swapped (padding 4 - p). The weight gradient is "direct"'s.
+channel axes swapped (padding 4 - p). The weight gradient transforms, per block, x's tiles (V, as
+above) and dy's 2x2 tiles (dM = A g AT, :mod:`~._wtrans`), and sums dU[xi] += dM[xi]^T V[xi]
+over the block's tiles on register tiles of output channels by input channels (a reduction of
+as many steps as the block has tiles: :data:`~._fma.tile_strided`); then dW = G^T dU G. There
+V[xi] and dM[xi] are each one block of tiles x channels (the tiles read them in order), 36
+blocks an odd number of cache lines apart (:func:`_stride`).
 
 Numerics: the points are 0, +-1, +-2 and infinity (see :mod:`~.winograd`): the 6x6 transforms
 mix magnitudes up to 25 and lose about one decimal digit against direct convolution in float32.
@@ -39,13 +44,20 @@ import numpy as np
 
 from hpcnn import profile
 from hpcnn.kernels import direct, nhwc
-from hpcnn.kernels._fma import tile
+from hpcnn.kernels._fma import tile, tile_strided
 from hpcnn.kernels._jit import njit, pnjit, prange
 from hpcnn.kernels._winograd_gen import matrices
-from hpcnn.kernels._wtrans import INPUT, OUTPUT, wtrans
+from hpcnn.kernels._wtrans import GRAD, INPUT, OUTPUT, wtrans
 
 TILES = 128
-"""Tiles per block, about (whole tile rows, at least one)."""
+"""Tiles per block at most, about (whole tile rows, at least one)."""
+BLOCK_BYTES = 512 * 1024
+"""A block's transformed data (36 values per tile of its input channels, and of one panel's
+output channels in the forward, of all of them in the weight gradient), at most, about: it stays
+in L2 while the tiles read it. Measured on an Intel Xeon (2 MiB L2), alternated in one process,
+1 thread, against no bound (128 tiles): forward 1.01-1.07x, weight gradient 0.97-1.14x, data
+gradient 1.12-1.35x on cifar10_quick conv2 and GoogLeNet 3b, 4e and 5a_5x5; 1 MiB was 0.94-1.04x
+as fast as 512 KiB, 256 KiB 0.86-1.07x (``results/isa/xeon5/block_bytes.log``)."""
 M, R = 2, 5
 A = M + R - 1
 
@@ -62,8 +74,7 @@ def _pack_u(w, isa, turned):
     point xi as "direct"'s panels, (C_in, width) each: up[xi*Cin*Kp + offsets[p] + c*width + j]
     is U[xi] of output channel starts[p] + j and input channel c (zero past K_out)."""
     K, C = w.shape[0], w.shape[1]
-    G = matrices(M, R)[1]
-    taps = np.kron(G, G).astype(w.dtype)  # (36, 25): U[xi] = sum over taps of taps[xi, tap] w
+    taps = _taps(w.dtype)
     U = np.matmul(taps[:, ::-1] if turned else taps, w.reshape(K * C, R * R).T).reshape(
         A * A, K, C)
     if turned:
@@ -150,25 +161,93 @@ def _forward_kernel(x, up, widths, offsets, bias, y, ph, pw, th, tw, band, nb, i
                                     oh0 * Q, oh1 * Q)
 
 
-def _blocks(N, G, th, tw):
-    """(band tile rows, images) of a block."""
-    band = max(1, min(th, TILES // tw))
-    nb = max(1, min(TILES // (th * tw), -(-N // G))) if band == th else 1
+@pnjit
+def _wgrad_kernel(x, dy, ph, pw, th, tw, band, nb, isa, lanes, mr, mr3, widths, cstarts, xp,
+                  gp, vb, mb, ko, oo, dup, db):
+    """dup[g] (36, K, Cp) = group g's sum over its tiles of dM[t, xi]^T V[t, xi] (dM = A g AT of
+    dy's 2x2 tiles, V = BT d B of x's 6x6 ones); db[g] its dy sums. widths/cstarts: the column
+    tiles of C (Cp = their sum; columns past C are scratch). Scratch per group: xp[g] (packed x),
+    gp[g] (packed dy, 2*th x 2*tw), vb[g] (tiles x 36 x C, and a tile's width of slack), mb[g]
+    (tiles x 36 x K); ko[i] = i, oo[i] = i*Cp."""
+    N, C = x.shape[0], x.shape[1]
+    K, P, Q = dy.shape[1], dy.shape[2], dy.shape[3]
+    G = xp.shape[0]
+    Hp, row, grow = 2 * th + 4, (2 * tw + 4) * C, 2 * tw * K
+    Cp = dup.shape[3]
+    dyv = dy.reshape(N, K, P * Q)
+    for g in prange(G):
+        buf, gbuf, vbf, mbf, dug = xp[g], gp[g], vb[g], mb[g], dup[g]
+        duf = dug.reshape(-1)
+        duf[:] = 0.0
+        n_hi = (g + 1) * N // G
+        for n0 in range(g * N // G, n_hi, nb):
+            ni = min(nb, n_hi - n0)
+            nhwc.pack_x(x, n0, n0 + ni, ph, pw, buf[:ni * Hp * row].reshape(ni, Hp, row))
+            nhwc.pack_x(dy, n0, n0 + ni, 0, 0, gbuf[:ni * 2 * th * grow].reshape(ni, 2 * th, grow))
+            nhwc.sum_dy(dyv, n0, n0 + ni, 0, P, Q, db[g])
+            for i0 in range(0, th, band):
+                i1 = min(i0 + band, th)
+                T = ni * (i1 - i0) * tw
+                VS, MS = _stride(T * C), _stride(T * K)
+                t = 0
+                for im in range(ni):
+                    for i in range(i0, i1):
+                        for j in range(tw):
+                            wtrans(INPUT, isa, buf, (im * Hp + 2 * i) * row + 2 * j * C, row, C,
+                                   vbf, t * C, A * VS, VS, C, A, A)
+                            wtrans(GRAD, isa, gbuf, (im * 2 * th + 2 * i) * grow + 2 * j * K,
+                                   grow, K, mbf, t * K, A * MS, MS, K, A, A)
+                            t += 1
+                for xi in range(A * A):
+                    for ci in range(widths.shape[0]):
+                        width, c0 = widths[ci], cstarts[ci]
+                        nk = -(-K // (mr if width <= 2 * lanes else mr3))
+                        for kt in range(nk):
+                            k0, k1 = kt * K // nk, (kt + 1) * K // nk
+                            tile_strided(isa, width // lanes, k1 - k0, mbf, xi * MS + k0, ko, 0,
+                                         0, vbf, xi * VS + c0, 0, 0, C, 1, 1, T, duf,
+                                         (xi * K + k0) * Cp + c0, oo, 1, K)
+
+
+@njit
+def _stride(n):
+    """n floats rounded up to an odd number of cache lines: the weight gradient's 36 blocks
+    (V[xi] and dM[xi], tiles x channels each) then start in 36 different L1 sets. (At a multiple
+    of 4 KiB apart, a transform's 36 stores of one tile all fall in one set: see above.)"""
+    lines = -(-n // 16)
+    return (lines + 1 - lines % 2) * 16
+
+
+def _blocks(N, G, th, tw, per_tile=0):
+    """(band tile rows, images) of a block: at most :data:`TILES` tiles, and :data:`BLOCK_BYTES`
+    of ``per_tile`` floats each."""
+    tiles = max(1, min(TILES, BLOCK_BYTES // max(4 * per_tile, 1)))
+    band = max(1, min(th, tiles // tw))
+    nb = max(1, min(tiles // (th * tw), -(-N // G))) if band == th else 1
     return band, nb
 
 
-def _geometry(x_shape, k_out, padding, isa, threads=None):
-    """(P, Q, th, tw, G, band, nb, T, Kp, scratch shapes) of a pass to k_out channels."""
+def _geometry(x_shape, k_out, padding, isa, threads=None, wgrad=False):
+    """(P, Q, th, tw, G, band, nb, T, Kp, scratch shapes) of a forward pass to k_out channels,
+    or with ``wgrad`` of the weight gradient of a layer with k_out output channels."""
     N, C, H, W = x_shape
     P, Q = H + 2 * padding[0] - R + 1, W + 2 * padding[1] - R + 1
     th, tw = -(-P // M), -(-Q // M)
     G = max(1, min(threads or numba.get_num_threads(), N))
-    band, nb = _blocks(N, G, th, tw)
+    widest = 3 * isa.lanes  # a panel of the forward
+    band, nb = _blocks(N, G, th, tw, A * A * (C + (k_out if wgrad else widest)))
     T = nb * band * tw
     Kp = int(direct._panels(k_out, isa).sum())
-    shapes = {"xp": (G, nb * (2 * th + 4) * (2 * tw + 4) * C), "vb": (G, A * A * T * C),
-              "mb": (G, A * A * T * 3 * isa.lanes), "yt": (G, nb * 2 * band * Q, Kp)}
-    return P, Q, th, tw, G, band, nb, T, Kp, shapes
+    xp = (G, nb * (2 * th + 4) * (2 * tw + 4) * C)
+    if not wgrad:
+        return P, Q, th, tw, G, band, nb, T, Kp, {
+            "xp": xp, "vb": (G, A * A * T * C), "mb": (G, A * A * T * widest),
+            "yt": (G, nb * 2 * band * Q, Kp)}
+    Cp = sum(direct._widths(C, isa, direct.TILES3))
+    return P, Q, th, tw, G, band, nb, T, Kp, {
+        "xp": xp, "gp": (G, nb * 2 * th * 2 * tw * k_out),
+        "vb": (G, A * A * int(_stride(T * C)) + widest),  # slack: a tile's columns past C
+        "mb": (G, A * A * int(_stride(T * k_out))), "dup": (G, A * A, k_out, Cp)}
 
 
 def _conv(x, w, b, padding, isa, turned=False):
@@ -187,16 +266,57 @@ def _conv(x, w, b, padding, isa, turned=False):
     return y
 
 
+def _taps(dtype):
+    """(36, 25) G (x) G: U[xi] = sum over taps of taps[xi, tap] * w[tap]."""
+    G = matrices(M, R)[1]
+    return np.kron(G, G).astype(dtype)
+
+
+def _wgrad(dy, x, w, padding, isa):
+    """(dw, db): dU[xi] = sum over tiles of dM[t, xi]^T V[t, xi] on the register tiles (a
+    reduction over the tiles: :data:`~._fma.tile_strided`), then dw = G^T dU G."""
+    C, K = x.shape[1], w.shape[0]
+    P, Q, th, tw, G, band, nb, T, _, shapes = _geometry(x.shape, K, padding, isa, wgrad=True)
+    widths = np.array(direct._widths(C, isa, direct.TILES3), dtype=np.int64)
+    cstarts = np.concatenate(([0], np.cumsum(widths)[:-1])).astype(np.int64)
+    Cp = int(widths.sum())
+    rows = max(isa.rows, isa.rows3)
+    xp, gp, vb, mb, dup = (np.empty(shapes[k], dtype=x.dtype)
+                           for k in ("xp", "gp", "vb", "mb", "dup"))
+    db = np.zeros((G, direct._row(K, 8)), dtype=np.float64)
+    _wgrad_kernel(x, dy, padding[0], padding[1], th, tw, band, nb, isa.id, isa.lanes, isa.rows,
+                  isa.rows3, widths, cstarts, xp, gp, vb, mb, np.arange(rows, dtype=np.int64),
+                  np.arange(rows, dtype=np.int64) * Cp, dup, db)
+    du = dup[0, :, :, :C].copy()
+    for g in range(1, G):  # in group order: the result depends on the thread count only
+        du += dup[g, :, :, :C]
+    dw = np.matmul(du.reshape(A * A, K * C).T, _taps(x.dtype)).reshape(w.shape)
+    return dw, db[:, :K].sum(axis=0).astype(x.dtype)
+
+
 def forward(x, w, b, stride, padding, *, isa=None):
     """y (N, K, P, Q) of checked float32 arguments to which F(2x2, 5x5) applies."""
     with profile.region("gemm"):
         return _conv(x, w, b, padding, direct._isa(isa))
 
 
+def own_wgrad(C, isa):
+    """Whether the weight gradient runs here (else it is "direct"'s): with at least two vectors
+    of input channels. Its tiles are output channels by input channels; with one vector (16
+    channels on AVX-512) they would be one vector wide, which runs at 0.8x (see
+    :func:`~.direct.column_tiles`), while "direct"'s tiles span kernel columns there."""
+    return C >= 2 * isa.lanes
+
+
 def backward(dy, x, w, stride, padding, input_grad=True, *, isa=None):
-    """(dx, dw, db): the weight gradient from "direct", the data gradient a forward of dy."""
+    """(dx, dw, db): the weight gradient summed over the tiles (or "direct"'s: :func:`own_wgrad`),
+    the data gradient a forward of dy."""
     isa = direct._isa(isa)
-    _, dw, db = direct.backward(dy, x, w, stride, padding, input_grad=False, isa=isa)
+    if own_wgrad(x.shape[1], isa):
+        with profile.region("gemm"):
+            dw, db = _wgrad(dy, x, w, padding, isa)
+    else:
+        _, dw, db = direct.backward(dy, x, w, stride, padding, input_grad=False, isa=isa)
     if not input_grad:
         return None, dw, db
     with profile.region("gemm"):
@@ -207,8 +327,9 @@ def backward(dy, x, w, stride, padding, input_grad=True, *, isa=None):
 
 def workspace_bytes(x_shape, w_shape, padding, itemsize=4, threads=None, backward=False):
     """(total, transformed-input) scratch bytes of one pass: the packed images, the blocks' V and
-    M, the output band, the transformed and packed weights; backward: "direct"'s weight gradient,
-    or the data gradient's forward of dy, whichever is larger (they run one after the other)."""
+    M, the output band, the transformed and packed weights; backward: the weight gradient's
+    (packed x and dy, the blocks' V and dM, the partial dU and db) or the data gradient's forward
+    of dy, whichever is larger (they run one after the other)."""
     isa = direct._isa(None)
     N, C, H, W = x_shape
     K = w_shape[0]
@@ -221,7 +342,10 @@ def workspace_bytes(x_shape, w_shape, padding, itemsize=4, threads=None, backwar
     if not backward:
         return one(x_shape, K, padding)
     P, Q = H + 2 * padding[0] - R + 1, W + 2 * padding[1] - R + 1
-    wg = direct.workspace_bytes(x_shape, w_shape, (1, 1), padding, itemsize, threads, True,
-                                input_grad=False)
+    G, shapes = _geometry(x_shape, K, padding, isa, threads, wgrad=True)[4::5]
+    wg = sum(int(np.prod(s)) for s in shapes.values()) * itemsize + G * direct._row(K, 8) * 8
+    if not own_wgrad(C, isa):
+        wg = direct.workspace_bytes(x_shape, w_shape, (1, 1), padding, itemsize, threads, True,
+                                    input_grad=False)[0]
     dg = one((N, K, P, Q), C, (R - 1 - padding[0], R - 1 - padding[1]))
-    return max(wg[0], dg[0]), dg[1]
+    return max(wg, dg[0]), max(int(np.prod(shapes["vb"])) * itemsize, dg[1])
