@@ -135,5 +135,5 @@ def test_workspace_is_block_sized():
     assert v == 2 * 36 * T * 32 * 4  # two groups' V blocks
     assert 36 * T * (32 + 48) * 4 <= winograd_fma.BLOCK_BYTES  # V and one panel's M
     shapes = winograd_fma._geometry(xs, 128, (2, 2), direct._isa(None), 2, wgrad=True)[-1]
-    assert shapes["vb"][1] * 4 + shapes["mb"][1] * 4 <= 1.1 * winograd_fma.BLOCK_BYTES
+    assert shapes["vb"][1] * 4 + shapes["mb"][1] * 4 <= 1.1 * winograd_fma.WGRAD_BLOCK_BYTES
     assert bwd >= sum(int(np.prod(s)) for s in shapes.values()) * 4

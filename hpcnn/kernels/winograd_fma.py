@@ -52,12 +52,15 @@ from hpcnn.kernels._wtrans import GRAD, INPUT, OUTPUT, wtrans
 TILES = 128
 """Tiles per block at most, about (whole tile rows, at least one)."""
 BLOCK_BYTES = 512 * 1024
-"""A block's transformed data (36 values per tile of its input channels, and of one panel's
-output channels in the forward, of all of them in the weight gradient), at most, about: it stays
-in L2 while the tiles read it. Measured on an Intel Xeon (2 MiB L2), alternated in one process,
-1 thread, against no bound (128 tiles): forward 1.01-1.07x, weight gradient 0.97-1.14x, data
-gradient 1.12-1.35x on cifar10_quick conv2 and GoogLeNet 3b, 4e and 5a_5x5; 1 MiB was 0.94-1.04x
-as fast as 512 KiB, 256 KiB 0.86-1.07x (``results/isa/xeon5/block_bytes.log``)."""
+"""A forward block's transformed data (36 values per tile of its input channels and of one
+panel's output channels), at most, about: it stays in L2 while the tiles read it. Measured on an
+Intel Xeon (2 MiB L2), 1 thread, the bound alternated in one process
+(``results/isa/xeon5/block_bytes.log``; cifar10_quick conv2, GoogLeNet 3b, 4d, 4e and 5a_5x5):
+against no bound (128 tiles), forward 1.07-1.15x and data gradient 1.08-1.32x; against 1 MiB,
+0.96-1.08x and 0.99-1.09x."""
+WGRAD_BLOCK_BYTES = 1 << 20
+"""The same for the weight gradient (36 values per tile of the input and of all the output
+channels). In the same runs, 1 MiB against no bound: 1.02-1.16x; against 512 KiB: 0.99-1.10x."""
 M, R = 2, 5
 A = M + R - 1
 
@@ -218,10 +221,11 @@ def _stride(n):
     return (lines + 1 - lines % 2) * 16
 
 
-def _blocks(N, G, th, tw, per_tile=0):
-    """(band tile rows, images) of a block: at most :data:`TILES` tiles, and :data:`BLOCK_BYTES`
-    of ``per_tile`` floats each."""
-    tiles = max(1, min(TILES, BLOCK_BYTES // max(4 * per_tile, 1)))
+def _blocks(N, G, th, tw, per_tile=0, budget=None):
+    """(band tile rows, images) of a block: at most :data:`TILES` tiles, and ``budget`` bytes
+    (:data:`BLOCK_BYTES`) of ``per_tile`` floats each."""
+    budget = BLOCK_BYTES if budget is None else budget
+    tiles = max(1, min(TILES, budget // max(4 * per_tile, 1)))
     band = max(1, min(th, tiles // tw))
     nb = max(1, min(tiles // (th * tw), -(-N // G))) if band == th else 1
     return band, nb
@@ -235,7 +239,8 @@ def _geometry(x_shape, k_out, padding, isa, threads=None, wgrad=False):
     th, tw = -(-P // M), -(-Q // M)
     G = max(1, min(threads or numba.get_num_threads(), N))
     widest = 3 * isa.lanes  # a panel of the forward
-    band, nb = _blocks(N, G, th, tw, A * A * (C + (k_out if wgrad else widest)))
+    band, nb = _blocks(N, G, th, tw, A * A * (C + (k_out if wgrad else widest)),
+                       WGRAD_BLOCK_BYTES if wgrad else BLOCK_BYTES)
     T = nb * band * tw
     Kp = int(direct._panels(k_out, isa).sum())
     xp = (G, nb * (2 * th + 4) * (2 * tw + 4) * C)
