@@ -1,5 +1,6 @@
-"""Winograd F(2x2, 5x5) on register tiles (hpcnn.kernels.winograd_fma, the "winograd" strategy's
-5x5 layers in float32) and its vector transforms (hpcnn.kernels._wtrans)."""
+"""Winograd F(2x2, 5x5) and F(4x4, 3x3) on register tiles (hpcnn.kernels.winograd_fma: the
+"winograd" strategy's 5x5 layers and "winograd4"'s 3x3 ones in float32) and its vector
+transforms (hpcnn.kernels._wtrans)."""
 
 import numba
 import numpy as np
@@ -62,13 +63,18 @@ def test_avx512_transform_uses_512_bit_vectors():
     assert sum(op.startswith(("vfmadd", "vfmsub", "vfnmadd")) for op, _ in ops) >= 36
 
 
-CASES = [  # (N, C, H, W, K, pad): 3-vector panels (K 48, 80), ragged channels, bands, many images
-    (3, 16, 14, 14, 48, 2),
-    (2, 33, 9, 11, 80, 2),
-    (5, 7, 7, 7, 20, 1),
-    (1, 5, 40, 37, 9, 3),  # a block is a band of tile rows
-    (9, 3, 6, 6, 33, 4),  # several images per block; padding 4: windows wholly on the border
-    (2, 17, 5, 8, 16, 0),
+CASES = [  # (N, C, H, W, K, r, pad): 3-vector panels (K 48, 80), ragged channels, bands,
+    # several images per block, partial tiles (P or Q not a multiple of m)
+    (3, 16, 14, 14, 48, 5, 2),
+    (2, 33, 9, 11, 80, 5, 2),
+    (5, 7, 7, 7, 20, 5, 1),
+    (1, 5, 40, 37, 9, 5, 3),  # a block is a band of tile rows
+    (9, 3, 6, 6, 33, 5, 4),  # padding 4: windows wholly on the border
+    (2, 17, 5, 8, 16, 5, 0),
+    (3, 32, 14, 14, 48, 3, 1),
+    (2, 33, 9, 10, 20, 3, 2),
+    (1, 6, 70, 13, 7, 3, 1),
+    (4, 16, 7, 7, 64, 3, 0),
 ]
 
 
@@ -78,10 +84,10 @@ def test_forward_and_backward_match_the_reference(name, n_threads, monkeypatch):
     old = numba.get_num_threads()
     numba.set_num_threads(n_threads)
     try:
-        for i, (N, C, H, W, K, pad) in enumerate(CASES):
+        for i, (N, C, H, W, K, r, pad) in enumerate(CASES):
             rng = np.random.default_rng(i)
             x = rng.standard_normal((N, C, H, W)).astype(np.float32)
-            w = (rng.standard_normal((K, C, 5, 5)) / np.sqrt(25 * C)).astype(np.float32)
+            w = (rng.standard_normal((K, C, r, r)) / np.sqrt(r * r * C)).astype(np.float32)
             b = rng.standard_normal(K).astype(np.float32)
             assert winograd_fma.applies(x.shape, w.shape, (1, 1), (pad, pad))
             y = winograd_fma.forward(x, w, b, (1, 1), (pad, pad), isa=name)
@@ -108,7 +114,8 @@ def test_strategy_takes_the_tiles_in_float32_only():
     does not time it there."""
     xs, ws = (2, 8, 9, 9), (4, 8, 5, 5)
     assert winograd._fma_path("winograd", ws) and not winograd._fma_path("winograd", ws, "f8")
-    assert not winograd._fma_path("winograd", (4, 8, 3, 3))
+    assert not winograd._fma_path("winograd", (4, 8, 3, 3))  # F(2x2, 3x3): BLAS
+    assert winograd._fma_path("winograd4", (4, 8, 3, 3))
     assert "winograd" in conv.candidates(xs, ws, (1, 1), (2, 2), direction="forward")
     assert "winograd" in conv.candidates(xs, ws, (1, 1), (2, 2), direction="backward")
     assert "winograd" not in conv.candidates(xs, ws, (1, 1), (2, 2), direction="wgrad")
@@ -131,9 +138,9 @@ def test_workspace_is_block_sized():
     bwd, _ = winograd.workspace_bytes("winograd", xs, ws, (1, 1), (2, 2), 4, 2, backward=True)
     lowering = conv.workspace_bytes("lowering", xs, ws, 1, 2)[0]
     assert 0 < v < fwd < lowering / 4 and 0 < bwd < lowering / 4
-    T = winograd_fma._geometry(xs, 128, (2, 2), direct._isa(None), 2)[7]
+    T = winograd_fma._geometry(xs, 128, 5, (2, 2), direct._isa(None), 2)[7]
     assert v == 2 * 36 * T * 32 * 4  # two groups' V blocks
     assert 36 * T * (32 + 48) * 4 <= winograd_fma.BLOCK_BYTES  # V and one panel's M
-    shapes = winograd_fma._geometry(xs, 128, (2, 2), direct._isa(None), 2, wgrad=True)[-1]
+    shapes = winograd_fma._geometry(xs, 128, 5, (2, 2), direct._isa(None), 2, wgrad=True)[-1]
     assert shapes["vb"][1] * 4 + shapes["mb"][1] * 4 <= 1.1 * winograd_fma.WGRAD_BLOCK_BYTES
     assert bwd >= sum(int(np.prod(s)) for s in shapes.values()) * 4

@@ -37,16 +37,23 @@ _I64 = ir.IntType(64)
 
 def _kinds():
     AT, _, BT = matrices(2, 5)
+    AT4, _, BT4 = matrices(4, 3)
+    assert np.array_equal(BT, BT4)  # the same six points: one input transform for both
     return {
-        0: (BT, BT),  # input of F(2x2, 5x5): 6x6 -> 6x6
+        0: (BT, BT),  # input of F(2x2, 5x5) and F(4x4, 3x3): 6x6 -> 6x6
         1: (AT, AT),  # output of F(2x2, 5x5): 6x6 -> 2x2
         2: (AT.T, AT.T),  # output gradient of F(2x2, 5x5): 2x2 -> 6x6
+        3: (AT4, AT4),  # output of F(4x4, 3x3): 6x6 -> 4x4
+        4: (AT4.T, AT4.T),  # output gradient of F(4x4, 3x3): 4x4 -> 6x6
     }
 
 
 KINDS = _kinds()
 """kind -> (L, R), float64 matrices with small integer entries."""
-INPUT, OUTPUT, GRAD = 0, 1, 2
+INPUT = 0
+OUTPUT = {2: 1, 4: 3}
+"""output tile size m -> the kind of its output transform (likewise :data:`GRAD`)."""
+GRAD = {2: 2, 4: 4}
 
 
 def _splat(vt, value):
@@ -56,10 +63,12 @@ def _splat(vt, value):
 
 
 def _ops(builder, vt, fma):
-    """The three 1-D transforms of F(2, 5), with their common terms shared (12, 8 and 4
-    vector operations; written out row by row, the matrices take 23, 9 and 4)."""
+    """The 1-D transforms, with their common terms shared: F(2, 5)'s input, output and output
+    gradient in 12, 8 and 4 vector operations (written out row by row, the matrices take 23, 9
+    and 4); F(4, 3) has the same input transform (the same points), its output and output
+    gradient take 11 and 9 (row by row 16 and 15)."""
     add, sub = builder.fadd, builder.fsub
-    c2, c4, m2, m5 = (_splat(vt, c) for c in (2.0, 4.0, -2.0, -5.0))
+    c2, c4, c8, m2, m5 = (_splat(vt, c) for c in (2.0, 4.0, 8.0, -2.0, -5.0))
 
     def fms(c, a, b):  # c*a - b
         return builder.call(fma, [c, a, builder.fneg(b)])
@@ -80,7 +89,20 @@ def _ops(builder, vt, fma):
         g2 = builder.fmul(c2, g[1])
         return [g[0], add(g[0], g[1]), sub(g[0], g[1]), add(g[0], g2), sub(g[0], g2), g[1]]
 
-    return {INPUT: (bt, 6), OUTPUT: (at, 6), GRAD: (a, 2)}
+    def at4(m):  # rows of AT of F(4, 3): the sums and differences of (m1, m2) and (m3, m4)
+        s12, d12, s34, d34 = add(m[1], m[2]), sub(m[1], m[2]), add(m[3], m[4]), sub(m[3], m[4])
+        return [add(add(m[0], s12), s34), builder.call(fma, [c2, d34, d12]),
+                builder.call(fma, [c4, s34, s12]),
+                add(builder.call(fma, [c8, d34, d12]), m[5])]
+
+    def a4(g):  # rows of A of F(4, 3): g0, (g0+g2) +- (g1+g3), (g0+4g2) +- (2g1+8g3), g3
+        e, o = add(g[0], g[2]), add(g[1], g[3])
+        e2 = builder.call(fma, [c4, g[2], g[0]])
+        o2 = builder.call(fma, [c8, g[3], builder.fmul(c2, g[1])])
+        return [g[0], add(e, o), sub(e, o), add(e2, o2), sub(e2, o2), g[3]]
+
+    return {INPUT: (bt, 6), OUTPUT[2]: (at, 6), GRAD[2]: (a, 2), OUTPUT[4]: (at4, 6),
+            GRAD[4]: (a4, 4)}
 
 
 def emit_transform(builder, kind, VL, src, s0, s_row, s_col, dst, d0, d_row, d_col, oi, oj):
@@ -102,7 +124,7 @@ def emit_transform(builder, kind, VL, src, s0, s_row, s_col, dst, d0, d_row, d_c
     for j in range(len(rows[0])):
         col = one_d([rows[u][j] for u in range(n)])
         for i, out in enumerate(col):
-            if kind != OUTPUT:
+            if kind not in OUTPUT.values():
                 builder.store(out, at(dst, d0, i, j, d_row, d_col), align=4)
                 continue
             inside = builder.and_(builder.icmp_signed(">", oi, ir.Constant(_I64, i)),

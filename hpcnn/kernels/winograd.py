@@ -70,8 +70,8 @@ def tile_size(algo, w_shape):
 
 def applies(algo, x_shape, w_shape, stride, padding, direction=None):
     """True where ``algo`` runs Winograd (else it runs "chunked"), in ``direction`` (None: all
-    three); the weight gradient of a 5x5 layer with fewer than two vectors of input channels is
-    "direct"'s in float32 (:func:`~.winograd_fma.own_wgrad`)."""
+    three); in float32, the weight gradient of F(2x2, 5x5) and F(4x4, 3x3) with fewer than two
+    vectors of input channels is "direct"'s (:func:`~.winograd_fma.own_wgrad`)."""
     r = w_shape[2]
     if (direction in ("wgrad", None) and _fma_path(algo, w_shape)
             and not winograd_fma.own_wgrad(w_shape[1], direct._isa(None))):
@@ -202,8 +202,10 @@ def _fallback(x, w, stride, padding, algo):
 
 
 def _fma_path(algo, w_shape, dtype=np.float32):
-    """Whether F(2x2, 5x5) runs on register tiles (:mod:`~.winograd_fma`): float32, r = 5."""
-    return tile_size(algo, w_shape) == 2 and w_shape[2] == 5 and np.dtype(dtype) == np.float32
+    """Whether the variant runs on register tiles (:mod:`~.winograd_fma`): F(2x2, 5x5) and
+    F(4x4, 3x3) in float32."""
+    m = tile_size(algo, w_shape)
+    return m > 0 and winograd_fma.VARIANTS.get(w_shape[2]) == m and np.dtype(dtype) == np.float32
 
 
 def forward(x, w, b, stride, padding, algo="winograd", chunk=None):

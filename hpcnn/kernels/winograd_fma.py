@@ -1,10 +1,14 @@
-"""Winograd F(2x2, 5x5) on register tiles: the "winograd" strategy's 5x5 layers in float32.
+"""Winograd on register tiles: the "winograd" strategy's 5x5 layers (F(2x2, 5x5)) and
+"winograd4"'s 3x3 ones (F(4x4, 3x3)) in float32.
 
 A 5x5 layer multiplies 25 taps per output pixel and channel pair; F(2x2, 5x5) makes a 2x2
-output tile of the transforms of a 6x6 input tile, with 36 products: 9 per pixel, 2.8x fewer
-(see :mod:`~.winograd`, whose F(2x2, 5x5) runs its 36 products per chunk as BLAS GEMMs of
-K x C by C x tiles: on cifar10_quick's 32-channel layers those thin GEMMs and the transforms
-vectorized along short tile rows made it 5x slower than "direct").
+output tile of the transforms of a 6x6 input tile, with 36 products: 9 per pixel, 2.8x fewer.
+F(4x4, 3x3) makes a 4x4 tile of a 6x6 one: 36/16 products per pixel against 9, 4x fewer. Both
+use the same six points, so the same input transform (see :mod:`~.winograd`, which runs the
+36 products per chunk as BLAS GEMMs of K x C by C x tiles: on cifar10_quick's 32-channel layers
+those thin GEMMs and the transforms vectorized along short tile rows made F(2x2, 5x5) 5x slower
+than "direct"). Below, m is the output tile's size (2 or 4), r the kernel's; the text speaks of
+F(2x2, 5x5).
 
 Here each thread takes a contiguous group of the batch's images and, one block of tiles at a
 time (several whole images, or a band of tile rows of one image: about :data:`TILES` tiles):
@@ -61,24 +65,28 @@ against no bound (128 tiles), forward 1.07-1.15x and data gradient 1.08-1.32x; a
 WGRAD_BLOCK_BYTES = 1 << 20
 """The same for the weight gradient (36 values per tile of the input and of all the output
 channels). In the same runs, 1 MiB against no bound: 1.02-1.16x; against 512 KiB: 0.99-1.10x."""
-M, R = 2, 5
-A = M + R - 1
+A = 6
+"""Input tile size of both variants: F(2x2, 5x5) and F(4x4, 3x3) (m + r - 1 = 6)."""
+VARIANTS = {5: 2, 3: 4}
+"""kernel size r -> output tile size m."""
 
 
 def applies(x_shape, w_shape, stride, padding):
-    """F(2x2, 5x5) applies to stride-1 5x5 layers with padding at most 4."""
-    return (tuple(w_shape[2:]) == (R, R) and tuple(stride) == (1, 1)
-            and max(padding) <= R - 1 and min(x_shape[2] + 2 * padding[0],
-                                              x_shape[3] + 2 * padding[1]) >= R)
+    """F(2x2, 5x5) applies to stride-1 5x5 layers with padding at most 4, F(4x4, 3x3) to 3x3
+    ones with padding at most 2."""
+    r = w_shape[2]
+    return (r in VARIANTS and w_shape[3] == r and tuple(stride) == (1, 1)
+            and max(padding) <= r - 1 and min(x_shape[2] + 2 * padding[0],
+                                              x_shape[3] + 2 * padding[1]) >= r)
 
 
 def _pack_u(w, isa, turned):
     """(up, widths, offsets): U[xi] = G w G^T of every (output, input) channel pair, packed per
     point xi as "direct"'s panels, (C_in, width) each: up[xi*Cin*Kp + offsets[p] + c*width + j]
     is U[xi] of output channel starts[p] + j and input channel c (zero past K_out)."""
-    K, C = w.shape[0], w.shape[1]
-    taps = _taps(w.dtype)
-    U = np.matmul(taps[:, ::-1] if turned else taps, w.reshape(K * C, R * R).T).reshape(
+    K, C, r = w.shape[0], w.shape[1], w.shape[2]
+    taps = _taps(r, w.dtype)
+    U = np.matmul(taps[:, ::-1] if turned else taps, w.reshape(K * C, r * r).T).reshape(
         A * A, K, C)
     if turned:
         U = U.transpose(0, 2, 1)  # [xi, output channel of dx (C), its input channel (K)]
@@ -108,17 +116,18 @@ def _pack_panels(U, widths, starts, up):
 
 
 @pnjit
-def _forward_kernel(x, up, widths, offsets, bias, y, ph, pw, th, tw, band, nb, isa, lanes, mr,
-                    mr3, xp, vb, mb, yt, ao, oo):
-    """y (N, K, P, Q) = the F(2x2, 5x5) convolution of x with the packed U, + bias. A block is
+def _forward_kernel(x, up, widths, offsets, bias, y, ph, pw, m, kind, th, tw, band, nb, isa,
+                    lanes, mr, mr3, xp, vb, mb, yt, ao, oo):
+    """y (N, K, P, Q) = the Winograd convolution of x with the packed U (m x m output tiles;
+    ``kind``: their output transform, :mod:`~._wtrans`), + bias. A block is
     ``nb`` whole images (when ``band`` tile rows are the whole image) or ``band`` tile rows of
-    one; scratch per group g: xp[g] (nb packed images of 2*th+4 rows and 2*tw+4 columns),
+    one; scratch per group g: xp[g] (nb packed images of m*th+6-m rows and m*tw+6-m columns),
     vb[g] (tiles x 36 x C), mb[g] (tiles x 36 x one panel's width), yt[g] (the block's output
     pixels x Kp); ao[t] = t*36*C, oo[p, t] = t*36*widths[p]."""
     N, C = x.shape[0], x.shape[1]
     K, P, Q = y.shape[1], y.shape[2], y.shape[3]
     G = xp.shape[0]
-    Hp, row, PQ = 2 * th + 4, (2 * tw + 4) * C, P * Q
+    Hp, row, PQ = m * th + A - m, (m * tw + A - m) * C, P * Q
     Kp = yt.shape[2]
     yf = y.reshape(-1)
     for g in prange(G):
@@ -130,13 +139,13 @@ def _forward_kernel(x, up, widths, offsets, bias, y, ph, pw, th, tw, band, nb, i
             for i0 in range(0, th, band):
                 i1 = min(i0 + band, th)
                 T = ni * (i1 - i0) * tw
-                oh0, oh1 = 2 * i0, min(2 * i1, P)
+                oh0, oh1 = m * i0, min(m * i1, P)
                 nr = oh1 - oh0
                 t = 0
                 for im in range(ni):
                     for i in range(i0, i1):
                         for j in range(tw):
-                            wtrans(INPUT, isa, buf, (im * Hp + 2 * i) * row + 2 * j * C, row, C,
+                            wtrans(INPUT, isa, buf, (im * Hp + m * i) * row + m * j * C, row, C,
                                    vbf, t * A * A * C, A * C, C, C, A, A)
                             t += 1
                 k0 = 0
@@ -154,9 +163,9 @@ def _forward_kernel(x, up, widths, offsets, bias, y, ph, pw, th, tw, band, nb, i
                     for im in range(ni):
                         for i in range(i0, i1):
                             for j in range(tw):
-                                wtrans(OUTPUT, isa, mbf, t * A * A * width, A * width, width,
-                                       out, ((im * nr + 2 * i - oh0) * Q + 2 * j) * Kp + k0,
-                                       Q * Kp, Kp, width, min(2, P - 2 * i), min(2, Q - 2 * j))
+                                wtrans(kind, isa, mbf, t * A * A * width, A * width, width,
+                                       out, ((im * nr + m * i - oh0) * Q + m * j) * Kp + k0,
+                                       Q * Kp, Kp, width, min(m, P - m * i), min(m, Q - m * j))
                                 t += 1
                     k0 += width
                 for im in range(ni):
@@ -165,8 +174,8 @@ def _forward_kernel(x, up, widths, offsets, bias, y, ph, pw, th, tw, band, nb, i
 
 
 @pnjit
-def _wgrad_kernel(x, dy, ph, pw, th, tw, band, nb, isa, lanes, mr, mr3, widths, cstarts, xp,
-                  gp, vb, mb, ko, oo, dup, db):
+def _wgrad_kernel(x, dy, ph, pw, m, kind, th, tw, band, nb, isa, lanes, mr, mr3, widths,
+                  cstarts, xp, gp, vb, mb, ko, oo, dup, db):
     """dup[g] (36, K, Cp) = group g's sum over its tiles of dM[t, xi]^T V[t, xi] (dM = A g AT of
     dy's 2x2 tiles, V = BT d B of x's 6x6 ones); db[g] its dy sums. widths/cstarts: the column
     tiles of C (Cp = their sum; columns past C are scratch). Scratch per group: xp[g] (packed x),
@@ -175,7 +184,7 @@ def _wgrad_kernel(x, dy, ph, pw, th, tw, band, nb, isa, lanes, mr, mr3, widths, 
     N, C = x.shape[0], x.shape[1]
     K, P, Q = dy.shape[1], dy.shape[2], dy.shape[3]
     G = xp.shape[0]
-    Hp, row, grow = 2 * th + 4, (2 * tw + 4) * C, 2 * tw * K
+    Hp, row, grow = m * th + A - m, (m * tw + A - m) * C, m * tw * K
     Cp = dup.shape[3]
     dyv = dy.reshape(N, K, P * Q)
     for g in prange(G):
@@ -186,7 +195,7 @@ def _wgrad_kernel(x, dy, ph, pw, th, tw, band, nb, isa, lanes, mr, mr3, widths, 
         for n0 in range(g * N // G, n_hi, nb):
             ni = min(nb, n_hi - n0)
             nhwc.pack_x(x, n0, n0 + ni, ph, pw, buf[:ni * Hp * row].reshape(ni, Hp, row))
-            nhwc.pack_x(dy, n0, n0 + ni, 0, 0, gbuf[:ni * 2 * th * grow].reshape(ni, 2 * th, grow))
+            nhwc.pack_x(dy, n0, n0 + ni, 0, 0, gbuf[:ni * m * th * grow].reshape(ni, m * th, grow))
             nhwc.sum_dy(dyv, n0, n0 + ni, 0, P, Q, db[g])
             for i0 in range(0, th, band):
                 i1 = min(i0 + band, th)
@@ -196,9 +205,9 @@ def _wgrad_kernel(x, dy, ph, pw, th, tw, band, nb, isa, lanes, mr, mr3, widths, 
                 for im in range(ni):
                     for i in range(i0, i1):
                         for j in range(tw):
-                            wtrans(INPUT, isa, buf, (im * Hp + 2 * i) * row + 2 * j * C, row, C,
+                            wtrans(INPUT, isa, buf, (im * Hp + m * i) * row + m * j * C, row, C,
                                    vbf, t * C, A * VS, VS, C, A, A)
-                            wtrans(GRAD, isa, gbuf, (im * 2 * th + 2 * i) * grow + 2 * j * K,
+                            wtrans(kind, isa, gbuf, (im * m * th + m * i) * grow + m * j * K,
                                    grow, K, mbf, t * K, A * MS, MS, K, A, A)
                             t += 1
                 for xi in range(A * A):
@@ -231,26 +240,28 @@ def _blocks(N, G, th, tw, per_tile=0, budget=None):
     return band, nb
 
 
-def _geometry(x_shape, k_out, padding, isa, threads=None, wgrad=False):
-    """(P, Q, th, tw, G, band, nb, T, Kp, scratch shapes) of a forward pass to k_out channels,
-    or with ``wgrad`` of the weight gradient of a layer with k_out output channels."""
+def _geometry(x_shape, k_out, r, padding, isa, threads=None, wgrad=False):
+    """(P, Q, th, tw, G, band, nb, T, Kp, scratch shapes) of a forward pass to k_out channels
+    with an r x r kernel, or with ``wgrad`` of the weight gradient of a layer with k_out output
+    channels."""
     N, C, H, W = x_shape
-    P, Q = H + 2 * padding[0] - R + 1, W + 2 * padding[1] - R + 1
-    th, tw = -(-P // M), -(-Q // M)
+    m = VARIANTS[r]
+    P, Q = H + 2 * padding[0] - r + 1, W + 2 * padding[1] - r + 1
+    th, tw = -(-P // m), -(-Q // m)
     G = max(1, min(threads or numba.get_num_threads(), N))
     widest = 3 * isa.lanes  # a panel of the forward
     band, nb = _blocks(N, G, th, tw, A * A * (C + (k_out if wgrad else widest)),
                        WGRAD_BLOCK_BYTES if wgrad else BLOCK_BYTES)
     T = nb * band * tw
     Kp = int(direct._panels(k_out, isa).sum())
-    xp = (G, nb * (2 * th + 4) * (2 * tw + 4) * C)
+    xp = (G, nb * (m * th + A - m) * (m * tw + A - m) * C)
     if not wgrad:
         return P, Q, th, tw, G, band, nb, T, Kp, {
             "xp": xp, "vb": (G, A * A * T * C), "mb": (G, A * A * T * widest),
-            "yt": (G, nb * 2 * band * Q, Kp)}
+            "yt": (G, nb * m * band * Q, Kp)}
     Cp = sum(direct._widths(C, isa, direct.TILES3))
     return P, Q, th, tw, G, band, nb, T, Kp, {
-        "xp": xp, "gp": (G, nb * 2 * th * 2 * tw * k_out),
+        "xp": xp, "gp": (G, nb * m * th * m * tw * k_out),
         "vb": (G, A * A * int(_stride(T * C)) + widest),  # slack: a tile's columns past C
         "mb": (G, A * A * int(_stride(T * k_out))), "dup": (G, A * A, k_out, Cp)}
 
@@ -258,30 +269,32 @@ def _geometry(x_shape, k_out, padding, isa, threads=None, wgrad=False):
 def _conv(x, w, b, padding, isa, turned=False):
     N, C = x.shape[0], x.shape[1]
     ph, pw = padding
-    K = w.shape[1] if turned else w.shape[0]
+    K, r = (w.shape[1] if turned else w.shape[0]), w.shape[2]
+    m = VARIANTS[r]
     up, widths, offsets = _pack_u(w, isa, turned)
-    P, Q, th, tw, G, band, nb, T, Kp, shapes = _geometry(x.shape, K, padding, isa)
+    P, Q, th, tw, G, band, nb, T, Kp, shapes = _geometry(x.shape, K, r, padding, isa)
     xp, vb, mb, yt = (np.empty(shapes[k], dtype=x.dtype) for k in ("xp", "vb", "mb", "yt"))
     ao = np.arange(T, dtype=np.int64) * (A * A * C)
     oo = np.arange(T, dtype=np.int64) * (A * A) * widths[:, None]
     bias = np.zeros(K, dtype=x.dtype) if b is None else b
     y = np.empty((N, K, P, Q), dtype=x.dtype)
-    _forward_kernel(x, up, widths, offsets, bias, y, ph, pw, th, tw, band, nb, isa.id,
-                    isa.lanes, isa.rows, isa.rows3, xp, vb, mb, yt, ao, oo)
+    _forward_kernel(x, up, widths, offsets, bias, y, ph, pw, m, OUTPUT[m], th, tw, band, nb,
+                    isa.id, isa.lanes, isa.rows, isa.rows3, xp, vb, mb, yt, ao, oo)
     return y
 
 
-def _taps(dtype):
-    """(36, 25) G (x) G: U[xi] = sum over taps of taps[xi, tap] * w[tap]."""
-    G = matrices(M, R)[1]
+def _taps(r, dtype):
+    """(36, r*r) G (x) G: U[xi] = sum over taps of taps[xi, tap] * w[tap]."""
+    G = matrices(VARIANTS[r], r)[1]
     return np.kron(G, G).astype(dtype)
 
 
 def _wgrad(dy, x, w, padding, isa):
     """(dw, db): dU[xi] = sum over tiles of dM[t, xi]^T V[t, xi] on the register tiles (a
     reduction over the tiles: :data:`~._fma.tile_strided`), then dw = G^T dU G."""
-    C, K = x.shape[1], w.shape[0]
-    P, Q, th, tw, G, band, nb, T, _, shapes = _geometry(x.shape, K, padding, isa, wgrad=True)
+    C, K, r = x.shape[1], w.shape[0], w.shape[2]
+    m = VARIANTS[r]
+    P, Q, th, tw, G, band, nb, T, _, shapes = _geometry(x.shape, K, r, padding, isa, wgrad=True)
     widths = np.array(direct._widths(C, isa, direct.TILES3), dtype=np.int64)
     cstarts = np.concatenate(([0], np.cumsum(widths)[:-1])).astype(np.int64)
     Cp = int(widths.sum())
@@ -289,18 +302,18 @@ def _wgrad(dy, x, w, padding, isa):
     xp, gp, vb, mb, dup = (np.empty(shapes[k], dtype=x.dtype)
                            for k in ("xp", "gp", "vb", "mb", "dup"))
     db = np.zeros((G, direct._row(K, 8)), dtype=np.float64)
-    _wgrad_kernel(x, dy, padding[0], padding[1], th, tw, band, nb, isa.id, isa.lanes, isa.rows,
-                  isa.rows3, widths, cstarts, xp, gp, vb, mb, np.arange(rows, dtype=np.int64),
-                  np.arange(rows, dtype=np.int64) * Cp, dup, db)
+    ko = np.arange(rows, dtype=np.int64)
+    _wgrad_kernel(x, dy, padding[0], padding[1], m, GRAD[m], th, tw, band, nb, isa.id, isa.lanes,
+                  isa.rows, isa.rows3, widths, cstarts, xp, gp, vb, mb, ko, ko * Cp, dup, db)
     du = dup[0, :, :, :C].copy()
     for g in range(1, G):  # in group order: the result depends on the thread count only
         du += dup[g, :, :, :C]
-    dw = np.matmul(du.reshape(A * A, K * C).T, _taps(x.dtype)).reshape(w.shape)
+    dw = np.matmul(du.reshape(A * A, K * C).T, _taps(r, x.dtype)).reshape(w.shape)
     return dw, db[:, :K].sum(axis=0).astype(x.dtype)
 
 
 def forward(x, w, b, stride, padding, *, isa=None):
-    """y (N, K, P, Q) of checked float32 arguments to which F(2x2, 5x5) applies."""
+    """y (N, K, P, Q) of checked float32 arguments to which a variant applies."""
     with profile.region("gemm"):
         return _conv(x, w, b, padding, direct._isa(isa))
 
@@ -325,7 +338,8 @@ def backward(dy, x, w, stride, padding, input_grad=True, *, isa=None):
     if not input_grad:
         return None, dw, db
     with profile.region("gemm"):
-        dx = _conv(dy, w, None, (R - 1 - padding[0], R - 1 - padding[1]), isa, turned=True)
+        r = w.shape[2]
+        dx = _conv(dy, w, None, (r - 1 - padding[0], r - 1 - padding[1]), isa, turned=True)
     return dx, dw, db
 
 
@@ -337,20 +351,20 @@ def workspace_bytes(x_shape, w_shape, padding, itemsize=4, threads=None, backwar
     of dy, whichever is larger (they run one after the other)."""
     isa = direct._isa(None)
     N, C, H, W = x_shape
-    K = w_shape[0]
+    K, r = w_shape[0], w_shape[2]
 
     def one(shape, k_out, pads):  # U (36, K, C) and its panels (36, C_in, Kp) besides
-        *_, Kp, shapes = _geometry(shape, k_out, pads, isa, threads)
+        *_, Kp, shapes = _geometry(shape, k_out, r, pads, isa, threads)
         total = sum(int(np.prod(s)) for s in shapes.values()) + A * A * (K * C + shape[1] * Kp)
         return total * itemsize, int(np.prod(shapes["vb"])) * itemsize
 
     if not backward:
         return one(x_shape, K, padding)
-    P, Q = H + 2 * padding[0] - R + 1, W + 2 * padding[1] - R + 1
-    G, shapes = _geometry(x_shape, K, padding, isa, threads, wgrad=True)[4::5]
+    P, Q = H + 2 * padding[0] - r + 1, W + 2 * padding[1] - r + 1
+    G, shapes = _geometry(x_shape, K, r, padding, isa, threads, wgrad=True)[4::5]
     wg = sum(int(np.prod(s)) for s in shapes.values()) * itemsize + G * direct._row(K, 8) * 8
     if not own_wgrad(C, isa):
         wg = direct.workspace_bytes(x_shape, w_shape, (1, 1), padding, itemsize, threads, True,
                                     input_grad=False)[0]
-    dg = one((N, K, P, Q), C, (R - 1 - padding[0], R - 1 - padding[1]))
+    dg = one((N, K, P, Q), C, (r - 1 - padding[0], r - 1 - padding[1]))
     return max(wg, dg[0]), max(int(np.prod(shapes["vb"])) * itemsize, dg[1])
