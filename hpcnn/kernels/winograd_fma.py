@@ -176,11 +176,12 @@ def _forward_kernel(x, up, widths, offsets, bias, y, ph, pw, m, kind, th, tw, ba
 @pnjit
 def _wgrad_kernel(x, dy, ph, pw, m, kind, th, tw, band, nb, isa, lanes, mr, mr3, widths,
                   cstarts, xp, gp, vb, mb, ko, oo, dup, db):
-    """dup[g] (36, K, Cp) = group g's sum over its tiles of dM[t, xi]^T V[t, xi] (dM = A g AT of
-    dy's 2x2 tiles, V = BT d B of x's 6x6 ones); db[g] its dy sums. widths/cstarts: the column
-    tiles of C (Cp = their sum; columns past C are scratch). Scratch per group: xp[g] (packed x),
-    gp[g] (packed dy, 2*th x 2*tw), vb[g] (tiles x 36 x C, and a tile's width of slack), mb[g]
-    (tiles x 36 x K); ko[i] = i, oo[i] = i*Cp."""
+    """dup[g] (36, K, Cp) = group g's sum over its tiles of dM[xi, t]^T V[xi, t] (dM = A g AT of
+    dy's m x m tiles, ``kind`` its transform; V = BT d B of x's 6x6 ones); db[g] its dy sums.
+    widths/cstarts: the column tiles of C (Cp = their sum; columns past C are scratch). Scratch
+    per group: xp[g] (packed x), gp[g] (packed dy, m*th x m*tw), vb[g] (36 blocks of tiles x C,
+    :func:`_stride` apart, and a tile's width of slack), mb[g] (36 blocks of tiles x K);
+    ko[i] = i, oo[i] = i*Cp."""
     N, C = x.shape[0], x.shape[1]
     K, P, Q = dy.shape[1], dy.shape[2], dy.shape[3]
     G = xp.shape[0]
