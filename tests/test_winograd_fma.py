@@ -37,7 +37,7 @@ def test_transforms_match_their_matrices(name, kind):
             tile = np.stack([[src[2 + u * s_row + v * s_col:][:n] for v in range(nv)]
                              for u in range(nu)])
             want = _wtrans.reference(kind, tile)
-            if kind != _wtrans.OUTPUT:
+            if kind not in _wtrans.OUTPUT.values():
                 oi, oj = Lm.shape[0], Rm.shape[0]  # only the output transform clips
             expect = np.full_like(dst, 7.0)
             for i in range(oi):
