@@ -65,6 +65,13 @@ against no bound (128 tiles), forward 1.07-1.15x and data gradient 1.08-1.32x; a
 WGRAD_BLOCK_BYTES = 1 << 20
 """The same for the weight gradient (36 values per tile of the input and of all the output
 channels). In the same runs, 1 MiB against no bound: 1.02-1.16x; against 512 KiB: 0.99-1.10x."""
+WGRAD_MIN_TILES = 64
+"""Tiles per weight-gradient block at least, whatever :data:`WGRAD_BLOCK_BYTES` says: the tiles'
+reductions run over the block's tiles, and fewer steps do not pay for loading and storing the
+accumulators. On GoogLeNet 4e_3x3 (160 -> 320 channels) 1 MiB makes blocks of 12 tiles; with
+at least 64, its weight gradient ran 1.46-1.49x as fast at 1 and 2 threads, 5a_3x3 1.12-1.19x,
+4b_3x3 1.04-1.16x, 3a_3x3, conv2 and 4d_5x5 0.99-1.04x (Intel Xeon, alternated in one process:
+``results/isa/xeon5/wgrad_min_tiles.log``)."""
 A = 6
 """Input tile size of both variants: F(2x2, 5x5) and F(4x4, 3x3) (m + r - 1 = 6)."""
 VARIANTS = {5: 2, 3: 4}
@@ -234,12 +241,13 @@ def _stride(n):
     return (lines + 1 - lines % 2) * 16
 
 
-def _blocks(N, G, th, tw, per_tile=0, budget=None):
+def _blocks(N, G, th, tw, per_tile=0, budget=None, least=1):
     """(band tile rows, images) of a block: at most :data:`TILES` tiles, and ``budget`` bytes
-    (:data:`BLOCK_BYTES`) of ``per_tile`` floats each."""
+    (:data:`BLOCK_BYTES`) of ``per_tile`` floats each, but ``least`` tiles."""
     budget = BLOCK_BYTES if budget is None else budget
-    tiles = max(1, min(TILES, budget // max(4 * per_tile, 1)))
+    tiles = max(least, min(TILES, budget // max(4 * per_tile, 1)))
     band = max(1, min(th, tiles // tw))
+    band = -(-th // -(-th // band))  # even bands: no short last one
     nb = max(1, min(tiles // (th * tw), -(-N // G))) if band == th else 1
     return band, nb
 
@@ -255,7 +263,8 @@ def _geometry(x_shape, k_out, r, padding, isa, threads=None, wgrad=False):
     G = max(1, min(threads or numba.get_num_threads(), N))
     widest = 3 * isa.lanes  # a panel of the forward
     band, nb = _blocks(N, G, th, tw, A * A * (C + (k_out if wgrad else widest)),
-                       WGRAD_BLOCK_BYTES if wgrad else BLOCK_BYTES)
+                       WGRAD_BLOCK_BYTES if wgrad else BLOCK_BYTES,
+                       WGRAD_MIN_TILES if wgrad else 1)
     T = nb * band * tw
     Kp = int(direct._panels(k_out, isa).sum())
     xp = (G, nb * (m * th + A - m) * (m * tw + A - m) * C)

@@ -4,7 +4,8 @@ import sys, time, numpy as np, numba
 from hpcnn.kernels import winograd_fma as wf, isa as isa_mod
 L = {"conv2": (100, 32, 16, 32, 5, 2), "conv3": (100, 32, 8, 64, 5, 2), "3a_5x5": (32, 16, 28, 32, 5, 2), "3b_5x5": (32, 32, 28, 96, 5, 2),
      "4a_5x5": (32, 16, 14, 48, 5, 2), "4e_5x5": (32, 32, 14, 128, 5, 2), "5a_5x5": (32, 32, 7, 128, 5, 2), "4d_5x5": (32, 32, 14, 64, 5, 2), "5b_5x5": (32, 48, 7, 128, 5, 2)}
-T = int(sys.argv[1]); numba.set_num_threads(T); isa = isa_mod.select()
+from hpcnn import threads
+T = threads.apply(int(sys.argv[1])); isa = isa_mod.select()  # Numba T threads, BLAS one
 vals = [int(v) for v in sys.argv[2].split(",")]
 for name in sys.argv[3:]:
     N, C, H, K, R, p = L[name]
