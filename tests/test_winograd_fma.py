@@ -103,7 +103,7 @@ def test_forward_and_backward_match_the_reference(name, n_threads, monkeypatch):
 
 
 def test_bands_and_image_blocks_are_planned():
-    assert winograd_fma._blocks(4, 1, 20, 19) == (6, 1)  # 128 // 19 tile rows of one image
+    assert winograd_fma._blocks(4, 1, 20, 19) == (5, 1)  # 128 // 19 = 6 rows: 4 even bands of 5
     assert winograd_fma._blocks(100, 2, 8, 8) == (8, 2)  # two 64-tile images per block
     assert winograd_fma._blocks(3, 2, 2, 2) == (2, 2)  # no more than a group's images
 
