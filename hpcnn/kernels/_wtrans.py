@@ -63,10 +63,10 @@ def _splat(vt, value):
 
 
 def _ops(builder, vt, fma):
-    """The 1-D transforms, with their common terms shared: F(2, 5)'s input, output and output
-    gradient in 12, 8 and 4 vector operations (written out row by row, the matrices take 23, 9
-    and 4); F(4, 3) has the same input transform (the same points), its output and output
-    gradient take 11 and 9 (row by row 16 and 15)."""
+    """The 1-D transforms as vector operations, common terms shared: the input transform (the
+    same for F(2, 5) and F(4, 3): the same six points) in 12 operations, where the rows written
+    out one by one take 22; F(2, 5)'s output and output gradient in 8 and 4 (as many as row by
+    row); F(4, 3)'s in 10 and 9 (row by row 14 and 12)."""
     add, sub = builder.fadd, builder.fsub
     c2, c4, c8, m2, m5 = (_splat(vt, c) for c in (2.0, 4.0, 8.0, -2.0, -5.0))
 
@@ -86,8 +86,8 @@ def _ops(builder, vt, fma):
                 add(builder.call(fma, [c2, sub(m[3], m[4]), sub(m[1], m[2])]), m[5])]
 
     def a(g):  # rows of A: g0, g0+g1, g0-g1, g0+2g1, g0-2g1, g1
-        g2 = builder.fmul(c2, g[1])
-        return [g[0], add(g[0], g[1]), sub(g[0], g[1]), add(g[0], g2), sub(g[0], g2), g[1]]
+        return [g[0], add(g[0], g[1]), sub(g[0], g[1]), builder.call(fma, [c2, g[1], g[0]]),
+                builder.call(fma, [m2, g[1], g[0]]), g[1]]
 
     def at4(m):  # rows of AT of F(4, 3): the sums and differences of (m1, m2) and (m3, m4)
         s12, d12, s34, d34 = add(m[1], m[2]), sub(m[1], m[2]), add(m[3], m[4]), sub(m[3], m[4])
