@@ -369,7 +369,6 @@ def backward(dy, x, w, stride, padding, input_grad=True, *, isa=None):
     return dx, dw, db
 
 
-
 def workspace_bytes(x_shape, w_shape, padding, itemsize=4, threads=None, backward=False):
     """(total, transformed-input) scratch bytes of one pass: the packed images, the blocks' V and
     M, the output band, the transformed and packed weights; backward: the weight gradient's
