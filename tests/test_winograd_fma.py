@@ -108,11 +108,12 @@ def test_bands_and_image_blocks_are_planned():
     assert winograd_fma._blocks(3, 2, 2, 2) == (2, 2)  # no more than a group's images
 
 
-def test_strategy_takes_the_tiles_in_float32_only():
+def test_strategy_takes_the_tiles_in_float32_only(monkeypatch):
     """"winograd" runs F(2x2, 5x5) on the tiles in float32; float64 and an explicit chunk keep
     the BLAS path; with 8 input channels its weight gradient is "direct"'s, so the autotuner
     does not time it there."""
     xs, ws = (2, 8, 9, 9), (4, 8, 5, 5)
+    real = winograd_fma._conv
     assert winograd._fma_path("winograd", ws) and not winograd._fma_path("winograd", ws, "f8")
     assert not winograd._fma_path("winograd", (4, 8, 3, 3))  # F(2x2, 3x3): BLAS
     assert winograd._fma_path("winograd4", (4, 8, 3, 3))
@@ -124,12 +125,16 @@ def test_strategy_takes_the_tiles_in_float32_only():
     rng = np.random.default_rng(1)
     x = rng.standard_normal(xs)
     w = rng.standard_normal(ws)
+    calls = []
+    monkeypatch.setattr(winograd_fma, "_conv", lambda *a, **k: calls.append(1) or real(*a, **k))
     for dtype in (np.float32, np.float64):
         got = conv.conv2d_forward(x.astype(dtype), w.astype(dtype), None, 1, 2, algo="winograd")
         want = ref.conv2d_forward(x, w, None, 1, 2)
         assert got.dtype == dtype
         np.testing.assert_allclose(got, want, rtol=0, atol=(1e-4 if dtype == np.float32
                                                             else 1e-10) * np.abs(want).max())
+        assert len(calls) == 1  # float32 ran its own forward (though the weight gradient of 8
+        # input channels is "direct"'s), float64 did not
 
 
 def test_workspace_is_block_sized():

@@ -198,7 +198,9 @@ def _conv(x, w, b, pads, m, chunk, dgrad=False):
 
 
 def _fallback(x, w, stride, padding, algo):
-    return not applies(algo, x.shape, w.shape, stride, padding)
+    """Whether the shape runs "chunked" (the weight gradient that :func:`applies` may leave to
+    "direct" still runs its Winograd forward and data gradient)."""
+    return not applies(algo, x.shape, w.shape, stride, padding, "forward")
 
 
 def _fma_path(algo, w_shape, dtype=np.float32):
