@@ -65,6 +65,29 @@ def matrices(m, r):
     return at, g, bt
 
 
+@functools.lru_cache(maxsize=None)
+def taps(m, r, dtype):
+    """(a*a, r*r) G (x) G in ``dtype`` (a numpy type string): U[xi] = sum over the taps of
+    taps[xi, tap] * w[tap]. Read-only, computed once per (m, r, dtype)."""
+    G = matrices(m, r)[1]
+    t = np.kron(G, G).astype(dtype)
+    t.flags.writeable = False
+    return t
+
+
+def weight_transform(w, m, turned=False, out=None):
+    """U[xi, k, c] = (G w[k, c] G^T)[xi] for w (K, C, r, r): one GEMM, (a*a, r*r) by (r*r, K*C),
+    into ``out`` (a*a, K, C) or a new array. ``turned``: of w turned by 180 degrees (the taps in
+    reverse order), still indexed [xi, k, c]."""
+    K, C, r = w.shape[0], w.shape[1], w.shape[2]
+    t = taps(m, r, w.dtype.str)
+    if out is None:
+        out = np.empty((t.shape[0], K, C), dtype=w.dtype)
+    np.matmul(t[:, ::-1] if turned else t, w.reshape(K * C, r * r).T,
+              out=out.reshape(t.shape[0], K * C))
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # code generation
 

@@ -43,14 +43,12 @@ Applies to stride-1 layers with square r x r kernels, r in :data:`TILE` for the 
 padding <= r - 1; other shapes run "chunked" lowering (correct, but the autotuner skips them).
 """
 
-import functools
-
 import numba
 import numpy as np
 
 from hpcnn.kernels import _native, direct, pipelined, winograd_fma
 from hpcnn.kernels._jit import pnjit, prange
-from hpcnn.kernels._winograd_gen import matrices
+from hpcnn.kernels._winograd_gen import taps, weight_transform
 from hpcnn.kernels._winograd_tiles import KERNELS
 
 AVAILABLE = pipelined.AVAILABLE
@@ -85,22 +83,11 @@ def applies(algo, x_shape, w_shape, stride, padding, direction=None):
 # weights and bias (the tile kernels are generated: :mod:`~._winograd_tiles`)
 
 
-@functools.lru_cache(maxsize=None)
-def _taps(m, r, dtype):
-    """(a*a, r*r) G (x) G in ``dtype``: U[xi] = sum over taps of GG[xi, tap] * w[tap]."""
-    G = matrices(m, r)[1]
-    return np.kron(G, G).astype(dtype)
-
-
 def _weight_transform(w, m, U, turned=False):
-    """U[xi, k, c] = (G w[k, c] G^T)[xi] for w (K, C, r, r): one GEMM, (a*a, r*r) by (r*r, K*C).
-    (Per (k, c) pair in a loop it took longer than the GEMMs of GoogLeNet's 7x7 layers: 6.5 ms on
-    5b_3x3 at one thread on an Intel Xeon, against 10.6 for the sixteen GEMMs.) ``turned``: of w
-    turned by 180 degrees (the taps in reverse order), still indexed [xi, k, c]."""
-    K, C, r = w.shape[0], w.shape[1], w.shape[2]
-    taps = _taps(m, r, w.dtype.str)
-    np.matmul(taps[:, ::-1] if turned else taps, w.reshape(K * C, r * r).T,
-              out=U.reshape(U.shape[0], K * C))
+    """U[xi, k, c] = (G w[k, c] G^T)[xi] into U (:func:`~._winograd_gen.weight_transform`: one
+    GEMM. Per (k, c) pair in a loop it took longer than the GEMMs of GoogLeNet's 7x7 layers: 6.5
+    ms on 5b_3x3 at one thread on an Intel Xeon, against 10.6 for the sixteen GEMMs)."""
+    weight_transform(w, m, turned, out=U)
 
 
 def _weight_untransform(dUs, m, dw):
@@ -112,7 +99,7 @@ def _weight_untransform(dUs, m, dw):
         du = du + dUs[1]  # a new array: the partials stay as they are
         for g in range(2, dUs.shape[0]):
             du += dUs[g]
-    np.matmul(du.reshape(du.shape[0], K * C).T, _taps(m, r, dw.dtype.str),
+    np.matmul(du.reshape(du.shape[0], K * C).T, taps(m, r, dw.dtype.str),
               out=dw.reshape(K * C, r * r))
 
 

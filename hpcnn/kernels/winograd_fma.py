@@ -50,7 +50,7 @@ from hpcnn import profile
 from hpcnn.kernels import direct, nhwc
 from hpcnn.kernels._fma import tile, tile_strided
 from hpcnn.kernels._jit import njit, pnjit, prange
-from hpcnn.kernels._winograd_gen import matrices
+from hpcnn.kernels._winograd_gen import taps, weight_transform
 from hpcnn.kernels._wtrans import GRAD, INPUT, OUTPUT, wtrans
 
 TILES = 128
@@ -91,10 +91,8 @@ def _pack_u(w, isa, turned):
     """(up, widths, offsets): U[xi] = G w G^T of every (output, input) channel pair, packed per
     point xi as "direct"'s panels, (C_in, width) each: up[xi*Cin*Kp + offsets[p] + c*width + j]
     is U[xi] of output channel starts[p] + j and input channel c (zero past K_out)."""
-    K, C, r = w.shape[0], w.shape[1], w.shape[2]
-    taps = _taps(r, w.dtype)
-    U = np.matmul(taps[:, ::-1] if turned else taps, w.reshape(K * C, r * r).T).reshape(
-        A * A, K, C)
+    r = w.shape[2]
+    U = weight_transform(w, VARIANTS[r], turned)
     if turned:
         U = U.transpose(0, 2, 1)  # [xi, output channel of dx (C), its input channel (K)]
     kout, cin = U.shape[1], U.shape[2]
@@ -296,12 +294,6 @@ def _conv(x, w, b, padding, isa, turned=False):
     return y
 
 
-def _taps(r, dtype):
-    """(36, r*r) G (x) G: U[xi] = sum over taps of taps[xi, tap] * w[tap]."""
-    G = matrices(VARIANTS[r], r)[1]
-    return np.kron(G, G).astype(dtype)
-
-
 def _wgrad(dy, x, w, padding, isa):
     """(dw, db): dU[xi] = sum over tiles of dM[t, xi]^T V[t, xi] on the register tiles (a
     reduction over the tiles: :data:`~._fma.tile_strided`), then dw = G^T dU G."""
@@ -320,7 +312,7 @@ def _wgrad(dy, x, w, padding, isa):
                   isa.rows, isa.rows3, widths, cstarts, xp, gp, vb, mb, ko, ko * Cp, dup, db)
     du = np.empty((A * A, K, C), dtype=x.dtype)
     _sum_groups(dup, du)
-    dw = np.matmul(du.reshape(A * A, K * C).T, _taps(r, x.dtype)).reshape(w.shape)
+    dw = np.matmul(du.reshape(A * A, K * C).T, taps(m, r, x.dtype.str)).reshape(w.shape)
     return dw, db[:, :K].sum(axis=0).astype(x.dtype)
 
 
