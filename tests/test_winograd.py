@@ -38,7 +38,7 @@ def test_matrices_compute_a_1d_correlation(m, r):
     at, g, bt = _winograd_gen.matrices(m, r)
     a = m + r - 1
     assert at.shape == (m, a) and g.shape == (a, r) and bt.shape == (a, a)
-    assert np.array_equal(bt, np.round(bt)), "data transform must be integer (exact in float32)"
+    assert np.array_equal(bt * 256, np.round(bt * 256)), "data transform must be exact in float32"
     rng = np.random.default_rng(0)
     for _ in range(5):
         gg, d = rng.standard_normal(r), rng.standard_normal(a)
@@ -176,7 +176,9 @@ def test_other_shapes_run_lowering_and_are_not_tuned():
             _close(conv.conv2d_forward(x, w, None, stride, pad, algo=algo),
                    ref.conv2d_forward(x, w, None, stride, pad), np.float32)
     assert "winograd" in conv.candidates((1, 8, 9, 9), (4, 8, 3, 3), (1, 1), (1, 1))
-    assert "winograd4" not in conv.candidates((1, 8, 9, 9), (4, 8, 5, 5), (1, 1), (2, 2))
+    assert "winograd4" in conv.candidates((1, 8, 9, 9), (4, 8, 5, 5), (1, 1), (2, 2),
+                                          direction="forward")  # F(4x4, 5x5)
+    assert "winograd4" not in conv.candidates((1, 8, 9, 9), (4, 8, 7, 7), (1, 1), (3, 3))
 
 
 def test_workspace_is_chunk_sized():

@@ -1,6 +1,6 @@
-"""Winograd F(2x2, 5x5) and F(4x4, 3x3) on register tiles (hpcnn.kernels.winograd_fma: the
-"winograd" strategy's 5x5 layers and "winograd4"'s 3x3 ones in float32) and its vector
-transforms (hpcnn.kernels._wtrans)."""
+"""Winograd F(2x2, 5x5), F(4x4, 3x3) and F(4x4, 5x5) on register tiles
+(hpcnn.kernels.winograd_fma: the "winograd" strategy's 5x5 layers and "winograd4"'s 3x3 and 5x5
+ones in float32) and its vector transforms (hpcnn.kernels._wtrans)."""
 
 import numba
 import numpy as np
@@ -46,35 +46,41 @@ def test_transforms_match_their_matrices(name, kind):
             np.testing.assert_allclose(dst, expect, rtol=1e-5, atol=1e-4)
 
 
-def test_avx512_transform_uses_512_bit_vectors():
+@pytest.mark.parametrize("a", sorted(_wtrans.INPUT))
+def test_avx512_transform_uses_512_bit_vectors(a):
     mod = ir.Module(name="t")
     fp, i64 = ir.FloatType().as_pointer(), ir.IntType(64)
     fn = ir.Function(mod, ir.FunctionType(ir.VoidType(), [fp, i64, i64, i64, fp, i64, i64, i64,
                                                           i64, i64]), name="t")
     builder = ir.IRBuilder(fn.append_basic_block("entry"))
-    _wtrans.emit_transform(builder, _wtrans.INPUT, 16, *fn.args)
+    _wtrans.emit_transform(builder, _wtrans.INPUT[a], 16, *fn.args)
     builder.ret_void()
     asm = _fma.assembly(mod, isa.ISAS["avx512"].llvm_cpu)
     ops = [line.split(None, 1) for line in asm.splitlines() if "zmm" in line]
     ops = [(op, args.split(", ")) for op, args in ops if "rsp" not in args]  # not spills
     stores = [a for op, a in ops if op.startswith("vmov") and "(" in a[-1]]
     loads = [a for op, a in ops if any("(" in x for x in a[:-1])]
-    assert len(stores) == 36 and len(loads) >= 36  # one 16-lane vector per tile value
-    assert sum(op.startswith(("vfmadd", "vfmsub", "vfnmadd")) for op, _ in ops) >= 36
+    assert len(stores) == a * a and len(loads) >= a * a  # one 16-lane vector per tile value
+    assert sum(op.startswith(("vfmadd", "vfmsub", "vfnmadd")) for op, _ in ops) >= a * a
 
 
-CASES = [  # (N, C, H, W, K, r, pad): 3-vector panels (K 48, 80), ragged channels, bands,
+CASES = [  # (N, C, H, W, K, m, r, pad): 3-vector panels (K 48, 80), ragged channels, bands,
     # several images per block, partial tiles (P or Q not a multiple of m)
-    (3, 16, 14, 14, 48, 5, 2),
-    (2, 33, 9, 11, 80, 5, 2),
-    (5, 7, 7, 7, 20, 5, 1),
-    (1, 5, 40, 37, 9, 5, 3),  # a block is a band of tile rows
-    (9, 3, 6, 6, 33, 5, 4),  # padding 4: windows wholly on the border
-    (2, 17, 5, 8, 16, 5, 0),
-    (3, 32, 14, 14, 48, 3, 1),
-    (2, 33, 9, 10, 20, 3, 2),
-    (1, 6, 70, 13, 7, 3, 1),
-    (4, 16, 7, 7, 64, 3, 0),
+    (3, 16, 14, 14, 48, 2, 5, 2),
+    (2, 33, 9, 11, 80, 2, 5, 2),
+    (5, 7, 7, 7, 20, 2, 5, 1),
+    (1, 5, 40, 37, 9, 2, 5, 3),  # a block is a band of tile rows
+    (9, 3, 6, 6, 33, 2, 5, 4),  # padding 4: windows wholly on the border
+    (2, 17, 5, 8, 16, 2, 5, 0),
+    (3, 32, 14, 14, 48, 4, 3, 1),
+    (2, 33, 9, 10, 20, 4, 3, 2),
+    (1, 6, 70, 13, 7, 4, 3, 1),
+    (4, 16, 7, 7, 64, 4, 3, 0),
+    (3, 32, 16, 16, 32, 4, 5, 2),  # F(4x4, 5x5): 8x8 input tiles
+    (2, 33, 9, 11, 80, 4, 5, 2),
+    (1, 5, 45, 38, 9, 4, 5, 3),
+    (6, 3, 6, 7, 33, 4, 5, 4),
+    (2, 17, 5, 8, 16, 4, 5, 0),
 ]
 
 
@@ -84,20 +90,21 @@ def test_forward_and_backward_match_the_reference(name, n_threads, monkeypatch):
     old = numba.get_num_threads()
     numba.set_num_threads(n_threads)
     try:
-        for i, (N, C, H, W, K, r, pad) in enumerate(CASES):
+        for i, (N, C, H, W, K, m, r, pad) in enumerate(CASES):
             rng = np.random.default_rng(i)
             x = rng.standard_normal((N, C, H, W)).astype(np.float32)
             w = (rng.standard_normal((K, C, r, r)) / np.sqrt(r * r * C)).astype(np.float32)
             b = rng.standard_normal(K).astype(np.float32)
-            assert winograd_fma.applies(x.shape, w.shape, (1, 1), (pad, pad))
-            y = winograd_fma.forward(x, w, b, (1, 1), (pad, pad), isa=name)
+            assert winograd_fma.applies(x.shape, w.shape, (1, 1), (pad, pad), m)
+            y = winograd_fma.forward(x, w, b, (1, 1), (pad, pad), m, isa=name)
             want = ref.conv2d_forward(x, w, b, 1, pad)
             np.testing.assert_allclose(y, want, rtol=0, atol=1e-4 * np.abs(want).max())
             dy = rng.standard_normal(y.shape).astype(np.float32)
-            got = winograd_fma.backward(dy, x, w, (1, 1), (pad, pad), isa=name)
+            got = winograd_fma.backward(dy, x, w, (1, 1), (pad, pad), m, isa=name)
             for g, e in zip(got, ref.conv2d_backward(dy, x, w, 1, pad), strict=True):
                 np.testing.assert_allclose(g, e, rtol=0, atol=1e-4 * max(1, np.abs(e).max()))
-            assert winograd_fma.backward(dy, x, w, (1, 1), (pad, pad), False, isa=name)[0] is None
+            assert winograd_fma.backward(dy, x, w, (1, 1), (pad, pad), m, False,
+                                         isa=name)[0] is None
     finally:
         numba.set_num_threads(old)
 
@@ -117,6 +124,7 @@ def test_strategy_takes_the_tiles_in_float32_only(monkeypatch):
     assert winograd._fma_path("winograd", ws) and not winograd._fma_path("winograd", ws, "f8")
     assert not winograd._fma_path("winograd", (4, 8, 3, 3))  # F(2x2, 3x3): BLAS
     assert winograd._fma_path("winograd4", (4, 8, 3, 3))
+    assert winograd._fma_path("winograd4", (4, 8, 5, 5))  # F(4x4, 5x5)
     assert "winograd" in conv.candidates(xs, ws, (1, 1), (2, 2), direction="forward")
     assert "winograd" in conv.candidates(xs, ws, (1, 1), (2, 2), direction="backward")
     assert "winograd" not in conv.candidates(xs, ws, (1, 1), (2, 2), direction="wgrad")
@@ -143,9 +151,10 @@ def test_workspace_is_block_sized():
     bwd, _ = winograd.workspace_bytes("winograd", xs, ws, (1, 1), (2, 2), 4, 2, backward=True)
     lowering = conv.workspace_bytes("lowering", xs, ws, 1, 2)[0]
     assert 0 < v < fwd < lowering / 4 and 0 < bwd < lowering / 4
-    T = winograd_fma._geometry(xs, 128, 5, (2, 2), direct._isa(None), 2)[7]
+    T = winograd_fma._geometry(xs, 128, 2, 5, (2, 2), direct._isa(None), 2)[7]
     assert v == 2 * 36 * T * 32 * 4  # two groups' V blocks
     assert 36 * T * (32 + 48) * 4 <= winograd_fma.BLOCK_BYTES  # V and one panel's M
-    shapes = winograd_fma._geometry(xs, 128, 5, (2, 2), direct._isa(None), 2, wgrad=True)[-1]
+    shapes = winograd_fma._geometry(xs, 128, 2, 5, (2, 2), direct._isa(None), 2,
+                                    wgrad=True)[-1]
     assert shapes["vb"][1] * 4 + shapes["mb"][1] * 4 <= 1.1 * winograd_fma.WGRAD_BLOCK_BYTES
     assert bwd >= sum(int(np.prod(s)) for s in shapes.values()) * 4

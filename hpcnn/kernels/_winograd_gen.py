@@ -18,10 +18,11 @@ import os
 
 import numpy as np
 
-VARIANTS = ((2, 3), (4, 3), (2, 5))
+VARIANTS = ((2, 3), (4, 3), (2, 5), (4, 5))
 """(m, r) pairs: output tile m x m, kernel r x r."""
 
-POINTS = {4: (0.0, 1.0, -1.0), 6: (0.0, 1.0, -1.0, 2.0, -2.0)}
+POINTS = {4: (0.0, 1.0, -1.0), 6: (0.0, 1.0, -1.0, 2.0, -2.0),
+          8: (0.0, 1.0, -1.0, 2.0, -2.0, 0.5, -0.5)}
 """Interpolation points by tile size a = m + r - 1 (the point at infinity is added)."""
 
 TARGET = os.path.join(os.path.dirname(__file__), "_winograd_tiles.py")
@@ -94,16 +95,17 @@ def weight_transform(w, m, turned=False, out=None):
 
 def _lin(terms):
     """'c1*n1 + c2*n2 ...' for (coefficient, name) pairs, zeros dropped, +-1 as adds. Other
-    coefficients are small integers, written as float32 constants (exact in float32 and
-    float64), so float32 data stays float32 and the tile loops vectorize 8 wide."""
+    coefficients are small integers or multiples of 1/256 (F(4, 5)'s points +-1/2), written as
+    float32 constants (exact in float32 and float64), so float32 data stays float32 and the
+    tile loops vectorize 8 wide."""
     out = []
     for c, name in terms:
         if abs(c) < 1e-12:
             continue
         mag = abs(float(c))
-        if mag != int(mag):
-            raise ValueError(f"winograd: coefficient {c} is not an integer")
-        term = name if mag == 1.0 else f"f32({mag:.1f}) * {name}"
+        if mag * 256 != int(mag * 256):
+            raise ValueError(f"winograd: coefficient {c} is not a multiple of 1/256")
+        term = name if mag == 1.0 else f"f32({mag!r}) * {name}"
         out.append(("-" if c < 0 else "+", term))
     if not out:
         return "f32(0.0)"

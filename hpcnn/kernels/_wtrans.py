@@ -38,6 +38,7 @@ _I64 = ir.IntType(64)
 def _kinds():
     AT, _, BT = matrices(2, 5)
     AT4, _, BT4 = matrices(4, 3)
+    AT45, _, BT8 = matrices(4, 5)
     assert np.array_equal(BT, BT4)  # the same six points: one input transform for both
     return {
         0: (BT, BT),  # input of F(2x2, 5x5) and F(4x4, 3x3): 6x6 -> 6x6
@@ -45,15 +46,19 @@ def _kinds():
         2: (AT.T, AT.T),  # output gradient of F(2x2, 5x5): 2x2 -> 6x6
         3: (AT4, AT4),  # output of F(4x4, 3x3): 6x6 -> 4x4
         4: (AT4.T, AT4.T),  # output gradient of F(4x4, 3x3): 4x4 -> 6x6
+        5: (BT8, BT8),  # input of F(4x4, 5x5): 8x8 -> 8x8
+        6: (AT45, AT45),  # output of F(4x4, 5x5): 8x8 -> 4x4
+        7: (AT45.T, AT45.T),  # output gradient of F(4x4, 5x5): 4x4 -> 8x8
     }
 
 
 KINDS = _kinds()
-"""kind -> (L, R), float64 matrices with small integer entries."""
-INPUT = 0
-OUTPUT = {2: 1, 4: 3}
-"""output tile size m -> the kind of its output transform (likewise :data:`GRAD`)."""
-GRAD = {2: 2, 4: 4}
+"""kind -> (L, R), float64 matrices with small integer (or power-of-two fraction) entries."""
+INPUT = {6: 0, 8: 5}
+"""input tile size a -> the kind of its input transform."""
+OUTPUT = {(2, 5): 1, (4, 3): 3, (4, 5): 6}
+"""F(m, r) -> the kind of its output transform (likewise :data:`GRAD`)."""
+GRAD = {(2, 5): 2, (4, 3): 4, (4, 5): 7}
 
 
 def _splat(vt, value):
@@ -63,10 +68,12 @@ def _splat(vt, value):
 
 
 def _ops(builder, vt, fma):
-    """The 1-D transforms as vector operations, common terms shared: the input transform (the
-    same for F(2, 5) and F(4, 3): the same six points) in 12 operations, where the rows written
-    out one by one take 22; F(2, 5)'s output and output gradient in 8 and 4 (as many as row by
-    row); F(4, 3)'s in 10 and 9 (row by row 14 and 12)."""
+    """kind -> (1-D transform, its input length): vector operations, common terms shared. The
+    6-point ones are written out: the input transform (the same for F(2, 5) and F(4, 3): the
+    same six points) in 12 operations, where the rows written out one by one take 22; F(2, 5)'s
+    output and output gradient in 8 and 4 (as many as row by row); F(4, 3)'s in 10 and 9 (row by
+    row 14 and 12). The 8-point ones of F(4, 5) are derived from their matrices
+    (:func:`_shared`)."""
     add, sub = builder.fadd, builder.fsub
     c2, c4, c8, m2, m5 = (_splat(vt, c) for c in (2.0, 4.0, 8.0, -2.0, -5.0))
 
@@ -101,8 +108,77 @@ def _ops(builder, vt, fma):
         o2 = builder.call(fma, [c8, g[3], builder.fmul(c2, g[1])])
         return [g[0], add(e, o), sub(e, o), add(e2, o2), sub(e2, o2), g[3]]
 
-    return {INPUT: (bt, 6), OUTPUT[2]: (at, 6), GRAD[2]: (a, 2), OUTPUT[4]: (at4, 6),
-            GRAD[4]: (a4, 4)}
+    ops = {INPUT[6]: (bt, 6), OUTPUT[2, 5]: (at, 6), GRAD[2, 5]: (a, 2), OUTPUT[4, 3]: (at4, 6),
+           GRAD[4, 3]: (a4, 4)}
+    for kind in (INPUT[8], OUTPUT[4, 5], GRAD[4, 5]):
+        L = KINDS[kind][0]
+        ops[kind] = (_shared(builder, vt, fma, L), L.shape[1])
+    return ops
+
+
+def _shared(builder, vt, fma, L):
+    """The 1-D transform by L (rows x n) as vector operations, for the kinds without a written
+    one (the 8-point transforms of F(4x4, 5x5)). The points come in pairs +-p, and so do the
+    terms: where two rows of L differ only in the sign of their odd columns (the input and
+    output-gradient transforms), both are E +- O of one even and one odd sum; where two
+    columns differ only in the sign of their odd rows (the output transform), the inputs first
+    become their sum and difference. Coefficients 0 cost nothing, +-1 an add or subtract."""
+    n_out, n = L.shape
+    alt = np.array([1.0 if k % 2 == 0 else -1.0 for k in range(max(n_out, n))])
+
+    def lin(coefs, d):  # sum of coefs[k] * d[k]: +1 terms first, then -1, then the others
+        terms = sorted(((c, k) for k, c in enumerate(coefs) if c != 0),
+                       key=lambda t: (t[0] != 1, t[0] != -1))
+        acc = None
+        for c, k in terms:
+            if acc is None:
+                acc = (d[k] if c == 1 else builder.fneg(d[k]) if c == -1
+                       else builder.fmul(_splat(vt, c), d[k]))
+            elif c in (1, -1):
+                acc = (builder.fadd if c == 1 else builder.fsub)(acc, d[k])
+            else:
+                acc = builder.call(fma, [_splat(vt, c), d[k], acc])
+        return _splat(vt, 0.0) if acc is None else acc
+
+    def pairs(M, sign):  # (i, i', s): M[i'] = s * M[i] * sign, s = +-1, M[i] with odd terms
+        out, used = [], set()
+        for i in range(M.shape[0]):
+            if i in used or not np.any(M[i] * (sign < 0)):
+                continue
+            for j in range(i + 1, M.shape[0]):
+                for s in (1.0, -1.0):
+                    if j not in used and np.array_equal(M[j], s * M[i] * sign):
+                        out.append((i, j, s))
+                        used.update((i, j))
+                        break
+                if i in used:
+                    break
+        return out, used
+
+    def rows(d):
+        if n > n_out:  # column pairs: fold the inputs into sums and differences
+            cols, _ = pairs(L.T, alt[:n_out])
+            d, Lf = list(d), L.copy()
+            for j, j2, s in cols:
+                d[j], d[j2] = builder.fadd(d[j], d[j2]), builder.fsub(d[j], d[j2])
+                # row i: L[i, j] d_j + L[i, j2] d_j2 = L[i, j] (d_j + (-1)^i s d_j2)
+                for i in range(n_out):
+                    even = (i % 2 == 0) == (s > 0)
+                    Lf[i, j], Lf[i, j2] = (L[i, j], 0.0) if even else (0.0, L[i, j])
+            return [lin(Lf[i], d) for i in range(n_out)]
+        prs, used = pairs(L, alt[:n])
+        out = [None] * n_out
+        for i, i2, s in prs:
+            e = lin(L[i] * (alt[:n] > 0), d)
+            o = lin(L[i] * (alt[:n] < 0), d)
+            out[i] = builder.fadd(e, o)
+            out[i2] = builder.fsub(e, o) if s > 0 else builder.fsub(o, e)
+        for i in range(n_out):
+            if i not in used:
+                out[i] = lin(L[i], d)
+        return out
+
+    return rows
 
 
 def emit_transform(builder, kind, VL, src, s0, s_row, s_col, dst, d0, d_row, d_col, oi, oj):
@@ -157,17 +233,38 @@ def _typer(typingctx, kind, isa, src, s0, s_row, s_col, dst, d0, d_row, d_col, n
         done = fn.append_basic_block("wtrans.done")
         key = builder.or_(builder.shl(v["isa"], ir.Constant(_I64, 8)), v["kind"])
         sw = builder.switch(key, done)
+        operands = [v[a] for a in _ARGS[2:]]
         for isa in runnable():
             for kind in KINDS:
                 blk = fn.append_basic_block(f"wtrans.{isa.name}.{kind}")
                 sw.add_case(ir.Constant(_I64, (isa.id << 8) | kind), blk)
                 builder.position_at_end(blk)
-                _emit_loop(builder, kind, isa.lanes, v)
+                builder.call(_function(builder.module, kind, isa), operands)
                 builder.branch(done)
         builder.position_at_end(done)
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+def _function(module, kind, isa):
+    """The transform loop of one kind and ISA as a function of its own in ``module`` (defined
+    once per module, not inlined): every call site of :data:`wtrans` switches over all the kinds
+    and ISAs, and with the transforms inlined there LLVM took minutes over the kernels that call
+    it three times."""
+    name = f"hpcnn_wtrans_{isa.name}_{kind}"
+    if name in module.globals:
+        return module.globals[name]
+    fp = _F32.as_pointer()
+    fnty = ir.FunctionType(ir.VoidType(), [fp, _I64, _I64, _I64, fp, _I64, _I64, _I64, _I64,
+                                           _I64, _I64])
+    fn = ir.Function(module, fnty, name=name)
+    fn.linkage = "linkonce_odr"
+    fn.attributes.add("noinline")
+    builder = ir.IRBuilder(fn.append_basic_block("entry"))
+    _emit_loop(builder, kind, isa.lanes, dict(zip(_ARGS[2:], fn.args)))
+    builder.ret_void()
+    return fn
 
 
 def _emit_loop(builder, kind, lanes, v):

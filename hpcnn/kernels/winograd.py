@@ -13,8 +13,9 @@ Summed over input channels, the a*a elementwise products become a*a independent 
 
 so a 3x3 layer does 16/4 = 4 multiply-adds per output and channel pair with F(2x2, 3x3) instead
 of 9 (2.25x fewer), 36/16 with F(4x4, 3x3) (4x fewer), and a 5x5 layer 36/4 with F(2x2, 5x5)
-(2.8x fewer). The transforms are memory-bound passes over the data, as lowering is; they are
-small next to the GEMMs on the wide layers where the flops are.
+(2.8x fewer) and 64/16 with F(4x4, 5x5) (6.25x fewer). The transforms are memory-bound passes
+over the data, as lowering is; they are small next to the GEMMs on the wide layers where the
+flops are.
 
 Backward, stride 1:
 
@@ -33,10 +34,11 @@ matrices than on cache misses (measured on GoogLeNet 4e_3x3 and 5b_3x3 at 1 thre
 transforms are straight-line code generated per variant (:mod:`~._winograd_gen`, one tile per
 loop iteration); interpreted loops over the small matrices made them slower than the GEMMs.
 
-Numerics: the data transforms have small integer entries (exact in float32); the points are 0,
-+-1 (F(2, 3)) and 0, +-1, +-2 (F(4, 3), F(2, 5)), with the point at infinity. F(2, 3) errs
-about as direct convolution does; the 6 x 6 tiles mix magnitudes up to 8 and lose about one
-decimal digit more in float32 (about 1e-5 of the output's scale on GoogLeNet 3a_3x3, checked
+Numerics: the data transforms have small integer (F(4, 5): dyadic) entries, exact in float32;
+the points are 0, +-1 (F(2, 3)), 0, +-1, +-2 (F(4, 3), F(2, 5)) and 0, +-1, +-2, +-1/2 (F(4, 5)),
+with the point at infinity. F(2, 3) errs about as direct convolution does; the 6 x 6 tiles mix
+magnitudes up to 8 and lose about one decimal digit more in float32, the 8 x 8 ones about twice
+as much again (about 1e-5 of the output's scale on GoogLeNet 3a_3x3, checked
 against float64 references in tests/test_winograd.py).
 
 Applies to stride-1 layers with square r x r kernels, r in :data:`TILE` for the strategy, and
@@ -55,7 +57,7 @@ AVAILABLE = pipelined.AVAILABLE
 
 TILE = {
     "winograd": {3: 2, 5: 2},
-    "winograd4": {3: 4},
+    "winograd4": {3: 4, 5: 4},
 }
 """strategy -> {kernel size r: output tile size m}."""
 
@@ -68,8 +70,8 @@ def tile_size(algo, w_shape):
 
 def applies(algo, x_shape, w_shape, stride, padding, direction=None):
     """True where ``algo`` runs Winograd (else it runs "chunked"), in ``direction`` (None: all
-    three); in float32, the weight gradient of F(2x2, 5x5) and F(4x4, 3x3) with fewer than two
-    vectors of input channels is "direct"'s (:func:`~.winograd_fma.own_wgrad`)."""
+    three); in float32 on the register tiles (:func:`_fma_path`), the weight gradient with
+    fewer than two vectors of input channels is "direct"'s (:func:`~.winograd_fma.own_wgrad`)."""
     r = w_shape[2]
     if (direction in ("wgrad", None) and _fma_path(algo, w_shape)
             and not winograd_fma.own_wgrad(w_shape[1], direct._isa(None))):
@@ -191,10 +193,11 @@ def _fallback(x, w, stride, padding, algo):
 
 
 def _fma_path(algo, w_shape, dtype=np.float32):
-    """Whether the variant runs on register tiles (:mod:`~.winograd_fma`): F(2x2, 5x5) and
-    F(4x4, 3x3) in float32."""
+    """Whether the variant runs on register tiles (:mod:`~.winograd_fma`): F(2x2, 5x5),
+    F(4x4, 3x3) and F(4x4, 5x5) in float32."""
     m = tile_size(algo, w_shape)
-    return m > 0 and winograd_fma.VARIANTS.get(w_shape[2]) == m and np.dtype(dtype) == np.float32
+    return ((m, w_shape[2]) in winograd_fma.VARIANTS and m > 0
+            and np.dtype(dtype) == np.float32)
 
 
 def forward(x, w, b, stride, padding, algo="winograd", chunk=None):
@@ -202,7 +205,7 @@ def forward(x, w, b, stride, padding, algo="winograd", chunk=None):
     if _fallback(x, w, stride, padding, algo):
         return pipelined.forward(x, w, b, stride, padding, schedule="chunked", chunk=chunk)
     if _fma_path(algo, w.shape, x.dtype) and chunk is None:
-        return winograd_fma.forward(x, w, b, stride, padding)
+        return winograd_fma.forward(x, w, b, stride, padding, tile_size(algo, w.shape))
     return _conv(x, w, b, padding, tile_size(algo, w.shape), chunk)
 
 
@@ -212,7 +215,8 @@ def backward(dy, x, w, stride, padding, input_grad=True, algo="winograd", chunk=
         return pipelined.backward(dy, x, w, stride, padding, input_grad, schedule="chunked",
                                   chunk=chunk)
     if _fma_path(algo, w.shape, x.dtype) and chunk is None:
-        return winograd_fma.backward(dy, x, w, stride, padding, input_grad)
+        return winograd_fma.backward(dy, x, w, stride, padding, tile_size(algo, w.shape),
+                                     input_grad)
     m = tile_size(algo, w.shape)
     K, C, r, _ = w.shape
     a = m + r - 1
@@ -239,8 +243,8 @@ def workspace_bytes(algo, x_shape, w_shape, stride, padding, itemsize=4, threads
         return pipelined.workspace_bytes("chunked", x_shape, w_shape, stride, padding, itemsize,
                                          threads, backward, chunk)
     if _fma_path(algo, w_shape, f"f{itemsize}") and chunk is None:
-        return winograd_fma.workspace_bytes(x_shape, w_shape, padding, itemsize, threads,
-                                            backward)
+        return winograd_fma.workspace_bytes(x_shape, w_shape, padding, tile_size(algo, w_shape),
+                                            itemsize, threads, backward)
     T = threads or numba.get_num_threads()
     m = tile_size(algo, w_shape)
     K, C, r, _ = w_shape

@@ -1,14 +1,16 @@
 """Winograd on register tiles: the "winograd" strategy's 5x5 layers (F(2x2, 5x5)) and
-"winograd4"'s 3x3 ones (F(4x4, 3x3)) in float32.
+"winograd4"'s 3x3 and 5x5 ones (F(4x4, 3x3), F(4x4, 5x5)) in float32.
 
 A 5x5 layer multiplies 25 taps per output pixel and channel pair; F(2x2, 5x5) makes a 2x2
-output tile of the transforms of a 6x6 input tile, with 36 products: 9 per pixel, 2.8x fewer.
-F(4x4, 3x3) makes a 4x4 tile of a 6x6 one: 36/16 products per pixel against 9, 4x fewer. Both
-use the same six points, so the same input transform (see :mod:`~.winograd`, which runs the
-36 products per chunk as BLAS GEMMs of K x C by C x tiles: on cifar10_quick's 32-channel layers
-those thin GEMMs and the transforms vectorized along short tile rows made F(2x2, 5x5) 5x slower
-than "direct"). Below, m is the output tile's size (2 or 4), r the kernel's; the text speaks of
-F(2x2, 5x5).
+output tile of the transforms of a 6x6 input tile, with 36 products: 9 per pixel, 2.8x fewer;
+F(4x4, 5x5) makes a 4x4 tile of an 8x8 one, with 64 products: 4 per pixel, 6.25x fewer.
+F(4x4, 3x3) makes a 4x4 tile of a 6x6 one: 36/16 products per pixel against 9, 4x fewer. The
+two 6x6 variants use the same six points, so the same input transform (see :mod:`~.winograd`,
+which runs the products per chunk as BLAS GEMMs of K x C by C x tiles: on cifar10_quick's
+32-channel layers those thin GEMMs and the transforms vectorized along short tile rows made
+F(2x2, 5x5) 5x slower than "direct"). Below, m is the output tile's size (2 or 4), r the
+kernel's, A = m + r - 1 the input tile's (6 or 8); the text speaks of F(2x2, 5x5), whose A*A
+is 36.
 
 Here each thread takes a contiguous group of the batch's images and, one block of tiles at a
 time (several whole images, or a band of tile rows of one image: about :data:`TILES` tiles):
@@ -41,6 +43,9 @@ blocks an odd number of cache lines apart (:func:`_stride`).
 
 Numerics: the points are 0, +-1, +-2 and infinity (see :mod:`~.winograd`): the 6x6 transforms
 mix magnitudes up to 25 and lose about one decimal digit against direct convolution in float32.
+F(4x4, 5x5) adds +-1/2 (entries up to 10, and 5.25 and 0.125): in a float32 NumPy model of
+cifar10_quick conv2 and conv3 and GoogLeNet 3a_5x5, 4.1e-6 to 4.6e-6 of the output's scale
+against float64, where F(2x2, 5x5) gave 2.3e-6.
 """
 
 import numba
@@ -72,33 +77,29 @@ accumulators. On GoogLeNet 4e_3x3 (160 -> 320 channels) 1 MiB makes blocks of 12
 at least 64, its weight gradient ran 1.46-1.49x as fast at 1 and 2 threads, 5a_3x3 1.12-1.19x,
 4b_3x3 1.04-1.16x, 3a_3x3, conv2 and 4d_5x5 0.99-1.04x (Intel Xeon, alternated in one process:
 ``results/isa/xeon5/wgrad_min_tiles.log``)."""
-A = 6
-"""Input tile size of both variants: F(2x2, 5x5) and F(4x4, 3x3) (m + r - 1 = 6)."""
-VARIANTS = {5: 2, 3: 4}
-"""kernel size r -> output tile size m."""
+VARIANTS = ((2, 5), (4, 3), (4, 5))
+"""(m, r): output tiles m x m of an r x r kernel; the input tiles are a x a, a = m + r - 1."""
 
 
-def applies(x_shape, w_shape, stride, padding):
-    """F(2x2, 5x5) applies to stride-1 5x5 layers with padding at most 4, F(4x4, 3x3) to 3x3
-    ones with padding at most 2."""
+def applies(x_shape, w_shape, stride, padding, m):
+    """F(m x m, r x r) applies to stride-1 r x r layers with padding at most r - 1."""
     r = w_shape[2]
-    return (r in VARIANTS and w_shape[3] == r and tuple(stride) == (1, 1)
+    return ((m, r) in VARIANTS and w_shape[3] == r and tuple(stride) == (1, 1)
             and max(padding) <= r - 1 and min(x_shape[2] + 2 * padding[0],
                                               x_shape[3] + 2 * padding[1]) >= r)
 
 
-def _pack_u(w, isa, turned):
+def _pack_u(w, m, isa, turned):
     """(up, widths, offsets): U[xi] = G w G^T of every (output, input) channel pair, packed per
     point xi as "direct"'s panels, (C_in, width) each: up[xi*Cin*Kp + offsets[p] + c*width + j]
     is U[xi] of output channel starts[p] + j and input channel c (zero past K_out)."""
-    r = w.shape[2]
-    U = weight_transform(w, VARIANTS[r], turned)
+    U = weight_transform(w, m, turned)
     if turned:
         U = U.transpose(0, 2, 1)  # [xi, output channel of dx (C), its input channel (K)]
     kout, cin = U.shape[1], U.shape[2]
     widths = direct._panels(kout, isa)
     starts = np.concatenate(([0], np.cumsum(widths)[:-1])).astype(np.int64)
-    up = np.empty(A * A * cin * int(widths.sum()), dtype=w.dtype)
+    up = np.empty(U.shape[0] * cin * int(widths.sum()), dtype=w.dtype)
     _pack_panels(U, widths, starts, up)
     return up, widths, cin * starts
 
@@ -124,14 +125,15 @@ def _pack_panels(U, widths, starts, up):
 
 
 @pnjit
-def _forward_kernel(x, up, widths, offsets, bias, y, ph, pw, m, kind, th, tw, band, nb, isa,
-                    lanes, mr, mr3, xp, vb, mb, yt, ao, oo):
-    """y (N, K, P, Q) = the Winograd convolution of x with the packed U (m x m output tiles;
-    ``kind``: their output transform, :mod:`~._wtrans`), + bias. A block is
+def _forward_kernel(x, up, widths, offsets, bias, y, ph, pw, m, A, ikind, kind, th, tw, band, nb,
+                    isa, lanes, mr, mr3, xp, vb, mb, yt, ao, oo):
+    """y (N, K, P, Q) = the Winograd convolution of x with the packed U (m x m output tiles of
+    A x A input tiles; ``ikind`` and ``kind``: their input and output transforms,
+    :mod:`~._wtrans`), + bias. A block is
     ``nb`` whole images (when ``band`` tile rows are the whole image) or ``band`` tile rows of
-    one; scratch per group g: xp[g] (nb packed images of m*th+6-m rows and m*tw+6-m columns),
-    vb[g] (tiles x 36 x C), mb[g] (tiles x 36 x one panel's width), yt[g] (the block's output
-    pixels x Kp); ao[t] = t*36*C, oo[p, t] = t*36*widths[p]."""
+    one; scratch per group g: xp[g] (nb packed images of m*th+A-m rows and m*tw+A-m columns),
+    vb[g] (tiles x A*A x C), mb[g] (tiles x A*A x one panel's width), yt[g] (the block's output
+    pixels x Kp); ao[t] = t*A*A*C, oo[p, t] = t*A*A*widths[p]."""
     N, C = x.shape[0], x.shape[1]
     K, P, Q = y.shape[1], y.shape[2], y.shape[3]
     G = xp.shape[0]
@@ -153,7 +155,7 @@ def _forward_kernel(x, up, widths, offsets, bias, y, ph, pw, m, kind, th, tw, ba
                 for im in range(ni):
                     for i in range(i0, i1):
                         for j in range(tw):
-                            wtrans(INPUT, isa, buf, (im * Hp + m * i) * row + m * j * C, row, C,
+                            wtrans(ikind, isa, buf, (im * Hp + m * i) * row + m * j * C, row, C,
                                    vbf, t * A * A * C, A * C, C, C, A, A)
                             t += 1
                 k0 = 0
@@ -182,13 +184,14 @@ def _forward_kernel(x, up, widths, offsets, bias, y, ph, pw, m, kind, th, tw, ba
 
 
 @pnjit
-def _wgrad_kernel(x, dy, ph, pw, m, kind, th, tw, band, nb, isa, lanes, mr, mr3, widths,
+def _wgrad_kernel(x, dy, ph, pw, m, A, ikind, kind, th, tw, band, nb, isa, lanes, mr, mr3, widths,
                   cstarts, xp, gp, vb, mb, ko, oo, dup, db):
-    """dup[g] (36, K, Cp) = group g's sum over its tiles of dM[xi, t]^T V[xi, t] (dM = A g AT of
-    dy's m x m tiles, ``kind`` its transform; V = BT d B of x's 6x6 ones); db[g] its dy sums.
+    """dup[g] (A*A, K, Cp) = group g's sum over its tiles of dM[xi, t]^T V[xi, t] (dM = A g AT
+    of dy's m x m tiles, ``kind`` its transform; V = BT d B of x's A x A ones, ``ikind``); db[g]
+    its dy sums.
     widths/cstarts: the column tiles of C (Cp = their sum; columns past C are scratch). Scratch
-    per group: xp[g] (packed x), gp[g] (packed dy, m*th x m*tw), vb[g] (36 blocks of tiles x C,
-    :func:`_stride` apart, and a tile's width of slack), mb[g] (36 blocks of tiles x K);
+    per group: xp[g] (packed x), gp[g] (packed dy, m*th x m*tw), vb[g] (A*A blocks of tiles x C,
+    :func:`_stride` apart, and a tile's width of slack), mb[g] (A*A blocks of tiles x K);
     ko[i] = i, oo[i] = i*Cp."""
     N, C = x.shape[0], x.shape[1]
     K, P, Q = dy.shape[1], dy.shape[2], dy.shape[3]
@@ -214,7 +217,7 @@ def _wgrad_kernel(x, dy, ph, pw, m, kind, th, tw, band, nb, isa, lanes, mr, mr3,
                 for im in range(ni):
                     for i in range(i0, i1):
                         for j in range(tw):
-                            wtrans(INPUT, isa, buf, (im * Hp + m * i) * row + m * j * C, row, C,
+                            wtrans(ikind, isa, buf, (im * Hp + m * i) * row + m * j * C, row, C,
                                    vbf, t * C, A * VS, VS, C, A, A)
                             wtrans(kind, isa, gbuf, (im * m * th + m * i) * grow + m * j * K,
                                    grow, K, mbf, t * K, A * MS, MS, K, A, A)
@@ -250,12 +253,12 @@ def _blocks(N, G, th, tw, per_tile=0, budget=None, least=1):
     return band, nb
 
 
-def _geometry(x_shape, k_out, r, padding, isa, threads=None, wgrad=False):
+def _geometry(x_shape, k_out, m, r, padding, isa, threads=None, wgrad=False):
     """(P, Q, th, tw, G, band, nb, T, Kp, scratch shapes) of a forward pass to k_out channels
-    with an r x r kernel, or with ``wgrad`` of the weight gradient of a layer with k_out output
+    with F(m x m, r x r), or with ``wgrad`` of the weight gradient of a layer with k_out output
     channels."""
     N, C, H, W = x_shape
-    m = VARIANTS[r]
+    A = m + r - 1
     P, Q = H + 2 * padding[0] - r + 1, W + 2 * padding[1] - r + 1
     th, tw = -(-P // m), -(-Q // m)
     G = max(1, min(threads or numba.get_num_threads(), N))
@@ -277,29 +280,30 @@ def _geometry(x_shape, k_out, r, padding, isa, threads=None, wgrad=False):
         "mb": (G, A * A * int(_stride(T * k_out))), "dup": (G, A * A, k_out, Cp)}
 
 
-def _conv(x, w, b, padding, isa, turned=False):
+def _conv(x, w, b, padding, m, isa, turned=False):
     N, C = x.shape[0], x.shape[1]
     ph, pw = padding
     K, r = (w.shape[1] if turned else w.shape[0]), w.shape[2]
-    m = VARIANTS[r]
-    up, widths, offsets = _pack_u(w, isa, turned)
-    P, Q, th, tw, G, band, nb, T, Kp, shapes = _geometry(x.shape, K, r, padding, isa)
+    A = m + r - 1
+    up, widths, offsets = _pack_u(w, m, isa, turned)
+    P, Q, th, tw, G, band, nb, T, Kp, shapes = _geometry(x.shape, K, m, r, padding, isa)
     xp, vb, mb, yt = (np.empty(shapes[k], dtype=x.dtype) for k in ("xp", "vb", "mb", "yt"))
     ao = np.arange(T, dtype=np.int64) * (A * A * C)
     oo = np.arange(T, dtype=np.int64) * (A * A) * widths[:, None]
     bias = np.zeros(K, dtype=x.dtype) if b is None else b
     y = np.empty((N, K, P, Q), dtype=x.dtype)
-    _forward_kernel(x, up, widths, offsets, bias, y, ph, pw, m, OUTPUT[m], th, tw, band, nb,
-                    isa.id, isa.lanes, isa.rows, isa.rows3, xp, vb, mb, yt, ao, oo)
+    _forward_kernel(x, up, widths, offsets, bias, y, ph, pw, m, A, INPUT[A], OUTPUT[m, r], th, tw,
+                    band, nb, isa.id, isa.lanes, isa.rows, isa.rows3, xp, vb, mb, yt, ao, oo)
     return y
 
 
-def _wgrad(dy, x, w, padding, isa):
+def _wgrad(dy, x, w, padding, m, isa):
     """(dw, db): dU[xi] = sum over tiles of dM[t, xi]^T V[t, xi] on the register tiles (a
     reduction over the tiles: :data:`~._fma.tile_strided`), then dw = G^T dU G."""
     C, K, r = x.shape[1], w.shape[0], w.shape[2]
-    m = VARIANTS[r]
-    P, Q, th, tw, G, band, nb, T, _, shapes = _geometry(x.shape, K, r, padding, isa, wgrad=True)
+    A = m + r - 1
+    P, Q, th, tw, G, band, nb, T, _, shapes = _geometry(x.shape, K, m, r, padding, isa,
+                                                        wgrad=True)
     widths = np.array(direct._widths(C, isa, direct.TILES3), dtype=np.int64)
     cstarts = np.concatenate(([0], np.cumsum(widths)[:-1])).astype(np.int64)
     Cp = int(widths.sum())
@@ -308,8 +312,9 @@ def _wgrad(dy, x, w, padding, isa):
                            for k in ("xp", "gp", "vb", "mb", "dup"))
     db = np.zeros((G, direct._row(K, 8)), dtype=np.float64)
     ko = np.arange(rows, dtype=np.int64)
-    _wgrad_kernel(x, dy, padding[0], padding[1], m, GRAD[m], th, tw, band, nb, isa.id, isa.lanes,
-                  isa.rows, isa.rows3, widths, cstarts, xp, gp, vb, mb, ko, ko * Cp, dup, db)
+    _wgrad_kernel(x, dy, padding[0], padding[1], m, A, INPUT[A], GRAD[m, r], th, tw, band, nb,
+                  isa.id, isa.lanes, isa.rows, isa.rows3, widths, cstarts, xp, gp, vb, mb, ko,
+                  ko * Cp, dup, db)
     du = np.empty((A * A, K, C), dtype=x.dtype)
     _sum_groups(dup, du)
     dw = np.matmul(du.reshape(A * A, K * C).T, taps(m, r, x.dtype.str)).reshape(w.shape)
@@ -330,10 +335,10 @@ def _sum_groups(dup, du):
                 du[xi, k, c] += dup[g, xi, k, c]
 
 
-def forward(x, w, b, stride, padding, *, isa=None):
-    """y (N, K, P, Q) of checked float32 arguments to which a variant applies."""
+def forward(x, w, b, stride, padding, m, *, isa=None):
+    """y (N, K, P, Q) of checked float32 arguments to which F(m x m, r x r) applies."""
     with profile.region("gemm"):
-        return _conv(x, w, b, padding, direct._isa(isa))
+        return _conv(x, w, b, padding, m, direct._isa(isa))
 
 
 def own_wgrad(C, isa):
@@ -344,24 +349,24 @@ def own_wgrad(C, isa):
     return C >= 2 * isa.lanes
 
 
-def backward(dy, x, w, stride, padding, input_grad=True, *, isa=None):
+def backward(dy, x, w, stride, padding, m, input_grad=True, *, isa=None):
     """(dx, dw, db): the weight gradient summed over the tiles (or "direct"'s: :func:`own_wgrad`),
     the data gradient a forward of dy."""
     isa = direct._isa(isa)
     if own_wgrad(x.shape[1], isa):
         with profile.region("gemm"):
-            dw, db = _wgrad(dy, x, w, padding, isa)
+            dw, db = _wgrad(dy, x, w, padding, m, isa)
     else:
         _, dw, db = direct.backward(dy, x, w, stride, padding, input_grad=False, isa=isa)
     if not input_grad:
         return None, dw, db
     with profile.region("gemm"):
         r = w.shape[2]
-        dx = _conv(dy, w, None, (r - 1 - padding[0], r - 1 - padding[1]), isa, turned=True)
+        dx = _conv(dy, w, None, (r - 1 - padding[0], r - 1 - padding[1]), m, isa, turned=True)
     return dx, dw, db
 
 
-def workspace_bytes(x_shape, w_shape, padding, itemsize=4, threads=None, backward=False):
+def workspace_bytes(x_shape, w_shape, padding, m, itemsize=4, threads=None, backward=False):
     """(total, transformed-input) scratch bytes of one pass: the packed images, the blocks' V and
     M, the output band, the transformed and packed weights; backward: the weight gradient's
     (packed x and dy, the blocks' V and dM, the partial dU and db) or the data gradient's forward
@@ -369,16 +374,17 @@ def workspace_bytes(x_shape, w_shape, padding, itemsize=4, threads=None, backwar
     isa = direct._isa(None)
     N, C, H, W = x_shape
     K, r = w_shape[0], w_shape[2]
+    A = m + r - 1
 
-    def one(shape, k_out, pads):  # U (36, K, C) and its panels (36, C_in, Kp) besides
-        *_, Kp, shapes = _geometry(shape, k_out, r, pads, isa, threads)
+    def one(shape, k_out, pads):  # U (A*A, K, C) and its panels (A*A, C_in, Kp) besides
+        *_, Kp, shapes = _geometry(shape, k_out, m, r, pads, isa, threads)
         total = sum(int(np.prod(s)) for s in shapes.values()) + A * A * (K * C + shape[1] * Kp)
         return total * itemsize, int(np.prod(shapes["vb"])) * itemsize
 
     if not backward:
         return one(x_shape, K, padding)
     P, Q = H + 2 * padding[0] - r + 1, W + 2 * padding[1] - r + 1
-    G, shapes = _geometry(x_shape, K, r, padding, isa, threads, wgrad=True)[4::5]
+    G, shapes = _geometry(x_shape, K, m, r, padding, isa, threads, wgrad=True)[4::5]
     wg = sum(int(np.prod(s)) for s in shapes.values()) * itemsize + G * direct._row(K, 8) * 8
     if not own_wgrad(C, isa):
         wg = direct.workspace_bytes(x_shape, w_shape, (1, 1), padding, itemsize, threads, True,
