@@ -175,7 +175,8 @@ def test_other_shapes_run_lowering_and_are_not_tuned():
             assert algo not in conv.candidates(xs, ws, (stride, stride), (pad, pad))
             _close(conv.conv2d_forward(x, w, None, stride, pad, algo=algo),
                    ref.conv2d_forward(x, w, None, stride, pad), np.float32)
-    assert "winograd" in conv.candidates((1, 8, 9, 9), (4, 8, 3, 3), (1, 1), (1, 1))
+    assert "winograd" in conv.candidates((1, 8, 9, 9), (4, 8, 3, 3), (1, 1), (1, 1),
+                                         direction="forward")
     assert "winograd4" in conv.candidates((1, 8, 9, 9), (4, 8, 5, 5), (1, 1), (2, 2),
                                           direction="forward")  # F(4x4, 5x5)
     assert "winograd4" not in conv.candidates((1, 8, 9, 9), (4, 8, 7, 7), (1, 1), (3, 3))

@@ -1,6 +1,6 @@
-"""Winograd F(2x2, 5x5), F(4x4, 3x3) and F(4x4, 5x5) on register tiles
-(hpcnn.kernels.winograd_fma: the "winograd" strategy's 5x5 layers and "winograd4"'s 3x3 and 5x5
-ones in float32) and its vector transforms (hpcnn.kernels._wtrans)."""
+"""Winograd F(2x2, 3x3), F(2x2, 5x5), F(4x4, 3x3) and F(4x4, 5x5) on register tiles
+(hpcnn.kernels.winograd_fma: the "winograd" and "winograd4" strategies in float32) and its
+vector transforms (hpcnn.kernels._wtrans)."""
 
 import numba
 import numpy as np
@@ -61,7 +61,9 @@ def test_avx512_transform_uses_512_bit_vectors(a):
     stores = [a for op, a in ops if op.startswith("vmov") and "(" in a[-1]]
     loads = [a for op, a in ops if any("(" in x for x in a[:-1])]
     assert len(stores) == a * a and len(loads) >= a * a  # one 16-lane vector per tile value
-    assert sum(op.startswith(("vfmadd", "vfmsub", "vfnmadd")) for op, _ in ops) >= a * a
+    fmas = sum(op.startswith(("vfmadd", "vfmsub", "vfnmadd")) for op, _ in ops)
+    adds = sum(op.startswith(("vadd", "vsub")) for op, _ in ops)
+    assert fmas + adds >= a * a and (fmas >= a * a or a == 4)  # F(2x2, 3x3)'s: adds only
 
 
 CASES = [  # (N, C, H, W, K, m, r, pad): 3-vector panels (K 48, 80), ragged channels, bands,
@@ -81,6 +83,10 @@ CASES = [  # (N, C, H, W, K, m, r, pad): 3-vector panels (K 48, 80), ragged chan
     (1, 5, 45, 38, 9, 4, 5, 3),
     (6, 3, 6, 7, 33, 4, 5, 4),
     (2, 17, 5, 8, 16, 4, 5, 0),
+    (3, 16, 12, 12, 24, 4, 5, 2),  # its weight gradient from one AVX-512 vector of channels
+    (2, 32, 7, 7, 40, 2, 3, 1),  # F(2x2, 3x3): 4x4 input tiles
+    (3, 17, 9, 6, 20, 2, 3, 2),
+    (1, 5, 30, 11, 9, 2, 3, 0),
 ]
 
 
@@ -116,13 +122,14 @@ def test_bands_and_image_blocks_are_planned():
 
 
 def test_strategy_takes_the_tiles_in_float32_only(monkeypatch):
-    """"winograd" runs F(2x2, 5x5) on the tiles in float32; float64 and an explicit chunk keep
-    the BLAS path; with 8 input channels its weight gradient is "direct"'s, so the autotuner
-    does not time it there."""
+    """"winograd" runs F(2x2, 5x5) (and F(2x2, 3x3)) on the tiles in float32; float64 and an
+    explicit chunk keep the BLAS path; with 8 input channels its weight gradient is "direct"'s,
+    so the autotuner does not time it there."""
     xs, ws = (2, 8, 9, 9), (4, 8, 5, 5)
     real = winograd_fma._conv
     assert winograd._fma_path("winograd", ws) and not winograd._fma_path("winograd", ws, "f8")
-    assert not winograd._fma_path("winograd", (4, 8, 3, 3))  # F(2x2, 3x3): BLAS
+    assert winograd._fma_path("winograd", (4, 8, 3, 3))  # F(2x2, 3x3)
+    assert not winograd._fma_path("winograd", (4, 8, 3, 3), "f8")
     assert winograd._fma_path("winograd4", (4, 8, 3, 3))
     assert winograd._fma_path("winograd4", (4, 8, 5, 5))  # F(4x4, 5x5)
     assert "winograd" in conv.candidates(xs, ws, (1, 1), (2, 2), direction="forward")
@@ -130,6 +137,9 @@ def test_strategy_takes_the_tiles_in_float32_only(monkeypatch):
     assert "winograd" not in conv.candidates(xs, ws, (1, 1), (2, 2), direction="wgrad")
     assert "winograd" in conv.candidates((2, 32, 9, 9), (4, 32, 5, 5), (1, 1), (2, 2),
                                          direction="wgrad")  # two vectors of input channels
+    lanes = direct._isa(None).lanes  # one vector: F(4x4, 5x5)'s own, F(2x2, 5x5)'s "direct"'s
+    one = conv.candidates((2, lanes, 9, 9), (4, lanes, 5, 5), (1, 1), (2, 2), direction="wgrad")
+    assert "winograd4" in one and "winograd" not in one
     rng = np.random.default_rng(1)
     x = rng.standard_normal(xs)
     w = rng.standard_normal(ws)

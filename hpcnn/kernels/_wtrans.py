@@ -39,6 +39,7 @@ def _kinds():
     AT, _, BT = matrices(2, 5)
     AT4, _, BT4 = matrices(4, 3)
     AT45, _, BT8 = matrices(4, 5)
+    AT23, _, BT23 = matrices(2, 3)
     assert np.array_equal(BT, BT4)  # the same six points: one input transform for both
     return {
         0: (BT, BT),  # input of F(2x2, 5x5) and F(4x4, 3x3): 6x6 -> 6x6
@@ -49,16 +50,19 @@ def _kinds():
         5: (BT8, BT8),  # input of F(4x4, 5x5): 8x8 -> 8x8
         6: (AT45, AT45),  # output of F(4x4, 5x5): 8x8 -> 4x4
         7: (AT45.T, AT45.T),  # output gradient of F(4x4, 5x5): 4x4 -> 8x8
+        8: (BT23, BT23),  # input of F(2x2, 3x3): 4x4 -> 4x4
+        9: (AT23, AT23),  # output of F(2x2, 3x3): 4x4 -> 2x2
+        10: (AT23.T, AT23.T),  # output gradient of F(2x2, 3x3): 2x2 -> 4x4
     }
 
 
 KINDS = _kinds()
 """kind -> (L, R), float64 matrices with small integer (or power-of-two fraction) entries."""
-INPUT = {6: 0, 8: 5}
+INPUT = {4: 8, 6: 0, 8: 5}
 """input tile size a -> the kind of its input transform."""
-OUTPUT = {(2, 5): 1, (4, 3): 3, (4, 5): 6}
+OUTPUT = {(2, 3): 9, (2, 5): 1, (4, 3): 3, (4, 5): 6}
 """F(m, r) -> the kind of its output transform (likewise :data:`GRAD`)."""
-GRAD = {(2, 5): 2, (4, 3): 4, (4, 5): 7}
+GRAD = {(2, 3): 10, (2, 5): 2, (4, 3): 4, (4, 5): 7}
 
 
 def _splat(vt, value):
@@ -72,8 +76,8 @@ def _ops(builder, vt, fma):
     6-point ones are written out: the input transform (the same for F(2, 5) and F(4, 3): the
     same six points) in 12 operations, where the rows written out one by one take 22; F(2, 5)'s
     output and output gradient in 8 and 4 (as many as row by row); F(4, 3)'s in 10 and 9 (row by
-    row 14 and 12). The 8-point ones of F(4, 5) are derived from their matrices
-    (:func:`_shared`)."""
+    row 14 and 12). Those of F(4, 5) (8 points) and F(2, 3) (4) are derived from their
+    matrices (:func:`_shared`)."""
     add, sub = builder.fadd, builder.fsub
     c2, c4, c8, m2, m5 = (_splat(vt, c) for c in (2.0, 4.0, 8.0, -2.0, -5.0))
 
@@ -110,7 +114,7 @@ def _ops(builder, vt, fma):
 
     ops = {INPUT[6]: (bt, 6), OUTPUT[2, 5]: (at, 6), GRAD[2, 5]: (a, 2), OUTPUT[4, 3]: (at4, 6),
            GRAD[4, 3]: (a4, 4)}
-    for kind in (INPUT[8], OUTPUT[4, 5], GRAD[4, 5]):
+    for kind in (INPUT[8], OUTPUT[4, 5], GRAD[4, 5], INPUT[4], OUTPUT[2, 3], GRAD[2, 3]):
         L = KINDS[kind][0]
         ops[kind] = (_shared(builder, vt, fma, L), L.shape[1])
     return ops
@@ -118,7 +122,7 @@ def _ops(builder, vt, fma):
 
 def _shared(builder, vt, fma, L):
     """The 1-D transform by L (rows x n) as vector operations, for the kinds without a written
-    one (the 8-point transforms of F(4x4, 5x5)). The points come in pairs +-p, and so do the
+    one (those of F(4x4, 5x5) and F(2x2, 3x3)). The points come in pairs +-p, and so do the
     terms: where two rows of L differ only in the sign of their odd columns (the input and
     output-gradient transforms), both are E +- O of one even and one odd sum; where two
     columns differ only in the sign of their odd rows (the output transform), the inputs first

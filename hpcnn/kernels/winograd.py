@@ -71,10 +71,11 @@ def tile_size(algo, w_shape):
 def applies(algo, x_shape, w_shape, stride, padding, direction=None):
     """True where ``algo`` runs Winograd (else it runs "chunked"), in ``direction`` (None: all
     three); in float32 on the register tiles (:func:`_fma_path`), the weight gradient with
-    fewer than two vectors of input channels is "direct"'s (:func:`~.winograd_fma.own_wgrad`)."""
+    too few vectors of input channels is "direct"'s (:func:`~.winograd_fma.own_wgrad`)."""
     r = w_shape[2]
     if (direction in ("wgrad", None) and _fma_path(algo, w_shape)
-            and not winograd_fma.own_wgrad(w_shape[1], direct._isa(None))):
+            and not winograd_fma.own_wgrad(w_shape[1], direct._isa(None),
+                                           tile_size(algo, w_shape), r)):
         return False
     return (tile_size(algo, w_shape) > 0 and tuple(stride) == (1, 1)
             and max(padding) <= r - 1 and x_shape[2] + 2 * padding[0] >= r
@@ -193,8 +194,8 @@ def _fallback(x, w, stride, padding, algo):
 
 
 def _fma_path(algo, w_shape, dtype=np.float32):
-    """Whether the variant runs on register tiles (:mod:`~.winograd_fma`): F(2x2, 5x5),
-    F(4x4, 3x3) and F(4x4, 5x5) in float32."""
+    """Whether the variant runs on register tiles (:mod:`~.winograd_fma`): all four, in
+    float32."""
     m = tile_size(algo, w_shape)
     return ((m, w_shape[2]) in winograd_fma.VARIANTS and m > 0
             and np.dtype(dtype) == np.float32)

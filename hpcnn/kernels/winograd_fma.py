@@ -1,16 +1,17 @@
-"""Winograd on register tiles: the "winograd" strategy's 5x5 layers (F(2x2, 5x5)) and
-"winograd4"'s 3x3 and 5x5 ones (F(4x4, 3x3), F(4x4, 5x5)) in float32.
+"""Winograd on register tiles in float32: the "winograd" strategy's F(2x2, 3x3) and
+F(2x2, 5x5), and "winograd4"'s F(4x4, 3x3) and F(4x4, 5x5).
 
 A 5x5 layer multiplies 25 taps per output pixel and channel pair; F(2x2, 5x5) makes a 2x2
 output tile of the transforms of a 6x6 input tile, with 36 products: 9 per pixel, 2.8x fewer;
 F(4x4, 5x5) makes a 4x4 tile of an 8x8 one, with 64 products: 4 per pixel, 6.25x fewer.
-F(4x4, 3x3) makes a 4x4 tile of a 6x6 one: 36/16 products per pixel against 9, 4x fewer. The
+F(4x4, 3x3) makes a 4x4 tile of a 6x6 one: 36/16 products per pixel against 9, 4x fewer;
+F(2x2, 3x3) a 2x2 tile of a 4x4 one, 16/4 against 9 (2.25x fewer), on smaller blocks. The
 two 6x6 variants use the same six points, so the same input transform (see :mod:`~.winograd`,
 which runs the products per chunk as BLAS GEMMs of K x C by C x tiles: on cifar10_quick's
 32-channel layers those thin GEMMs and the transforms vectorized along short tile rows made
 F(2x2, 5x5) 5x slower than "direct"). Below, m is the output tile's size (2 or 4), r the
-kernel's, A = m + r - 1 the input tile's (6 or 8); the text speaks of F(2x2, 5x5), whose A*A
-is 36.
+kernel's, A = m + r - 1 the input tile's (4, 6 or 8); the text speaks of F(2x2, 5x5), whose
+A*A is 36.
 
 Here each thread takes a contiguous group of the batch's images and, one block of tiles at a
 time (several whole images, or a band of tile rows of one image: about :data:`TILES` tiles):
@@ -77,7 +78,16 @@ accumulators. On GoogLeNet 4e_3x3 (160 -> 320 channels) 1 MiB makes blocks of 12
 at least 64, its weight gradient ran 1.46-1.49x as fast at 1 and 2 threads, 5a_3x3 1.12-1.19x,
 4b_3x3 1.04-1.16x, 3a_3x3, conv2 and 4d_5x5 0.99-1.04x (Intel Xeon, alternated in one process:
 ``results/isa/xeon5/wgrad_min_tiles.log``)."""
-VARIANTS = ((2, 5), (4, 3), (4, 5))
+WGRAD_MIN_VECTORS = {(4, 5): 1}
+"""F(m, r) -> the input channels, in vectors, from which its weight gradient runs here (else it
+is "direct"'s: :func:`own_wgrad`); two where not named. With one vector (16 channels on
+AVX-512) the tiles are one vector wide, which runs at 0.8x (see
+:func:`~.direct.column_tiles`), while "direct"'s tiles span kernel columns there: F(2x2, 5x5)
+then lost (0.89-0.96x), F(4x4, 5x5) with 2.25x fewer products won on GoogLeNet 3a_5x5
+(1.61x and 1.36x at 1 and 2 threads) and 4a_5x5 at 1 thread (1.10x; 0.94x at 2, where the
+autotuner keeps "direct"'s). Intel Xeon, alternated in one process
+(``results/isa/xeon6/wgrad_vectors_ab.log``)."""
+VARIANTS = ((2, 3), (2, 5), (4, 3), (4, 5))
 """(m, r): output tiles m x m of an r x r kernel; the input tiles are a x a, a = m + r - 1."""
 
 
@@ -341,19 +351,18 @@ def forward(x, w, b, stride, padding, m, *, isa=None):
         return _conv(x, w, b, padding, m, direct._isa(isa))
 
 
-def own_wgrad(C, isa):
-    """Whether the weight gradient runs here (else it is "direct"'s): with at least two vectors
-    of input channels. Its tiles are output channels by input channels; with one vector (16
-    channels on AVX-512) they would be one vector wide, which runs at 0.8x (see
-    :func:`~.direct.column_tiles`), while "direct"'s tiles span kernel columns there."""
-    return C >= 2 * isa.lanes
+def own_wgrad(C, isa, m, r):
+    """Whether the weight gradient of F(m x m, r x r) runs here (else it is "direct"'s): its
+    tiles are output channels by input channels, with :data:`WGRAD_MIN_VECTORS` vectors of
+    input channels at least."""
+    return C >= WGRAD_MIN_VECTORS.get((m, r), 2) * isa.lanes
 
 
 def backward(dy, x, w, stride, padding, m, input_grad=True, *, isa=None):
     """(dx, dw, db): the weight gradient summed over the tiles (or "direct"'s: :func:`own_wgrad`),
     the data gradient a forward of dy."""
     isa = direct._isa(isa)
-    if own_wgrad(x.shape[1], isa):
+    if own_wgrad(x.shape[1], isa, m, w.shape[2]):
         with profile.region("gemm"):
             dw, db = _wgrad(dy, x, w, padding, m, isa)
     else:
@@ -386,7 +395,7 @@ def workspace_bytes(x_shape, w_shape, padding, m, itemsize=4, threads=None, back
     P, Q = H + 2 * padding[0] - r + 1, W + 2 * padding[1] - r + 1
     G, shapes = _geometry(x_shape, K, m, r, padding, isa, threads, wgrad=True)[4::5]
     wg = sum(int(np.prod(s)) for s in shapes.values()) * itemsize + G * direct._row(K, 8) * 8
-    if not own_wgrad(C, isa):
+    if not own_wgrad(C, isa, m, r):
         wg = direct.workspace_bytes(x_shape, w_shape, (1, 1), padding, itemsize, threads, True,
                                     input_grad=False)[0]
     dg = one((N, K, P, Q), C, (r - 1 - padding[0], r - 1 - padding[1]))
