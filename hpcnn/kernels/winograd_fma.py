@@ -5,7 +5,7 @@ A 5x5 layer multiplies 25 taps per output pixel and channel pair; F(2x2, 5x5) ma
 output tile of the transforms of a 6x6 input tile, with 36 products: 9 per pixel, 2.8x fewer;
 F(4x4, 5x5) makes a 4x4 tile of an 8x8 one, with 64 products: 4 per pixel, 6.25x fewer.
 F(4x4, 3x3) makes a 4x4 tile of a 6x6 one: 36/16 products per pixel against 9, 4x fewer;
-F(2x2, 3x3) a 2x2 tile of a 4x4 one, 16/4 against 9 (2.25x fewer), on smaller blocks. The
+F(2x2, 3x3) a 2x2 tile of a 4x4 one, 16/4 against 9 (2.25x fewer). The
 two 6x6 variants use the same six points, so the same input transform (see :mod:`~.winograd`,
 which runs the products per chunk as BLAS GEMMs of K x C by C x tiles: on cifar10_quick's
 32-channel layers those thin GEMMs and the transforms vectorized along short tile rows made
@@ -84,9 +84,9 @@ is "direct"'s: :func:`own_wgrad`); two where not named. With one vector (16 chan
 AVX-512) the tiles are one vector wide, which runs at 0.8x (see
 :func:`~.direct.column_tiles`), while "direct"'s tiles span kernel columns there: F(2x2, 5x5)
 then lost (0.89-0.96x), F(4x4, 5x5) with 2.25x fewer products won on GoogLeNet 3a_5x5
-(1.61x and 1.36x at 1 and 2 threads) and 4a_5x5 at 1 thread (1.10x; 0.94x at 2, where the
-autotuner keeps "direct"'s). Intel Xeon, alternated in one process
-(``results/isa/xeon6/wgrad_vectors_ab.log``)."""
+(1.61x and 1.36x at 1 and 2 threads) and 4a_5x5 at 1 thread (1.10x), and lost on 4a_5x5 at 2
+(0.94x: the autotuner times a strategy's backward pass whole, so that layer now pays it). Intel
+Xeon, alternated in one process (``results/isa/xeon6/wgrad_vectors_ab.log``)."""
 VARIANTS = ((2, 3), (2, 5), (4, 3), (4, 5))
 """(m, r): output tiles m x m of an r x r kernel; the input tiles are a x a, a = m + r - 1."""
 
