@@ -69,11 +69,11 @@ def test_weight_transforms_are_g_w_gt_and_its_adjoint(m, r, dtype):
     K, C = 5, 3
     w = rng.standard_normal((K, C, r, r)).astype(dtype)
     U = np.empty((a * a, K, C), dtype=dtype)
-    winograd._weight_transform(w, m, U)
+    _winograd_gen.weight_transform(w, m, out=U)
     want = np.einsum("uq,kcqs,vs->uvkc", g, w.astype(np.float64), g).reshape(a * a, K, C)
     tol = 1e-5 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(U, want, rtol=tol, atol=tol)
-    winograd._weight_transform(w, m, U, turned=True)  # of w turned by 180 degrees
+    _winograd_gen.weight_transform(w, m, turned=True, out=U)  # of w turned by 180 degrees
     want = np.einsum("uq,kcqs,vs->uvkc", g, w[:, :, ::-1, ::-1].astype(np.float64), g)
     np.testing.assert_allclose(U, want.reshape(a * a, K, C), rtol=tol, atol=tol)
     dUs = rng.standard_normal((3, a * a, K, C)).astype(dtype)

@@ -86,13 +86,6 @@ def applies(algo, x_shape, w_shape, stride, padding, direction=None):
 # weights and bias (the tile kernels are generated: :mod:`~._winograd_tiles`)
 
 
-def _weight_transform(w, m, U, turned=False):
-    """U[xi, k, c] = (G w[k, c] G^T)[xi] into U (:func:`~._winograd_gen.weight_transform`: one
-    GEMM. Per (k, c) pair in a loop it took longer than the GEMMs of GoogLeNet's 7x7 layers: 6.5
-    ms on 5b_3x3 at one thread on an Intel Xeon, against 10.6 for the sixteen GEMMs)."""
-    weight_transform(w, m, turned, out=U)
-
-
 def _weight_untransform(dUs, m, dw):
     """dw[k, c] = G^T (sum over threads of dUs[g, :, k, c]) G, the sum in thread order; the
     transform is one GEMM, (K*C, a*a) by (a*a, r*r)."""
@@ -178,7 +171,7 @@ def _conv(x, w, b, pads, m, chunk, dgrad=False):
     geo, starts = _geo(x.shape, k_out, r, pads, m, x.itemsize, numba.get_num_threads(), chunk)
     geo[15] = int(dgrad)
     U = np.empty((a * a, w.shape[0], w.shape[1]), dtype=x.dtype)
-    _weight_transform(w, m, U, turned=dgrad)
+    weight_transform(w, m, turned=dgrad, out=U)
     y = np.empty((x.shape[0], k_out, int(geo[5]), int(geo[6])), dtype=x.dtype)
     ws = pipelined._workspace(_buffers(geo, starts, a, False), x.dtype)
     bias = np.zeros(0, dtype=x.dtype) if b is None else b
@@ -197,8 +190,7 @@ def _fma_path(algo, w_shape, dtype=np.float32):
     """Whether the variant runs on register tiles (:mod:`~.winograd_fma`): all four, in
     float32."""
     m = tile_size(algo, w_shape)
-    return ((m, w_shape[2]) in winograd_fma.VARIANTS and m > 0
-            and np.dtype(dtype) == np.float32)
+    return (m, w_shape[2]) in winograd_fma.VARIANTS and np.dtype(dtype) == np.float32
 
 
 def forward(x, w, b, stride, padding, algo="winograd", chunk=None):

@@ -91,14 +91,6 @@ VARIANTS = ((2, 3), (2, 5), (4, 3), (4, 5))
 """(m, r): output tiles m x m of an r x r kernel; the input tiles are a x a, a = m + r - 1."""
 
 
-def applies(x_shape, w_shape, stride, padding, m):
-    """F(m x m, r x r) applies to stride-1 r x r layers with padding at most r - 1."""
-    r = w_shape[2]
-    return ((m, r) in VARIANTS and w_shape[3] == r and tuple(stride) == (1, 1)
-            and max(padding) <= r - 1 and min(x_shape[2] + 2 * padding[0],
-                                              x_shape[3] + 2 * padding[1]) >= r)
-
-
 def _pack_u(w, m, isa, turned):
     """(up, widths, offsets): U[xi] = G w G^T of every (output, input) channel pair, packed per
     point xi as "direct"'s panels, (C_in, width) each: up[xi*Cin*Kp + offsets[p] + c*width + j]
